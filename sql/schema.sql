@@ -1,0 +1,98 @@
+-- pg_token_cleanup schema: the rules catalog, run history, statistics view, row-level security,
+-- and the triggers that validate rules and wake the scheduler. Loaded by extension_sql_file! in
+-- src/lib.rs before the Rust functions it calls are created (they are resolved at run time).
+
+-- A rule: what to delete, from which table, on which schedule, as which role.
+CREATE TABLE token_cleanup.rules (
+    id                bigserial PRIMARY KEY,
+    name              text        NOT NULL,
+    table_name        text        NOT NULL,
+    condition         text        NOT NULL,
+    schedule          text        NOT NULL,
+    batch_size        integer,                       -- NULL: pg_token_cleanup.batch_size
+    enabled           boolean     NOT NULL DEFAULT true,
+    owner             name        NOT NULL DEFAULT current_user,
+    lock_timeout      interval,                      -- NULL: pg_token_cleanup.lock_timeout
+    statement_timeout interval,                      -- NULL: pg_token_cleanup.statement_timeout
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT rules_name_key UNIQUE (name)
+);
+COMMENT ON TABLE token_cleanup.rules IS 'Cleanup rules: delete rows of table_name matching condition on schedule, as owner';
+
+-- A run: one execution of a rule. Inserted as 'running' and committed before any row is deleted,
+-- so a crash leaves evidence; kept without a foreign key so that history outlives its rule.
+CREATE TABLE token_cleanup.runs (
+    id            bigserial PRIMARY KEY,
+    rule_id       bigint      NOT NULL,
+    rule_name     text        NOT NULL,
+    owner         name        NOT NULL,
+    trigger       text        NOT NULL CHECK (trigger IN ('schedule', 'manual')),
+    status        text        NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted')),
+    scheduled_for timestamptz,
+    started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at   timestamptz,
+    rows_deleted  bigint      NOT NULL DEFAULT 0,
+    batches       integer     NOT NULL DEFAULT 0,
+    error         text,
+    pid           integer
+);
+CREATE INDEX runs_rule_started_idx ON token_cleanup.runs (rule_id, started_at DESC);
+CREATE INDEX runs_started_idx ON token_cleanup.runs (started_at);
+CREATE INDEX runs_running_idx ON token_cleanup.runs (id) WHERE status = 'running';
+COMMENT ON TABLE token_cleanup.runs IS 'One row per run of a rule; pruned after pg_token_cleanup.history_retention';
+
+-- Rules are configuration: pg_dump keeps them (history is not dumped).
+SELECT pg_catalog.pg_extension_config_dump('token_cleanup.rules', '');
+SELECT pg_catalog.pg_extension_config_dump('token_cleanup.rules_id_seq', '');
+
+-- Non-superusers see and change only their own rules and runs.
+ALTER TABLE token_cleanup.rules ENABLE ROW LEVEL SECURITY;
+CREATE POLICY rules_owner ON token_cleanup.rules
+    USING (owner = current_user) WITH CHECK (owner = current_user);
+ALTER TABLE token_cleanup.runs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY runs_owner ON token_cleanup.runs FOR SELECT USING (owner = current_user);
+
+GRANT USAGE ON SCHEMA token_cleanup TO PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON token_cleanup.rules TO PUBLIC;
+GRANT USAGE ON SEQUENCE token_cleanup.rules_id_seq TO PUBLIC;
+GRANT SELECT ON token_cleanup.runs TO PUBLIC;
+
+-- Validation and bookkeeping of every INSERT and UPDATE: timestamps, immutable id, owner rules,
+-- and token_cleanup.check_rule() (Rust), which refuses a bad field with a clear error and returns
+-- the table name in its canonical schema-qualified, quoted form.
+-- No SET search_path here: table_name is resolved with the caller's search_path, as regclass input
+-- is; check_rule then stores the schema-qualified name. Everything this body calls is qualified.
+CREATE FUNCTION token_cleanup.rules_before_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        NEW.owner := coalesce(NEW.owner, current_user);
+        NEW.created_at := pg_catalog.now();
+    ELSE
+        NEW.id := OLD.id;
+        NEW.created_at := OLD.created_at;
+    END IF;
+    NEW.updated_at := pg_catalog.now();
+    NEW.table_name := token_cleanup.check_rule(
+        NEW.name, NEW.table_name, NEW.condition, NEW.schedule, NEW.batch_size, NEW.owner::text,
+        extract(epoch FROM NEW.lock_timeout)::float8, extract(epoch FROM NEW.statement_timeout)::float8);
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER rules_validate BEFORE INSERT OR UPDATE ON token_cleanup.rules
+    FOR EACH ROW EXECUTE FUNCTION token_cleanup.rules_before_write();
+
+-- Any change to the rules wakes this database's scheduler when the transaction commits, so it
+-- reloads at once instead of polling the table.
+CREATE FUNCTION token_cleanup.rules_after_change() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM token_cleanup.wake_scheduler();
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER rules_wake_scheduler AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON token_cleanup.rules
+    FOR EACH STATEMENT EXECUTE FUNCTION token_cleanup.rules_after_change();

@@ -1,0 +1,329 @@
+//! Rules: the [`Rule`] type, loading rules via SPI, and the validation that the rules table's
+//! BEFORE INSERT OR UPDATE trigger runs for every row (`token_cleanup.check_rule`).
+
+use crate::errors::refuse;
+use crate::gucs;
+use crate::schedule::{Schedule, SCHEDULE_HINT};
+use crate::security::{self, Limits};
+use crate::target::{self, ResolvedTable};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+/// Longest rule name accepted.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// A row of `token_cleanup.rules`, as the scheduler and the executor use it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub id: i64,
+    pub name: String,
+    pub table_name: String,
+    pub condition: String,
+    pub schedule: String,
+    pub batch_size: Option<i32>,
+    pub enabled: bool,
+    pub owner: String,
+    pub lock_timeout_ms: Option<i64>,
+    pub statement_timeout_ms: Option<i64>,
+    /// Seconds since the epoch of the rule's last change.
+    pub updated_at: f64,
+}
+
+impl Rule {
+    /// Rows per batch: the rule's own size, else the setting.
+    pub fn effective_batch_size(&self) -> i32 {
+        self.batch_size.unwrap_or_else(gucs::batch_size)
+    }
+
+    /// Timeouts: the rule's own, else the settings.
+    pub fn limits(&self) -> Limits {
+        let clamp = |v: i64| v.clamp(0, i64::from(i32::MAX)) as i32;
+        Limits {
+            lock_timeout_ms: self
+                .lock_timeout_ms
+                .map(clamp)
+                .unwrap_or_else(gucs::lock_timeout_ms),
+            statement_timeout_ms: self
+                .statement_timeout_ms
+                .map(clamp)
+                .unwrap_or_else(gucs::statement_timeout_ms),
+        }
+    }
+}
+
+const RULE_COLUMNS: &str = "r.id, r.name, r.table_name, r.condition, r.schedule, r.batch_size, r.enabled, \
+     r.owner::text, (extract(epoch FROM r.lock_timeout) * 1000)::int8, \
+     (extract(epoch FROM r.statement_timeout) * 1000)::int8, extract(epoch FROM r.updated_at)::float8";
+
+fn rule_from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Rule> {
+    Ok(Rule {
+        id: row.get(1)?.unwrap_or_default(),
+        name: row.get(2)?.unwrap_or_default(),
+        table_name: row.get(3)?.unwrap_or_default(),
+        condition: row.get(4)?.unwrap_or_default(),
+        schedule: row.get(5)?.unwrap_or_default(),
+        batch_size: row.get(6)?,
+        enabled: row.get(7)?.unwrap_or(false),
+        owner: row.get(8)?.unwrap_or_default(),
+        lock_timeout_ms: row.get(9)?,
+        statement_timeout_ms: row.get(10)?,
+        updated_at: row.get(11)?.unwrap_or_default(),
+    })
+}
+
+/// Every enabled rule with the start time (epoch seconds) of its last scheduled run, if any.
+/// Runs as the worker (RLS does not apply to it).
+pub fn load_enabled_rules() -> Vec<(Rule, Option<f64>)> {
+    let sql = format!(
+        "SELECT {RULE_COLUMNS}, \
+           (SELECT extract(epoch FROM coalesce(h.scheduled_for, h.started_at))::float8 \
+              FROM token_cleanup.runs h WHERE h.rule_id = r.id AND h.trigger = 'schedule' \
+             ORDER BY h.started_at DESC LIMIT 1) \
+         FROM token_cleanup.rules r WHERE r.enabled ORDER BY r.id"
+    );
+    Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(sql.as_str(), None, &[])? {
+            out.push((rule_from_row(&row)?, row.get::<f64>(12)?));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .expect("loading token_cleanup.rules")
+}
+
+/// One rule by id (as the worker sees it), `None` if it no longer exists.
+pub fn load_rule_by_id(id: i64) -> Option<Rule> {
+    let sql = format!("SELECT {RULE_COLUMNS} FROM token_cleanup.rules r WHERE r.id = $1");
+    Spi::connect(|client| {
+        let rows = client.select(sql.as_str(), Some(1), &[id.into()])?;
+        match rows.into_iter().next() {
+            Some(row) => Ok::<_, pgrx::spi::Error>(Some(rule_from_row(&row)?)),
+            None => Ok(None),
+        }
+    })
+    .expect("loading a rule")
+}
+
+/// One rule by name as the *calling user* sees it (row-level security applies), or an error that
+/// says it does not exist (another role's rule is indistinguishable from a missing one).
+pub fn visible_rule_by_name(name: &str) -> Rule {
+    let sql = format!("SELECT {RULE_COLUMNS} FROM token_cleanup.rules r WHERE r.name = $1");
+    let found = Spi::connect(|client| {
+        let rows = client.select(sql.as_str(), Some(1), &[name.into()])?;
+        match rows.into_iter().next() {
+            Some(row) => Ok::<_, pgrx::spi::Error>(Some(rule_from_row(&row)?)),
+            None => Ok(None),
+        }
+    })
+    .expect("reading token_cleanup.rules");
+    found.unwrap_or_else(|| {
+        refuse(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("rule \"{name}\" does not exist"),
+            "List your rules with SELECT name FROM token_cleanup.rules; non-superusers see only the rules they own.",
+        )
+    })
+}
+
+/// Name of the current user.
+pub fn current_user_name() -> String {
+    // SAFETY: GetUserId is always valid in a transaction; the name is a palloc'd C string.
+    unsafe {
+        CStr::from_ptr(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false))
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// Validates one rule row; called by the rules table's BEFORE INSERT OR UPDATE trigger. Refuses a bad
+/// field with an error naming it and the fix; returns the table name in canonical form, which the
+/// trigger stores so that the rule shows exactly which table it deletes from.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn check_rule(
+    name: Option<&str>,
+    table_name: Option<&str>,
+    condition: Option<&str>,
+    schedule: Option<&str>,
+    batch_size: Option<i32>,
+    owner: Option<&str>,
+    lock_timeout_s: Option<f64>,
+    statement_timeout_s: Option<f64>,
+) -> String {
+    let name = required(
+        "name",
+        name,
+        "Give the rule a unique name, e.g. 'refresh_tokens'.",
+    );
+    if name.trim().is_empty() || name.len() > MAX_NAME_LEN {
+        refuse(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid rule name \"{name}\": a name has 1 to {MAX_NAME_LEN} characters"),
+            "Give the rule a short unique name, e.g. 'refresh_tokens'.",
+        );
+    }
+    let owner_oid = check_owner(name, owner);
+    let schedule = required("schedule", schedule, SCHEDULE_HINT);
+    check_schedule(name, schedule);
+    check_batch_size(name, batch_size);
+    check_timeout(name, "lock_timeout", lock_timeout_s);
+    check_timeout(name, "statement_timeout", statement_timeout_s);
+    let table_name = required(
+        "table_name",
+        table_name,
+        "Name the table to clean, e.g. 'public.refresh_tokens' or 'dbo.\"ClientAccessTokens\"'.",
+    );
+    let table = check_table(name, table_name, owner.unwrap_or_default(), owner_oid);
+    let condition = required(
+        "condition",
+        condition,
+        "Give a boolean expression such as 'expires_at < now()'.",
+    );
+    check_condition(name, &table, condition, owner_oid);
+    table.qualified_name
+}
+
+fn required<'a>(field: &str, value: Option<&'a str>, hint: &str) -> &'a str {
+    value.unwrap_or_else(|| {
+        refuse(
+            PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
+            format!("rule field \"{field}\" must not be NULL"),
+            hint,
+        )
+    })
+}
+
+fn check_owner(rule: &str, owner: Option<&str>) -> pg_sys::Oid {
+    let owner = required(
+        "owner",
+        owner,
+        "Leave owner unset: it defaults to current_user.",
+    );
+    let me = current_user_name();
+    // SAFETY: plain catalog check of the current user.
+    let superuser = unsafe { pg_sys::superuser() };
+    if owner != me && !superuser {
+        refuse(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied to make role \"{owner}\" the owner of rule \"{rule}\""),
+            format!("Only a superuser may set another role as owner; leave owner unset to own the rule as \"{me}\"."),
+        );
+    }
+    security::role_oid(owner).unwrap_or_else(|| {
+        refuse(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("owner role \"{owner}\" of rule \"{rule}\" does not exist"),
+            "Name an existing role; the rule's deletes run with its privileges.",
+        )
+    })
+}
+
+fn check_schedule(rule: &str, schedule: &str) {
+    let now = chrono::Utc::now().with_timezone(&gucs::timezone());
+    if let Err(e) = Schedule::parse_firing(schedule, &now) {
+        refuse(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid schedule \"{schedule}\" for rule \"{rule}\": {e}"),
+            SCHEDULE_HINT,
+        );
+    }
+}
+
+fn check_batch_size(rule: &str, batch_size: Option<i32>) {
+    if let Some(size) = batch_size {
+        if !(1..=gucs::MAX_BATCH_SIZE).contains(&size) {
+            refuse(
+                PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                format!(
+                    "batch_size {size} of rule \"{rule}\" is out of range 1-{}",
+                    gucs::MAX_BATCH_SIZE
+                ),
+                format!(
+                    "Leave batch_size NULL to use pg_token_cleanup.batch_size (now {}); a few thousand rows per batch keeps each transaction short.",
+                    gucs::batch_size()
+                ),
+            );
+        }
+    }
+}
+
+fn check_timeout(rule: &str, field: &str, seconds: Option<f64>) {
+    if let Some(s) = seconds {
+        if !(0.0..=f64::from(i32::MAX) / 1000.0).contains(&s) {
+            refuse(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "{field} of rule \"{rule}\" must be between 0 and 24 days, got {s} seconds"
+                ),
+                format!("Leave {field} NULL to use pg_token_cleanup.{field}; 0 means no limit."),
+            );
+        }
+    }
+}
+
+fn check_table(rule: &str, table_name: &str, owner: &str, owner_oid: pg_sys::Oid) -> ResolvedTable {
+    let hint = "Use the name of an existing table, schema-qualified and quoted as in SQL: \
+                'public.refresh_tokens', 'dbo.\"ClientAccessTokens\"'.";
+    let table = match target::lookup_table(table_name) {
+        Ok(Some(t)) => t,
+        Ok(None) => refuse(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("table \"{table_name}\" of rule \"{rule}\" does not exist"),
+            hint,
+        ),
+        Err(why) => refuse(
+            PgSqlErrorCode::ERRCODE_INVALID_NAME,
+            format!("invalid table_name \"{table_name}\" for rule \"{rule}\": {why}"),
+            hint,
+        ),
+    };
+    if let Some((what, fix)) = target::unsupported_kind(table.oid) {
+        refuse(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!(
+                "table_name {} of rule \"{rule}\" {what}",
+                table.qualified_name
+            ),
+            fix,
+        );
+    }
+    // SAFETY: catalog privilege check.
+    let can_delete = unsafe {
+        pg_sys::pg_class_aclcheck(table.oid, owner_oid, pg_sys::ACL_DELETE as pg_sys::AclMode)
+            == pg_sys::AclResult::ACLCHECK_OK
+    };
+    if !can_delete {
+        refuse(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "owner \"{owner}\" of rule \"{rule}\" has no DELETE privilege on table {}",
+                table.qualified_name
+            ),
+            format!(
+                "GRANT DELETE, SELECT ON {} TO {}; or make a role that has them the rule's owner.",
+                table.qualified_name,
+                pgrx::spi::quote_identifier(owner)
+            ),
+        );
+    }
+    table
+}
+
+fn check_condition(rule: &str, table: &ResolvedTable, condition: &str, owner_oid: pg_sys::Oid) {
+    if let Err(why) = target::check_single_expression(condition) {
+        target::refuse_condition(rule, condition, &why, &table.qualified_name);
+    }
+    let limits = Limits {
+        lock_timeout_ms: gucs::lock_timeout_ms(),
+        statement_timeout_ms: 10_000,
+    };
+    let checked = security::as_owner(owner_oid, limits, || {
+        security::timed(limits, || {
+            target::check_condition_semantics(table, condition)
+        })
+    });
+    if let Err(why) = checked {
+        target::refuse_condition(rule, condition, &why, &table.qualified_name);
+    }
+}

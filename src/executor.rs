@@ -1,0 +1,245 @@
+//! One run of one rule, inside a background worker: batches of deletes, each its own transaction, as
+//! the rule's owner, with identifiers quoted, timeouts armed, and a stop check between batches.
+//!
+//! Why not the naive loop `DELETE … WHERE ctid = ANY(ARRAY(SELECT ctid … LIMIT n))`: every batch
+//! rescans the table from its start and walks over the rows earlier batches deleted, so a run costs
+//! O(rows deleted × table size). Here a run first *collects* the ctids of matching rows with one scan
+//! (the planner's choice: an index on the condition's columns when there is one) through a cursor,
+//! sorts them into physical order, then deletes them batch by batch by ctid (a TID scan touching only
+//! those rows). Each batch re-checks the condition, so a row that changed since the scan, or a slot
+//! reused by a new row, is never deleted unless it matches now. Work is one scan plus O(rows
+//! deleted); a backlog larger than [`COLLECT_LIMIT`] takes one more scan per limit's worth of rows.
+//!
+//! Rows locked by other sessions are skipped (`FOR UPDATE SKIP LOCKED`) when the owner holds UPDATE
+//! on the table (PostgreSQL requires it for row locks); otherwise a batch waits for them, bounded by
+//! the rule's lock_timeout.
+
+use crate::catalog::Rule;
+use crate::history::{self, Outcome};
+use crate::security::{self, Limits};
+use crate::target::{self, ResolvedTable};
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::time::Instant;
+
+/// Most ctids collected by one scan (6 bytes each in PostgreSQL, 8 here: 8 MB).
+pub const COLLECT_LIMIT: usize = 1_000_000;
+/// Rows fetched from the collecting cursor at a time.
+const FETCH_SIZE: i64 = 10_000;
+/// First key of the advisory locks that keep a rule from running twice at once ("tknc").
+const RULE_LOCK_CLASS: i32 = 0x746b_6e63;
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub rows_deleted: i64,
+    pub batches: i32,
+    pub elapsed_ms: u128,
+}
+
+/// What the executor needs to know about the table at the start of a run.
+struct Plan {
+    table: ResolvedTable,
+    owner: pg_sys::Oid,
+    limits: Limits,
+    skip_locked: bool,
+    batch_size: usize,
+}
+
+/// Takes the rule's run lock for this session; false when another session holds it.
+pub fn try_lock_rule(rule_id: i64) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT pg_try_advisory_lock($1, $2)",
+        &[RULE_LOCK_CLASS.into(), rule_key(rule_id).into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+pub fn unlock_rule(rule_id: i64) {
+    let _ = Spi::get_one_with_args::<bool>(
+        "SELECT pg_advisory_unlock($1, $2)",
+        &[RULE_LOCK_CLASS.into(), rule_key(rule_id).into()],
+    );
+}
+
+fn rule_key(rule_id: i64) -> i32 {
+    (rule_id % i64::from(i32::MAX)) as i32
+}
+
+/// Runs `rule` as run `run_id` (already committed as `running`), recording progress after every
+/// batch and the outcome at the end. `stop_requested` is polled between batches. Must be called
+/// outside a transaction; opens its own.
+pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> RunReport {
+    let started = Instant::now();
+    let mut rows_deleted: i64 = 0;
+    let mut batches: i32 = 0;
+    let outcome = (|| -> Outcome {
+        let plan = match BackgroundWorker::transaction(|| prepare(rule)) {
+            Ok(plan) => plan,
+            Err(why) => return Outcome::Failed(why),
+        };
+        loop {
+            if stop_requested() {
+                return interrupted();
+            }
+            let candidates = match BackgroundWorker::transaction(|| collect(rule, &plan)) {
+                Ok(c) => c,
+                Err(e) => return Outcome::Failed(format!("finding rows to delete: {e}")),
+            };
+            let full_scan = candidates.len() >= COLLECT_LIMIT;
+            let mut deleted_this_round = 0;
+            for chunk in candidates.chunks(plan.batch_size) {
+                if stop_requested() {
+                    return interrupted();
+                }
+                let batch = BackgroundWorker::transaction(|| {
+                    let n = delete_batch(rule, &plan, chunk);
+                    if let Ok(n) = n {
+                        history::progress(run_id, rows_deleted + n, batches + 1);
+                    }
+                    n
+                });
+                match batch {
+                    Ok(n) => {
+                        rows_deleted += n;
+                        deleted_this_round += n;
+                        batches += 1;
+                    }
+                    Err(e) => {
+                        return Outcome::Failed(format!("deleting batch {}: {e}", batches + 1))
+                    }
+                }
+            }
+            // A short scan saw every matching row; a full one may have left some for the next scan,
+            // unless nothing could be deleted (all locked), which would loop for ever.
+            if !full_scan || deleted_this_round == 0 {
+                return Outcome::Succeeded;
+            }
+        }
+    })();
+    let report = RunReport {
+        outcome,
+        rows_deleted,
+        batches,
+        elapsed_ms: started.elapsed().as_millis(),
+    };
+    BackgroundWorker::transaction(|| {
+        history::finish(run_id, &report.outcome, report.rows_deleted, report.batches)
+    });
+    report
+}
+
+fn interrupted() -> Outcome {
+    Outcome::Interrupted("stopped by SIGTERM between batches (server shutdown, DROP DATABASE or pg_terminate_backend); rows already deleted stay deleted, the rest go next run".into())
+}
+
+/// Resolves the owner and the table as they are *now* (a dropped or renamed table, a dropped owner,
+/// a revoked privilege fail this run only).
+fn prepare(rule: &Rule) -> Result<Plan, String> {
+    let owner = security::role_oid(&rule.owner).ok_or_else(|| {
+        format!(
+            "owner role \"{}\" of rule \"{}\" does not exist",
+            rule.owner, rule.name
+        )
+    })?;
+    let table = match target::lookup_table(&rule.table_name) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return Err(format!(
+                "table {} of rule \"{}\" does not exist (dropped or renamed?)",
+                rule.table_name, rule.name
+            ))
+        }
+        Err(why) => return Err(format!("invalid table name {}: {why}", rule.table_name)),
+    };
+    if let Some((what, _)) = target::unsupported_kind(table.oid) {
+        return Err(format!("table {} {what}", table.qualified_name));
+    }
+    // SAFETY: catalog privilege check.
+    let skip_locked = unsafe {
+        pg_sys::pg_class_aclcheck(table.oid, owner, pg_sys::ACL_UPDATE as pg_sys::AclMode)
+            == pg_sys::AclResult::ACLCHECK_OK
+    };
+    Ok(Plan {
+        table,
+        owner,
+        limits: rule.limits(),
+        skip_locked,
+        batch_size: rule.effective_batch_size().max(1) as usize,
+    })
+}
+
+/// Runs `f` as the owner, timed, in a subtransaction; any SQL error becomes `Err(message)`.
+fn owner_statement<R>(plan: &Plan, f: impl FnOnce() -> R) -> Result<R, String> {
+    security::in_subtransaction(|| {
+        security::as_owner(plan.owner, plan.limits, || security::timed(plan.limits, f))
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// One scan: the ctids of up to COLLECT_LIMIT rows matching the condition now, in physical order.
+fn collect(rule: &Rule, plan: &Plan) -> Result<Vec<pg_sys::ItemPointerData>, String> {
+    let sql = format!(
+        "SELECT ctid FROM ONLY {} WHERE {}",
+        plan.table.qualified_name,
+        target::embedded_condition(&rule.condition)
+    );
+    let mut ctids = owner_statement(plan, || {
+        Spi::connect(|client| {
+            let mut cursor = client.open_cursor(sql.as_str(), &[]);
+            let mut out: Vec<pg_sys::ItemPointerData> = Vec::new();
+            while out.len() < COLLECT_LIMIT {
+                let want = FETCH_SIZE.min((COLLECT_LIMIT - out.len()) as i64);
+                let rows = cursor.fetch(want)?;
+                let got = rows.len();
+                for row in rows {
+                    if let Some(ctid) = row.get::<pg_sys::ItemPointerData>(1)? {
+                        out.push(ctid);
+                    }
+                }
+                if (got as i64) < want {
+                    break;
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })?
+    .map_err(|e| e.to_string())?;
+    ctids.sort_unstable_by_key(|t| (block_number(t), t.ip_posid));
+    Ok(ctids)
+}
+
+fn block_number(t: &pg_sys::ItemPointerData) -> u32 {
+    (u32::from(t.ip_blkid.bi_hi) << 16) | u32::from(t.ip_blkid.bi_lo)
+}
+
+/// Deletes the rows at `chunk` that still match the condition; returns how many.
+fn delete_batch(
+    rule: &Rule,
+    plan: &Plan,
+    chunk: &[pg_sys::ItemPointerData],
+) -> Result<i64, String> {
+    let table = &plan.table.qualified_name;
+    let condition = target::embedded_condition(&rule.condition);
+    let sql = if plan.skip_locked {
+        format!(
+            "DELETE FROM ONLY {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM ONLY {table} \
+               WHERE ctid = ANY($1) AND {condition} FOR UPDATE SKIP LOCKED))"
+        )
+    } else {
+        format!("DELETE FROM ONLY {table} WHERE ctid = ANY($1) AND {condition}")
+    };
+    let ctids: Vec<pg_sys::ItemPointerData> = chunk.to_vec();
+    owner_statement(plan, || {
+        Spi::connect_mut(|client| {
+            client
+                .update(sql.as_str(), None, &[ctids.into()])
+                .map(|t| t.len() as i64)
+        })
+    })?
+    .map_err(|e| e.to_string())
+}

@@ -1,0 +1,160 @@
+//! Every `pg_token_cleanup.*` setting: private statics, one [`init`] that registers them, and typed
+//! accessors. All are `SIGHUP` settings (postgresql.conf or `ALTER SYSTEM` + `pg_reload_conf()`),
+//! because the background workers read them; the README documents each one.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+use std::ffi::{c_char, c_void, CStr, CString};
+
+/// Default rows per batch (one transaction each) for rules whose `batch_size` is NULL.
+pub const DEFAULT_BATCH_SIZE: i32 = 5000;
+/// Largest batch a rule or the setting may ask for.
+pub const MAX_BATCH_SIZE: i32 = 1_000_000;
+
+static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+static TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"UTC"));
+static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_BATCH_SIZE);
+static HISTORY_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
+static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+static STATEMENT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
+static DATABASE_PROBE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(60);
+
+/// Registers every setting; called from `_PG_init` in every process that loads the library.
+pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"pg_token_cleanup.enabled",
+        c"Runs cleanup rules on their schedules.",
+        c"When off, the schedulers start no scheduled run (manual token_cleanup.run() still works). No restart needed.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    // SAFETY: the check hook has the signature PostgreSQL expects and only reads its argument.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"pg_token_cleanup.timezone",
+            c"Time zone in which rule schedules are evaluated.",
+            c"An IANA time zone name such as UTC or Europe/Berlin.",
+            &TIMEZONE,
+            GucContext::Sighup,
+            GucFlags::default(),
+            Some(check_timezone),
+            None,
+            None,
+        );
+    }
+    GucRegistry::define_int_guc(
+        c"pg_token_cleanup.batch_size",
+        c"Rows deleted per batch (one transaction) for rules whose batch_size is NULL.",
+        c"",
+        &BATCH_SIZE,
+        1,
+        MAX_BATCH_SIZE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_token_cleanup.history_retention",
+        c"How long rows of token_cleanup.runs are kept; the schedulers delete older ones.",
+        c"",
+        &HISTORY_RETENTION_S,
+        60,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_token_cleanup.lock_timeout",
+        c"lock_timeout for a rule's statements when the rule sets none.",
+        c"A run waits at most this long for a lock on its table, then fails and is recorded. 0 waits forever.",
+        &LOCK_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_token_cleanup.statement_timeout",
+        c"statement_timeout for each of a rule's statements when the rule sets none.",
+        c"A statement of a run (one batch, or the scan that finds candidate rows) running longer fails the run. 0 disables.",
+        &STATEMENT_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_token_cleanup.database_probe_interval",
+        c"How often the launcher looks again at databases where the extension was not found.",
+        c"CREATE EXTENSION wakes the launcher at once; this interval catches databases copied from a template.",
+        &DATABASE_PROBE_INTERVAL_S,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    // SAFETY: called while loading the library, as PostgreSQL requires.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"pg_token_cleanup".as_ptr()) };
+}
+
+/// GUC check hook: refuses time zone names that chrono-tz does not know, with a hint.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_timezone(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to a (possibly NULL) C string.
+    let value = unsafe {
+        let p = *newval;
+        if p.is_null() {
+            return true;
+        }
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    if value.parse::<chrono_tz::Tz>().is_ok() {
+        return true;
+    }
+    let hint =
+        CString::new("Use an IANA time zone name such as UTC, Europe/Berlin or America/New_York.")
+            .expect("no NUL");
+    // SAFETY: GUC_check_errhint copies the string (format "%s").
+    unsafe {
+        pg_sys::GUC_check_errcode(pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+        pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(hint.as_ptr());
+    }
+    false
+}
+
+pub fn enabled() -> bool {
+    ENABLED.get()
+}
+
+/// The time zone schedules are evaluated in (validated by the check hook, so parsing cannot fail
+/// except for a value set before the library was loaded; that falls back to UTC).
+pub fn timezone() -> chrono_tz::Tz {
+    TIMEZONE
+        .get()
+        .and_then(|s| s.to_str().ok().and_then(|s| s.parse().ok()))
+        .unwrap_or(chrono_tz::UTC)
+}
+
+pub fn batch_size() -> i32 {
+    BATCH_SIZE.get()
+}
+
+pub fn history_retention_seconds() -> i64 {
+    i64::from(HISTORY_RETENTION_S.get())
+}
+
+pub fn lock_timeout_ms() -> i32 {
+    LOCK_TIMEOUT_MS.get()
+}
+
+pub fn statement_timeout_ms() -> i32 {
+    STATEMENT_TIMEOUT_MS.get()
+}
+
+pub fn database_probe_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(DATABASE_PROBE_INTERVAL_S.get() as u64)
+}

@@ -1,0 +1,136 @@
+//! The runs table: begin a run (committed by the caller before any row is deleted), record progress
+//! and the outcome, mark runs left `running` by a dead process as `interrupted`, and prune old history.
+//! Every function runs inside the caller's transaction, as the worker (no row-level security).
+
+use pgrx::prelude::*;
+
+/// Why a run was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Schedule,
+    Manual,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failed(String),
+    Interrupted(String),
+}
+
+impl Outcome {
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed(_) => "failed",
+            Outcome::Interrupted(_) => "interrupted",
+        }
+    }
+
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Outcome::Succeeded => None,
+            Outcome::Failed(e) | Outcome::Interrupted(e) => Some(e),
+        }
+    }
+}
+
+/// Inserts a `running` row for `rule` and returns its id; `id` may be preallocated by the caller
+/// (manual runs pass the id they will read back). `scheduled_for` is the due time, epoch seconds.
+pub fn begin(
+    id: Option<i64>,
+    rule_id: i64,
+    rule_name: &str,
+    owner: &str,
+    trigger: Trigger,
+    scheduled_for: Option<f64>,
+) -> i64 {
+    Spi::get_one_with_args::<i64>(
+        "INSERT INTO token_cleanup.runs (id, rule_id, rule_name, owner, trigger, status, scheduled_for, pid) \
+         VALUES (coalesce($1, nextval('token_cleanup.runs_id_seq')), $2, $3, $4, $5, 'running', \
+                 to_timestamp($6), pg_backend_pid()) RETURNING id",
+        &[
+            id.into(),
+            rule_id.into(),
+            rule_name.into(),
+            owner.into(),
+            trigger.as_str().into(),
+            scheduled_for.into(),
+        ],
+    )
+    .expect("inserting into token_cleanup.runs")
+    .expect("INSERT … RETURNING gives a row")
+}
+
+/// Records progress of a run still going on (visible to others once the batch commits).
+pub fn progress(run_id: i64, rows_deleted: i64, batches: i32) {
+    Spi::run_with_args(
+        "UPDATE token_cleanup.runs SET rows_deleted = $2, batches = $3 WHERE id = $1",
+        &[run_id.into(), rows_deleted.into(), batches.into()],
+    )
+    .expect("updating token_cleanup.runs");
+}
+
+/// Records the end of a run.
+pub fn finish(run_id: i64, outcome: &Outcome, rows_deleted: i64, batches: i32) {
+    Spi::run_with_args(
+        "UPDATE token_cleanup.runs SET status = $2, error = $3, rows_deleted = $4, batches = $5, \
+                finished_at = clock_timestamp() WHERE id = $1",
+        &[
+            run_id.into(),
+            outcome.status().into(),
+            outcome.error().into(),
+            rows_deleted.into(),
+            batches.into(),
+        ],
+    )
+    .expect("updating token_cleanup.runs");
+}
+
+/// Marks runs left `running` by a process that no longer exists (crash, kill -9, immediate
+/// shutdown) as `interrupted`. Returns how many were marked.
+pub fn mark_interrupted() -> i64 {
+    Spi::get_one::<i64>(
+        "WITH marked AS (UPDATE token_cleanup.runs SET status = 'interrupted', finished_at = clock_timestamp(), \
+                error = coalesce(error, 'the process running it ended before the run finished (crash, kill or shutdown)') \
+          WHERE status = 'running' \
+            AND (pid IS NULL OR pid = pg_backend_pid() \
+                 OR pid NOT IN (SELECT a.pid FROM pg_stat_activity a WHERE a.pid IS NOT NULL)) \
+          RETURNING 1) SELECT count(*) FROM marked",
+    )
+    .expect("marking interrupted runs")
+    .unwrap_or(0)
+}
+
+/// Deletes finished runs older than `retention_seconds`. Returns how many were deleted.
+pub fn prune(retention_seconds: i64) -> i64 {
+    Spi::get_one_with_args::<i64>(
+        "WITH gone AS (DELETE FROM token_cleanup.runs \
+          WHERE started_at < now() - make_interval(secs => $1) AND status <> 'running' RETURNING 1) \
+         SELECT count(*) FROM gone",
+        &[(retention_seconds as f64).into()],
+    )
+    .expect("pruning token_cleanup.runs")
+    .unwrap_or(0)
+}
+
+/// Whether another live process is running this rule now (for a clear "already running" error).
+pub fn running_elsewhere(rule_id: i64) -> Option<i64> {
+    Spi::get_one_with_args::<i64>(
+        "SELECT id FROM token_cleanup.runs WHERE rule_id = $1 AND status = 'running' \
+            AND pid <> pg_backend_pid() ORDER BY id DESC LIMIT 1",
+        &[rule_id.into()],
+    )
+    .ok()
+    .flatten()
+}

@@ -1,0 +1,94 @@
+//! The utility hook that keeps our workers out of the way of `DROP DATABASE`: a worker connected to a
+//! database makes a plain `DROP DATABASE` fail with "being accessed by other users". Before the drop
+//! runs, the hook sends SIGTERM to this extension's workers in that database and waits (up to
+//! [`STOP_WAIT`]) for them to exit. A scheduler stopped this way records its current run as
+//! `interrupted`; if the drop then fails, the launcher starts it again later.
+
+use crate::worker;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
+
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+static mut PREVIOUS: pg_sys::ProcessUtility_hook_type = None;
+
+/// Installs the hook; called from `_PG_init`.
+pub fn init() {
+    // SAFETY: hook chaining while the library loads (single-threaded).
+    unsafe {
+        PREVIOUS = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: PostgreSQL passes a valid planned utility statement.
+    unsafe {
+        let stmt = (*pstmt).utilityStmt;
+        if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_DropdbStmt {
+            let drop = stmt as *mut pg_sys::DropdbStmt;
+            let database = pg_sys::get_database_oid((*drop).dbname, true);
+            if database != pg_sys::InvalidOid {
+                stop_workers_in(database);
+            }
+        }
+        match PREVIOUS {
+            Some(previous) => previous(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+            None => pg_sys::standard_ProcessUtility(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+        }
+    }
+}
+
+/// SIGTERMs our schedulers and runners connected to `database` and waits for them to exit.
+fn stop_workers_in(database: pg_sys::Oid) {
+    let pids: Vec<i32> = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datid = $1 AND backend_type IN ($2, $3)",
+            None,
+            &[database.into(), worker::SCHEDULER_TYPE.into(), worker::RUNNER_TYPE.into()],
+        )?;
+        rows.map(|r| r.get::<i32>(1).map(|p| p.unwrap_or(0))).collect::<Result<Vec<_>, _>>()
+    })
+    .unwrap_or_default();
+    let pids: Vec<i32> = pids.into_iter().filter(|p| *p > 0).collect();
+    for &pid in &pids {
+        // SAFETY: kill(2) of our own worker process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + STOP_WAIT;
+    // SAFETY: kill(pid, 0) only checks that the process exists.
+    while pids.iter().any(|&pid| unsafe { libc::kill(pid, 0) } == 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        pg_sys::check_for_interrupts!();
+    }
+}

@@ -1,0 +1,68 @@
+//! pg_token_cleanup: purge expired and revoked rows (OAuth tokens, sessions, password resets, device
+//! codes) from inside PostgreSQL, on cron schedules, in batches, as each rule's owner, exactly once per
+//! cluster.
+//!
+//! Vocabulary (used throughout, and no other words for the same things):
+//! - **rule**: a row of `token_cleanup.rules`: what to delete, from which table, on which schedule, as
+//!   which role.
+//! - **run**: one execution of a rule, a row of `token_cleanup.runs`.
+//! - **batch**: one transaction inside a run.
+//! - **launcher**: the one static background worker that finds databases with the extension and
+//!   starts a **scheduler** (one dynamic worker per database) in each. A **runner** is the dynamic
+//!   worker that performs one manual run.
+//!
+//! Where things are:
+//! - [`schedule`]: cron text → fire times (pure Rust); [`worker::agenda`]: due times (pure Rust).
+//! - [`catalog`]: rules, loading and validation; [`target`]: table resolution and the condition check.
+//! - [`executor`]: one run (batches); [`history`]: the runs table; [`security`]: owner context,
+//!   timeouts, subtransactions.
+//! - [`worker`]: launcher, scheduler, runner, signals; [`hooks`]: DROP DATABASE support.
+//! - [`api`]: SQL functions; [`gucs`]: settings; `sql/`: tables, views, policies, triggers.
+
+use pgrx::prelude::*;
+
+pub mod api;
+pub mod catalog;
+pub mod errors;
+pub mod executor;
+pub mod gucs;
+pub mod history;
+pub mod hooks;
+pub mod schedule;
+pub mod security;
+pub mod target;
+pub mod worker;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/finish.sql", name = "finish", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+    // SAFETY: reading a flag PostgreSQL sets while it preloads libraries.
+    if !unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        errors::refuse(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "pg_token_cleanup must be loaded via shared_preload_libraries",
+            "Add pg_token_cleanup to shared_preload_libraries in postgresql.conf \
+             (ALTER SYSTEM SET shared_preload_libraries = 'pg_token_cleanup') and restart the server.",
+        );
+    }
+    hooks::init();
+    worker::launcher::register();
+}
+
+/// Settings for the `#[pg_test]` cluster that `cargo pgrx test` starts.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'pg_token_cleanup'"]
+    }
+}

@@ -1,0 +1,774 @@
+//! Cron text -> [`Schedule`] -> next fire times. Pure Rust (no pgrx), tested with plain `#[test]`.
+//!
+//! Accepted forms:
+//! - 5 fields, crontab (Vixie cron / pg_cron): `minute hour day-of-month month day-of-week`;
+//! - 6 fields: a seconds field first, then the 5 crontab fields;
+//! - 7 fields, Quartz (as in Ed-Fi's samples): `second minute hour day-of-month month day-of-week year`;
+//! - macros `@yearly` (`@annually`), `@monthly`, `@weekly`, `@daily` (`@midnight`), `@hourly`.
+//!
+//! Every field takes `*`, numbers, names (`JAN`-`DEC`, `SUN`-`SAT`), lists `a,b`, ranges `a-b` and steps
+//! `*/s`, `a-b/s`, `a/s` (Quartz: from `a` to the end). `?` means "any" in the two day fields.
+//!
+//! Day-of-week numbers: 0 or 7 = Sunday, 1 = Monday … 6 = Saturday, as in crontab, except in 7-field
+//! lines and 6-field lines that use `?`, which are Quartz lines: there 1 = Sunday … 7 = Saturday.
+//! Names mean the same everywhere.
+//!
+//! Day fields follow Vixie cron: when both day-of-month and day-of-week are restricted (neither starts
+//! with `*` or `?`), a day matches when *either* matches; otherwise both must match.
+//!
+//! The `cron` crate does the calendar arithmetic. It only reads 6/7-field Quartz lines, numbers weekdays
+//! from Sunday = 1 and ANDs the two day fields, so this module parses and validates the text itself,
+//! expands each field to the set of values it allows, and hands the crate explicit lists (weekdays as
+//! names). For the OR rule it builds two crate schedules and merges their fire times.
+
+use chrono::{DateTime, TimeZone};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+/// Longest schedule text accepted; real lines are a few dozen characters.
+pub const MAX_SCHEDULE_LEN: usize = 200;
+
+const MONTH_NAMES: [&str; 12] = [
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+];
+const WEEKDAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+/// The hint every schedule error carries.
+pub const SCHEDULE_HINT: &str = "Use 5 fields \"minute hour day-of-month month day-of-week\" (e.g. '0 3 * * *'), \
+6 fields with seconds first (e.g. '*/10 * * * * *'), 7 Quartz fields with a year (e.g. '0 0/30 * 1/1 * ? *'), \
+or @hourly, @daily, @weekly, @monthly, @yearly.";
+
+/// Why a schedule text was refused. `Display` gives the message users read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScheduleError {
+    Empty,
+    TooLong(usize),
+    UnknownMacro(String),
+    FieldCount(usize),
+    Field {
+        field: &'static str,
+        text: String,
+        reason: String,
+    },
+    Never,
+}
+
+impl fmt::Display for ScheduleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScheduleError::Empty => write!(f, "schedule is empty"),
+            ScheduleError::TooLong(n) => {
+                write!(
+                    f,
+                    "schedule is {n} characters long; at most {MAX_SCHEDULE_LEN} are allowed"
+                )
+            }
+            ScheduleError::UnknownMacro(m) => write!(f, "unknown schedule macro \"{m}\""),
+            ScheduleError::FieldCount(n) => {
+                write!(f, "schedule has {n} fields; expected 5, 6 or 7")
+            }
+            ScheduleError::Field {
+                field,
+                text,
+                reason,
+            } => {
+                write!(f, "{field} field \"{text}\": {reason}")
+            }
+            ScheduleError::Never => write!(f, "schedule never fires"),
+        }
+    }
+}
+
+/// Weekday numbering of a line (see the module header).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum WeekdayNumbers {
+    Crontab,
+    Quartz,
+}
+
+/// One field's rules: its name in errors, its range and its names.
+struct FieldSpec {
+    name: &'static str,
+    min: u32,
+    max: u32,
+    names: &'static [&'static str],
+    /// Value of the first name (`JAN` = 1, `SUN` = 0).
+    names_base: u32,
+    allows_question_mark: bool,
+}
+
+const SECOND: FieldSpec = FieldSpec {
+    name: "second",
+    min: 0,
+    max: 59,
+    names: &[],
+    names_base: 0,
+    allows_question_mark: false,
+};
+const MINUTE: FieldSpec = FieldSpec {
+    name: "minute",
+    ..SECOND
+};
+const HOUR: FieldSpec = FieldSpec {
+    name: "hour",
+    max: 23,
+    ..SECOND
+};
+const DAY_OF_MONTH: FieldSpec = FieldSpec {
+    name: "day-of-month",
+    min: 1,
+    max: 31,
+    allows_question_mark: true,
+    ..SECOND
+};
+const MONTH: FieldSpec = FieldSpec {
+    name: "month",
+    min: 1,
+    max: 12,
+    names: &MONTH_NAMES,
+    names_base: 1,
+    ..SECOND
+};
+const YEAR: FieldSpec = FieldSpec {
+    name: "year",
+    min: 1970,
+    max: 2099,
+    ..SECOND
+};
+const WEEKDAY_CRONTAB: FieldSpec = FieldSpec {
+    name: "day-of-week",
+    min: 0,
+    max: 7,
+    names: &WEEKDAY_NAMES,
+    names_base: 0,
+    allows_question_mark: true,
+};
+const WEEKDAY_QUARTZ: FieldSpec = FieldSpec {
+    min: 1,
+    max: 7,
+    names_base: 1,
+    ..WEEKDAY_CRONTAB
+};
+
+/// A field expanded to the values it allows, and whether it was written as "any" (`*…` or `?`).
+struct Expanded {
+    values: BTreeSet<u32>,
+    starts_unrestricted: bool,
+}
+
+/// A parsed, validated schedule that can list its fire times in any time zone.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    source: String,
+    /// One crate schedule, or two whose fire times are merged (day-of-month OR day-of-week).
+    plans: Vec<cron::Schedule>,
+}
+
+impl Schedule {
+    /// Parses `text`; see the module header for the accepted forms.
+    pub fn parse(text: &str) -> Result<Schedule, ScheduleError> {
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err(ScheduleError::Empty);
+        }
+        if trimmed.len() > MAX_SCHEDULE_LEN {
+            return Err(ScheduleError::TooLong(trimmed.len()));
+        }
+        let line = expand_macro(trimmed)?;
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (seconds, rest, year, numbers) = match fields.len() {
+            5 => ("0", &fields[..], "*", WeekdayNumbers::Crontab),
+            6 => {
+                let quartz = fields.iter().any(|f| f.contains('?'));
+                let numbers = if quartz {
+                    WeekdayNumbers::Quartz
+                } else {
+                    WeekdayNumbers::Crontab
+                };
+                (fields[0], &fields[1..6], "*", numbers)
+            }
+            7 => (fields[0], &fields[1..6], fields[6], WeekdayNumbers::Quartz),
+            n => return Err(ScheduleError::FieldCount(n)),
+        };
+        let weekday_spec = match numbers {
+            WeekdayNumbers::Crontab => &WEEKDAY_CRONTAB,
+            WeekdayNumbers::Quartz => &WEEKDAY_QUARTZ,
+        };
+        let second = expand_field(&SECOND, seconds)?;
+        let minute = expand_field(&MINUTE, rest[0])?;
+        let hour = expand_field(&HOUR, rest[1])?;
+        let day_of_month = expand_field(&DAY_OF_MONTH, rest[2])?;
+        let month = expand_field(&MONTH, rest[3])?;
+        let weekday = expand_field(weekday_spec, rest[4])?;
+        let year = expand_field(&YEAR, year)?;
+
+        // Weekdays as 0 = Sunday … 6 = Saturday whatever the numbering, then as names for the crate.
+        let weekday_days: BTreeSet<u32> = weekday
+            .values
+            .iter()
+            .map(|&v| match numbers {
+                WeekdayNumbers::Crontab => v % 7,
+                WeekdayNumbers::Quartz => v - 1,
+            })
+            .collect();
+
+        let common = |dom: &str, dow: &str| {
+            format!(
+                "{} {} {} {} {} {} {}",
+                render(&second.values, &SECOND),
+                render(&minute.values, &MINUTE),
+                render(&hour.values, &HOUR),
+                dom,
+                render(&month.values, &MONTH),
+                dow,
+                render(&year.values, &YEAR)
+            )
+        };
+        let dom_text = render(&day_of_month.values, &DAY_OF_MONTH);
+        let dow_text = render_weekdays(&weekday_days);
+        let lines = if !day_of_month.starts_unrestricted && !weekday.starts_unrestricted {
+            vec![common(&dom_text, "*"), common("*", &dow_text)]
+        } else {
+            vec![common(&dom_text, &dow_text)]
+        };
+        let plans = lines
+            .iter()
+            .map(|l| {
+                cron::Schedule::from_str(l).map_err(|e| ScheduleError::Field {
+                    field: "schedule",
+                    text: trimmed.to_string(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Schedule {
+            source: trimmed.to_string(),
+            plans,
+        })
+    }
+
+    /// Parses `text` and refuses a schedule with no fire time after `now`.
+    pub fn parse_firing<Z: TimeZone>(
+        text: &str,
+        now: &DateTime<Z>,
+    ) -> Result<Schedule, ScheduleError> {
+        let schedule = Schedule::parse(text)?;
+        match schedule.next_after(now) {
+            Some(_) => Ok(schedule),
+            None => Err(ScheduleError::Never),
+        }
+    }
+
+    /// The text this schedule was parsed from, trimmed.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The first fire time strictly after `after`, in `after`'s time zone.
+    pub fn next_after<Z: TimeZone>(&self, after: &DateTime<Z>) -> Option<DateTime<Z>> {
+        self.plans
+            .iter()
+            .filter_map(|p| p.after(after).next())
+            .min()
+    }
+
+    /// The next `n` fire times strictly after `after`.
+    pub fn upcoming<Z: TimeZone>(&self, after: &DateTime<Z>, n: usize) -> Vec<DateTime<Z>> {
+        let mut out = Vec::with_capacity(n.min(1024));
+        let mut cursor = after.clone();
+        while out.len() < n {
+            match self.next_after(&cursor) {
+                Some(t) => {
+                    cursor = t.clone();
+                    out.push(t);
+                }
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+fn expand_macro(text: &str) -> Result<String, ScheduleError> {
+    if !text.starts_with('@') {
+        return Ok(text.to_string());
+    }
+    let line = match text.to_ascii_lowercase().as_str() {
+        "@yearly" | "@annually" => "0 0 1 1 *",
+        "@monthly" => "0 0 1 * *",
+        "@weekly" => "0 0 * * 0",
+        "@daily" | "@midnight" => "0 0 * * *",
+        "@hourly" => "0 * * * *",
+        _ => return Err(ScheduleError::UnknownMacro(text.to_string())),
+    };
+    Ok(line.to_string())
+}
+
+fn field_error(spec: &FieldSpec, text: &str, reason: impl Into<String>) -> ScheduleError {
+    ScheduleError::Field {
+        field: spec.name,
+        text: text.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Expands one field's text into the set of values it allows, checking every number and name.
+fn expand_field(spec: &FieldSpec, text: &str) -> Result<Expanded, ScheduleError> {
+    let starts_unrestricted = text.starts_with('*') || text.starts_with('?');
+    if text == "?" {
+        if !spec.allows_question_mark {
+            return Err(field_error(
+                spec,
+                text,
+                "'?' is only allowed in the day-of-month and day-of-week fields",
+            ));
+        }
+        return Ok(Expanded {
+            values: (spec.min..=spec.max).collect(),
+            starts_unrestricted,
+        });
+    }
+    let mut values = BTreeSet::new();
+    for item in text.split(',') {
+        if item.is_empty() {
+            return Err(field_error(spec, text, "empty list item"));
+        }
+        for part in item.split(['-', '/']) {
+            let quartz_only = part
+                .chars()
+                .find(|c| matches!(c, 'L' | 'W' | '#' | 'l' | 'w'));
+            if let Some(c) = quartz_only.filter(|_| !is_name(spec, part)) {
+                return Err(field_error(
+                    spec,
+                    text,
+                    format!("'{c}' (Quartz last/nearest/nth) is not supported"),
+                ));
+            }
+        }
+        let (base, step) = match item.split_once('/') {
+            Some((b, s)) => {
+                let step: u32 = s.parse().map_err(|_| {
+                    field_error(spec, text, format!("step \"{s}\" is not a number"))
+                })?;
+                if step == 0 || step > spec.max {
+                    return Err(field_error(
+                        spec,
+                        text,
+                        format!("step {step} is out of range 1-{}", spec.max),
+                    ));
+                }
+                (b, Some(step))
+            }
+            None => (item, None),
+        };
+        let (low, high) = if base == "*" || base == "?" {
+            (spec.min, spec.max)
+        } else if let Some((a, b)) = base.split_once('-') {
+            let (low, high) = (value(spec, text, a)?, value(spec, text, b)?);
+            if low > high {
+                return Err(field_error(
+                    spec,
+                    text,
+                    format!("range {a}-{b} runs backwards"),
+                ));
+            }
+            (low, high)
+        } else {
+            let start = value(spec, text, base)?;
+            // "a/s" is Quartz's "from a to the end, every s"; a lone "a" is just a.
+            (start, if step.is_some() { spec.max } else { start })
+        };
+        let step = step.unwrap_or(1) as usize;
+        values.extend((low..=high).step_by(step));
+    }
+    Ok(Expanded {
+        values,
+        starts_unrestricted,
+    })
+}
+
+fn is_name(spec: &FieldSpec, text: &str) -> bool {
+    spec.names.iter().any(|n| n.eq_ignore_ascii_case(text))
+}
+
+/// One number or name of a field, checked against the field's range.
+fn value(spec: &FieldSpec, field_text: &str, text: &str) -> Result<u32, ScheduleError> {
+    if let Some(i) = spec.names.iter().position(|n| n.eq_ignore_ascii_case(text)) {
+        return Ok(spec.names_base + i as u32);
+    }
+    let n: u32 = text.parse().map_err(|_| {
+        let names = if spec.names.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " or a name ({}-{})",
+                spec.names[0],
+                spec.names[spec.names.len() - 1]
+            )
+        };
+        field_error(
+            spec,
+            field_text,
+            format!("\"{text}\" is not a number{names}"),
+        )
+    })?;
+    if n < spec.min || n > spec.max {
+        return Err(field_error(
+            spec,
+            field_text,
+            format!("{n} is out of range {}-{}", spec.min, spec.max),
+        ));
+    }
+    Ok(n)
+}
+
+/// A set of values as the crate reads it: `*` when the whole range, else an explicit list.
+fn render(values: &BTreeSet<u32>, spec: &FieldSpec) -> String {
+    if values.len() as u32 == spec.max - spec.min + 1 {
+        return "*".to_string();
+    }
+    values
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Weekdays (0 = Sunday) as names, which the crate reads without numbering ambiguity.
+fn render_weekdays(days: &BTreeSet<u32>) -> String {
+    if days.len() == 7 {
+        return "*".to_string();
+    }
+    days.iter()
+        .map(|&d| WEEKDAY_NAMES[d as usize])
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Datelike, Timelike, Utc, Weekday};
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn next(text: &str, after: &str, n: usize) -> Vec<String> {
+        Schedule::parse(text)
+            .unwrap()
+            .upcoming(&at(after), n)
+            .iter()
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S %a").to_string())
+            .collect()
+    }
+
+    fn err(text: &str) -> String {
+        Schedule::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn five_field_daily_at_three() {
+        assert_eq!(
+            next("0 3 * * *", "2026-01-01T05:00:00Z", 2),
+            ["2026-01-02 03:00:00 Fri", "2026-01-03 03:00:00 Sat"]
+        );
+    }
+
+    #[test]
+    fn crontab_weekday_numbers_mean_monday_to_friday() {
+        // 2026-01-03 is a Saturday: the next 1-5 (Mon-Fri) slot is Monday 5th, never Sunday.
+        let times = Schedule::parse("0 22 * * 1-5")
+            .unwrap()
+            .upcoming(&at("2026-01-02T23:00:00Z"), 5);
+        let days: Vec<Weekday> = times.iter().map(|t| t.weekday()).collect();
+        assert_eq!(
+            days,
+            [
+                Weekday::Mon,
+                Weekday::Tue,
+                Weekday::Wed,
+                Weekday::Thu,
+                Weekday::Fri
+            ]
+        );
+    }
+
+    #[test]
+    fn sunday_is_zero_and_seven_in_crontab() {
+        let zero = next("0 0 * * 0", "2026-01-01T00:00:00Z", 3);
+        let seven = next("0 0 * * 7", "2026-01-01T00:00:00Z", 3);
+        let name = next("0 0 * * SUN", "2026-01-01T00:00:00Z", 3);
+        assert_eq!(zero, seven);
+        assert_eq!(zero, name);
+        assert!(zero.iter().all(|t| t.ends_with("Sun")), "{zero:?}");
+    }
+
+    #[test]
+    fn weekday_range_wrapping_through_seven() {
+        // 5-7 = Friday, Saturday, Sunday.
+        let days = next("0 0 * * 5-7", "2026-01-01T12:00:00Z", 3);
+        assert_eq!(
+            days,
+            [
+                "2026-01-02 00:00:00 Fri",
+                "2026-01-03 00:00:00 Sat",
+                "2026-01-04 00:00:00 Sun"
+            ]
+        );
+    }
+
+    #[test]
+    fn weekday_step_over_star() {
+        // */2 = 0,2,4,6 = Sun, Tue, Thu, Sat.
+        let days = next("0 0 * * */2", "2026-01-01T12:00:00Z", 4);
+        let names: Vec<&str> = days.iter().map(|d| &d[20..]).collect();
+        assert_eq!(names, ["Sat", "Sun", "Tue", "Thu"]);
+    }
+
+    #[test]
+    fn day_fields_or_when_both_restricted() {
+        // The 1st of the month OR any Monday (Vixie cron, pg_cron).
+        let times = next("0 0 1 * MON", "2026-01-01T12:00:00Z", 4);
+        assert_eq!(
+            times,
+            [
+                "2026-01-05 00:00:00 Mon",
+                "2026-01-12 00:00:00 Mon",
+                "2026-01-19 00:00:00 Mon",
+                "2026-01-26 00:00:00 Mon"
+            ]
+        );
+        let feb = next("0 0 1 * MON", "2026-01-26T12:00:00Z", 2);
+        assert_eq!(feb, ["2026-02-01 00:00:00 Sun", "2026-02-02 00:00:00 Mon"]);
+    }
+
+    #[test]
+    fn day_fields_and_when_one_starts_with_star() {
+        // */2 starts with '*': both must match (odd days that are Mondays), as in Vixie cron.
+        let times = next("0 0 */2 * 1", "2026-01-01T12:00:00Z", 3);
+        for t in &times {
+            let day: u32 = t[8..10].parse().unwrap();
+            assert!(t.ends_with("Mon") && day % 2 == 1, "{t}");
+        }
+    }
+
+    #[test]
+    fn lists_ranges_steps_and_names() {
+        assert_eq!(
+            next("15,45 9-10 * JAN-FEB *", "2026-01-01T00:00:00Z", 5),
+            [
+                "2026-01-01 09:15:00 Thu",
+                "2026-01-01 09:45:00 Thu",
+                "2026-01-01 10:15:00 Thu",
+                "2026-01-01 10:45:00 Thu",
+                "2026-01-02 09:15:00 Fri"
+            ]
+        );
+        assert_eq!(
+            next("*/20 0 1 */6 *", "2026-02-01T00:00:00Z", 2),
+            ["2026-07-01 00:00:00 Wed", "2026-07-01 00:20:00 Wed"]
+        );
+    }
+
+    #[test]
+    fn six_fields_with_seconds() {
+        assert_eq!(
+            next("*/15 * * * * *", "2026-01-01T00:00:05Z", 3),
+            [
+                "2026-01-01 00:00:15 Thu",
+                "2026-01-01 00:00:30 Thu",
+                "2026-01-01 00:00:45 Thu"
+            ]
+        );
+        // Six fields without '?' number weekdays as crontab does: 1 = Monday.
+        let t = Schedule::parse("0 0 9 * * 1")
+            .unwrap()
+            .next_after(&at("2026-01-01T00:00:00Z"))
+            .unwrap();
+        assert_eq!(t.weekday(), Weekday::Mon);
+    }
+
+    #[test]
+    fn quartz_ed_fi_sample() {
+        assert_eq!(
+            next("0 0/30 * 1/1 * ? *", "2026-01-01T00:10:00Z", 3),
+            [
+                "2026-01-01 00:30:00 Thu",
+                "2026-01-01 01:00:00 Thu",
+                "2026-01-01 01:30:00 Thu"
+            ]
+        );
+    }
+
+    #[test]
+    fn quartz_weekday_numbers_start_at_sunday() {
+        // In a Quartz line 2 = Monday.
+        let t = Schedule::parse("0 0 9 ? * 2 *")
+            .unwrap()
+            .next_after(&at("2026-01-01T00:00:00Z"))
+            .unwrap();
+        assert_eq!(t.weekday(), Weekday::Mon);
+        let t = Schedule::parse("0 0 9 ? * 2")
+            .unwrap()
+            .next_after(&at("2026-01-01T00:00:00Z"))
+            .unwrap();
+        assert_eq!(t.weekday(), Weekday::Mon);
+    }
+
+    #[test]
+    fn quartz_year_field() {
+        assert_eq!(
+            next("0 0 12 1 1 ? 2030", "2026-01-01T00:00:00Z", 2),
+            ["2030-01-01 12:00:00 Tue"]
+        );
+    }
+
+    #[test]
+    fn macros() {
+        let after = "2026-03-15T10:30:00Z";
+        assert_eq!(next("@hourly", after, 1), ["2026-03-15 11:00:00 Sun"]);
+        assert_eq!(next("@daily", after, 1), ["2026-03-16 00:00:00 Mon"]);
+        assert_eq!(next("@midnight", after, 1), ["2026-03-16 00:00:00 Mon"]);
+        assert_eq!(next("@weekly", after, 1), ["2026-03-22 00:00:00 Sun"]);
+        assert_eq!(next("@monthly", after, 1), ["2026-04-01 00:00:00 Wed"]);
+        assert_eq!(next("@yearly", after, 1), ["2027-01-01 00:00:00 Fri"]);
+        assert_eq!(next("@annually", after, 1), ["2027-01-01 00:00:00 Fri"]);
+        assert_eq!(next("@DAILY", after, 1), ["2026-03-16 00:00:00 Mon"]);
+    }
+
+    #[test]
+    fn time_zone_is_respected() {
+        let tz: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+        let after = at("2026-01-01T00:00:00Z").with_timezone(&tz);
+        let t = Schedule::parse("0 3 * * *")
+            .unwrap()
+            .next_after(&after)
+            .unwrap();
+        assert_eq!((t.hour(), t.with_timezone(&Utc).hour()), (3, 2));
+    }
+
+    #[test]
+    fn next_after_is_strictly_after() {
+        assert_eq!(
+            next("0 3 * * *", "2026-01-01T03:00:00Z", 1),
+            ["2026-01-02 03:00:00 Fri"]
+        );
+    }
+
+    #[test]
+    fn bad_inputs_name_the_problem() {
+        assert_eq!(err(""), "schedule is empty");
+        assert_eq!(err("   "), "schedule is empty");
+        assert_eq!(err("* * *"), "schedule has 3 fields; expected 5, 6 or 7");
+        assert_eq!(
+            err("0 0 0 0 0 0 0 0"),
+            "schedule has 8 fields; expected 5, 6 or 7"
+        );
+        assert_eq!(
+            err("61 * * * *"),
+            "minute field \"61\": 61 is out of range 0-59"
+        );
+        assert_eq!(
+            err("* 24 * * *"),
+            "hour field \"24\": 24 is out of range 0-23"
+        );
+        assert_eq!(
+            err("* * 32 * *"),
+            "day-of-month field \"32\": 32 is out of range 1-31"
+        );
+        assert_eq!(
+            err("* * 0 * *"),
+            "day-of-month field \"0\": 0 is out of range 1-31"
+        );
+        assert_eq!(
+            err("* * * 13 *"),
+            "month field \"13\": 13 is out of range 1-12"
+        );
+        assert_eq!(
+            err("* * * * 8"),
+            "day-of-week field \"8\": 8 is out of range 0-7"
+        );
+        assert_eq!(
+            err("0 0 0 ? * 0 *"),
+            "day-of-week field \"0\": 0 is out of range 1-7"
+        );
+        assert_eq!(
+            err("60 * * * * *"),
+            "second field \"60\": 60 is out of range 0-59"
+        );
+        assert_eq!(
+            err("0 0 0 1 1 ? 1960"),
+            "year field \"1960\": 1960 is out of range 1970-2099"
+        );
+        assert_eq!(
+            err("* * * FOO *"),
+            "month field \"FOO\": \"FOO\" is not a number or a name (JAN-DEC)"
+        );
+        assert_eq!(
+            err("a * * * *"),
+            "minute field \"a\": \"a\" is not a number"
+        );
+        assert_eq!(
+            err("*/0 * * * *"),
+            "minute field \"*/0\": step 0 is out of range 1-59"
+        );
+        assert_eq!(
+            err("*/x * * * *"),
+            "minute field \"*/x\": step \"x\" is not a number"
+        );
+        assert_eq!(
+            err("30-10 * * * *"),
+            "minute field \"30-10\": range 30-10 runs backwards"
+        );
+        assert_eq!(
+            err("1,,2 * * * *"),
+            "minute field \"1,,2\": empty list item"
+        );
+        assert_eq!(
+            err("? * * * *"),
+            "minute field \"?\": '?' is only allowed in the day-of-month and day-of-week fields"
+        );
+        assert_eq!(
+            err("0 0 0 L * ? *"),
+            "day-of-month field \"L\": 'L' (Quartz last/nearest/nth) is not supported"
+        );
+        assert_eq!(
+            err("0 0 0 ? * 2#1 *"),
+            "day-of-week field \"2#1\": '#' (Quartz last/nearest/nth) is not supported"
+        );
+        assert_eq!(
+            next("0 0 * * MON-WED", "2026-01-01T00:00:00Z", 1),
+            ["2026-01-05 00:00:00 Mon"]
+        );
+        assert_eq!(
+            err("@every_minute"),
+            "unknown schedule macro \"@every_minute\""
+        );
+        let long = "1,".repeat(150) + "1 * * * *";
+        assert_eq!(
+            err(&long),
+            format!(
+                "schedule is {} characters long; at most 200 are allowed",
+                long.len()
+            )
+        );
+    }
+
+    #[test]
+    fn never_firing_schedules_are_refused() {
+        let now = at("2026-01-01T00:00:00Z");
+        assert_eq!(
+            Schedule::parse_firing("0 0 30 2 *", &now).unwrap_err(),
+            ScheduleError::Never
+        );
+        assert_eq!(
+            Schedule::parse_firing("0 0 0 1 1 ? 2020", &now).unwrap_err(),
+            ScheduleError::Never
+        );
+        // 29 February fires in leap years: accepted.
+        let leap = Schedule::parse_firing("0 0 29 2 *", &now).unwrap();
+        assert_eq!(leap.next_after(&now).unwrap().year(), 2028);
+    }
+}

@@ -1,0 +1,152 @@
+//! The launcher: the one static worker that finds databases and keeps a scheduler running in each
+//! database that has the extension (see the design note in `worker/mod.rs`).
+
+use super::{signals, LIBRARY, SCHEDULER_TYPE};
+use crate::gucs;
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker,
+};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::time::{Duration, Instant};
+
+/// How often the launcher rereads `pg_database` and checks its schedulers.
+pub const TICK: Duration = Duration::from_secs(5);
+/// At most this many schedulers started per tick, so probing many databases never takes every
+/// worker slot at once.
+const STARTS_PER_TICK: usize = 4;
+/// A database is not probed twice within this time, however often the launcher is woken.
+const MIN_PROBE_GAP: Duration = Duration::from_secs(1);
+
+/// Registers the launcher; called from `_PG_init` while preloading.
+pub fn register() {
+    BackgroundWorkerBuilder::new("pg_token_cleanup launcher")
+        .set_type(super::LAUNCHER_TYPE)
+        .set_library(LIBRARY)
+        .set_function("pg_token_cleanup_launcher_main")
+        .enable_spi_access()
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+struct Database {
+    name: String,
+    scheduler: Option<DynamicBackgroundWorker>,
+    next_probe: Instant,
+    last_probe: Option<Instant>,
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
+    signals::install();
+    // No database: the launcher reads only the shared catalog pg_database, and so never stands in
+    // the way of DROP DATABASE.
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    signals::reload_config_if_asked();
+    log!("pg_token_cleanup: launcher started");
+
+    let mut databases: HashMap<pg_sys::Oid, Database> = HashMap::new();
+    let mut woken = false;
+    while !signals::stop_requested() {
+        signals::reload_config_if_asked();
+        let now = Instant::now();
+        let listed = list_databases();
+        databases.retain(|oid, _| listed.iter().any(|(o, _)| o == oid));
+        let mut started = 0;
+        for (oid, name) in listed {
+            let db = databases.entry(oid).or_insert_with(|| Database {
+                name: name.clone(),
+                scheduler: None,
+                next_probe: now,
+                last_probe: None,
+            });
+            if db.scheduler.as_ref().is_some_and(is_alive) {
+                continue;
+            }
+            if db.scheduler.take().is_some() {
+                // It exited: extension absent or dropped, SIGTERM, or another scheduler serves it.
+                db.next_probe = now + gucs::database_probe_interval();
+            }
+            if woken && db.last_probe.is_none_or(|t| t.elapsed() >= MIN_PROBE_GAP) {
+                db.next_probe = now;
+            }
+            if now < db.next_probe || started >= STARTS_PER_TICK {
+                continue;
+            }
+            started += 1;
+            db.last_probe = Some(now);
+            db.next_probe = now + gucs::database_probe_interval();
+            db.scheduler = start_scheduler(oid, &db.name);
+        }
+        let next_probe = databases
+            .values()
+            .filter(|d| d.scheduler.is_none())
+            .map(|d| d.next_probe.saturating_duration_since(Instant::now()))
+            .min()
+            .unwrap_or(TICK);
+        woken = signals::wait(next_probe.clamp(Duration::from_millis(100), TICK));
+    }
+    log!("pg_token_cleanup: launcher stopped");
+    // Exit 1 so that the postmaster restarts a launcher ended by pg_terminate_backend (it does not
+    // restart anything during shutdown).
+    // SAFETY: ends this process, as a worker may.
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+fn is_alive(worker: &DynamicBackgroundWorker) -> bool {
+    matches!(
+        worker.pid(),
+        Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted)
+    )
+}
+
+fn start_scheduler(database: pg_sys::Oid, name: &str) -> Option<DynamicBackgroundWorker> {
+    let worker = BackgroundWorkerBuilder::new(&format!("pg_token_cleanup scheduler {name}"))
+        .set_type(SCHEDULER_TYPE)
+        .set_library(super::LIBRARY)
+        .set_function("pg_token_cleanup_scheduler_main")
+        .enable_spi_access()
+        .set_restart_time(None)
+        .set_argument(database.into_datum())
+        .load_dynamic();
+    match worker {
+        Ok(w) => Some(w),
+        Err(_) => {
+            warning!(
+                "pg_token_cleanup: could not start a scheduler for database \"{name}\": no free background worker slot; \
+                 raise max_worker_processes (it needs one slot per database with the extension, plus one)"
+            );
+            None
+        }
+    }
+}
+
+/// Databases that accept connections and are not templates: (OID, name). Read with a catalog scan,
+/// since the launcher is connected to no database.
+fn list_databases() -> Vec<(pg_sys::Oid, String)> {
+    BackgroundWorker::transaction(|| unsafe {
+        // SAFETY: the autovacuum launcher's get_database_list(), in a transaction.
+        let mut out = Vec::new();
+        let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock as i32);
+        let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
+        loop {
+            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+            if (*form).datallowconn && !(*form).datistemplate {
+                let name = CStr::from_ptr((*form).datname.data.as_ptr())
+                    .to_string_lossy()
+                    .into_owned();
+                out.push(((*form).oid, name));
+            }
+        }
+        pg_sys::table_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+        out
+    })
+}

@@ -1,0 +1,64 @@
+//! Background workers. Design note:
+//!
+//! - **launcher** (static, one per cluster, registered in `_PG_init`): connects to no database, reads
+//!   `pg_database` every [`launcher::TICK`], and keeps one **scheduler** running per database that
+//!   has the extension. It cannot see `pg_extension` of other databases, so it *probes*: it starts a
+//!   scheduler, which exits at once where the extension is absent; such databases are probed again
+//!   after `pg_token_cleanup.database_probe_interval`, or at once when `CREATE EXTENSION` wakes the
+//!   launcher (SIGUSR1 at commit).
+//! - **scheduler** (dynamic, one per database): loads enabled rules, sleeps until the next due time,
+//!   runs due rules one after another, records runs, prunes history. A change to the rules wakes it
+//!   (SIGUSR1 sent at commit by the rules trigger) and only then does it reload. It exits on SIGTERM
+//!   (server shutdown, `DROP DATABASE` via our utility hook, `pg_terminate_backend`) and when the
+//!   extension is dropped.
+//! - **runner** (dynamic, one per `token_cleanup.run()` call): runs one rule now, exactly as the
+//!   scheduler would, while the calling session waits for it.
+//!
+//! All workers start only after recovery (`BgWorkerStart_RecoveryFinished`): a hot standby runs
+//! nothing, and a promoted standby starts working at once. A rule never runs twice at once: every
+//! run holds a session advisory lock on the rule; a scheduled run finding it taken skips that slot,
+//! a manual run fails with a clear error.
+
+pub mod agenda;
+pub mod launcher;
+pub mod runner;
+pub mod scheduler;
+pub mod signals;
+
+use crate::catalog::Rule;
+use crate::executor::RunReport;
+use crate::history::{Outcome, Trigger};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+/// `backend_type` of each worker in `pg_stat_activity`.
+pub const LAUNCHER_TYPE: &str = "pg_token_cleanup launcher";
+pub const SCHEDULER_TYPE: &str = "pg_token_cleanup scheduler";
+pub const RUNNER_TYPE: &str = "pg_token_cleanup runner";
+
+pub const LIBRARY: &str = "pg_token_cleanup";
+
+/// Whether the extension exists in the connected database (inside a transaction).
+pub fn extension_present() -> bool {
+    // SAFETY: syscache lookup; missing_ok = true.
+    unsafe { pg_sys::get_extension_oid(c"pg_token_cleanup".as_ptr(), true) != pg_sys::InvalidOid }
+}
+
+/// The one LOG line every run writes: rule, outcome, rows deleted, batches, duration.
+pub fn log_run(rule: &Rule, run_id: i64, trigger: Trigger, report: &RunReport) {
+    let what = format!(
+        "pg_token_cleanup: rule \"{}\" run {} ({}) {}: deleted {} rows from {} in {} batches in {} ms",
+        rule.name,
+        run_id,
+        trigger.as_str(),
+        report.outcome.status(),
+        report.rows_deleted,
+        rule.table_name,
+        report.batches,
+        report.elapsed_ms
+    );
+    match &report.outcome {
+        Outcome::Succeeded => log!("{what}"),
+        Outcome::Failed(e) | Outcome::Interrupted(e) => log!("{what}: {e}"),
+    }
+}
