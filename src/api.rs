@@ -184,8 +184,10 @@ fn run(
             format!("See run {run_id} in token_cleanup.runs."),
         );
     }
-    let row = Spi::connect(|client| {
-        let rows = client.select(
+    // update() rather than select(): a read-write SPI call takes a fresh snapshot, which sees the
+    // runner's commits (a read-only one would reuse this statement's snapshot).
+    let row = Spi::connect_mut(|client| {
+        let rows = client.update(
             "SELECT status, rows_deleted, batches, started_at, finished_at, error FROM token_cleanup.runs WHERE id = $1",
             Some(1),
             &[run_id.into()],

@@ -88,6 +88,7 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
             }
             let candidates = match BackgroundWorker::transaction(|| collect(rule, &plan)) {
                 Ok(c) => c,
+                Err(_) if stop_requested() => return interrupted(),
                 Err(e) => return Outcome::Failed(format!("finding rows to delete: {e}")),
             };
             let full_scan = candidates.len() >= COLLECT_LIMIT;
@@ -109,6 +110,7 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
                         deleted_this_round += n;
                         batches += 1;
                     }
+                    Err(_) if stop_requested() => return interrupted(),
                     Err(e) => {
                         return Outcome::Failed(format!("deleting batch {}: {e}", batches + 1))
                     }
@@ -134,7 +136,11 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
 }
 
 fn interrupted() -> Outcome {
-    Outcome::Interrupted("stopped by SIGTERM between batches (server shutdown, DROP DATABASE or pg_terminate_backend); rows already deleted stay deleted, the rest go next run".into())
+    Outcome::Interrupted(
+        "stopped by SIGTERM (server shutdown, DROP DATABASE or pg_terminate_backend); \
+         committed batches stay deleted, the rest go in the next run"
+            .into(),
+    )
 }
 
 /// Resolves the owner and the table as they are *now* (a dropped or renamed table, a dropped owner,
@@ -176,7 +182,9 @@ fn prepare(rule: &Rule) -> Result<Plan, String> {
 /// Runs `f` as the owner, timed, in a subtransaction; any SQL error becomes `Err(message)`.
 fn owner_statement<R>(plan: &Plan, f: impl FnOnce() -> R) -> Result<R, String> {
     security::in_subtransaction(|| {
-        security::as_owner(plan.owner, plan.limits, || security::timed(plan.limits, f))
+        security::as_owner(plan.owner, plan.limits, || {
+            security::timed(plan.limits, || crate::worker::signals::cancellable(f))
+        })
     })
     .map_err(|e| e.to_string())
 }

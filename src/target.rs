@@ -79,6 +79,22 @@ pub fn unsupported_kind(oid: pg_sys::Oid) -> Option<(&'static str, &'static str)
         let persistence = pg_sys::get_rel_persistence(oid) as u8;
         (kind, persistence)
     };
+    // SAFETY: catalog lookups.
+    let (catalog, own) = unsafe {
+        let nsp = pg_sys::get_rel_namespace(oid);
+        let name = pg_sys::get_namespace_name(nsp);
+        let own = !name.is_null() && CStr::from_ptr(name).to_bytes() == b"token_cleanup";
+        (pg_sys::IsCatalogRelationOid(oid) || pg_sys::IsCatalogNamespace(nsp) || pg_sys::IsToastNamespace(nsp), own)
+    };
+    if catalog {
+        return Some(("is a system catalog", "Rules delete application rows; PostgreSQL manages its catalogs itself."));
+    }
+    if own {
+        return Some((
+            "belongs to pg_token_cleanup",
+            "History is pruned by pg_token_cleanup.history_retention; rules are removed with DELETE.",
+        ));
+    }
     match kind {
         b'r' if persistence == b't' => Some((
             "is a temporary table",

@@ -1,0 +1,204 @@
+//! Throwaway PostgreSQL 15 clusters for end-to-end tests: initdb'd and started by the test (as the
+//! `postgres` OS user when the test runs as root), with pg_token_cleanup preloaded, stopped and
+//! removed on drop. The extension must already be installed (`cargo pgrx install`).
+
+#![allow(dead_code)]
+
+use postgres::{Client, NoTls};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a PostgreSQL program as the `postgres` OS user when we are root (PostgreSQL refuses root).
+fn pg_command(program: &str) -> Command {
+    let path = format!("{PG_BIN}/{program}");
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        let mut c = Command::new(path);
+        c.env_remove("PGDATA");
+        c
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn check(what: &str, output: std::io::Result<std::process::Output>) {
+    let output = output.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Cluster {
+    /// initdb + start a cluster with the library preloaded and `extra` settings appended.
+    pub fn start(name: &str, extra: &[&str]) -> Cluster {
+        let base = std::env::temp_dir().join("pg_token_cleanup_e2e");
+        let dir = base.join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            check(
+                "chown",
+                Command::new("chown").args(["-R", "postgres:postgres", base.to_str().unwrap()]).output(),
+            );
+        }
+        let data = dir.join("data");
+        check(
+            "initdb",
+            pg_command("initdb")
+                .args(["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"])
+                .output(),
+        );
+        let port = free_port();
+        let mut conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             shared_preload_libraries = 'pg_token_cleanup'\nfsync = off\nmax_worker_processes = 16\n\
+             pg_token_cleanup.database_probe_interval = '2s'\nlog_line_prefix = '%m [%p] '\n",
+            dir.display()
+        );
+        for line in extra {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let conf_path = data.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).unwrap();
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).unwrap();
+        let cluster = Cluster { dir, port };
+        cluster.pg_ctl_start();
+        cluster
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pg_ctl_start(&self) {
+        check(
+            "pg_ctl start",
+            pg_command("pg_ctl")
+                .args([
+                    "-D",
+                    self.data().to_str().unwrap(),
+                    "-l",
+                    self.log_path().to_str().unwrap(),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ])
+                .output(),
+        );
+    }
+
+    pub fn pg_ctl_stop(&self, mode: &str) {
+        let _ = pg_command("pg_ctl")
+            .args(["-D", self.data().to_str().unwrap(), "-m", mode, "-w", "-t", "60", "stop"])
+            .output();
+    }
+
+    pub fn connect(&self, database: &str) -> Client {
+        let conn = format!("host=127.0.0.1 port={} user=postgres dbname={database}", self.port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect(&conn, NoTls) {
+                Ok(c) => return c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("connecting to {database}: {e}"),
+            }
+        }
+    }
+
+    /// Creates `database` with the extension installed.
+    pub fn database_with_extension(&self, database: &str) -> Client {
+        self.connect("postgres").batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
+        let mut client = self.connect(database);
+        client.batch_execute("CREATE EXTENSION pg_token_cleanup").unwrap();
+        client
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.pg_ctl_stop("immediate");
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("cluster log kept at {}", self.log_path().display());
+            eprintln!("{}", self.log());
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn count(client: &mut Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+/// A token table: `expired` rows matching `expires_at < now()` (ids 1..=expired) and `live` rows that
+/// do not (the ids after them).
+pub fn token_table(client: &mut Client, table: &str, expired: i64, live: i64) {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, user_id bigint, revoked boolean NOT NULL DEFAULT false, \
+                                   expires_at timestamptz NOT NULL);
+             INSERT INTO {table} SELECT g, g % 1000, false, now() - interval '1 day' FROM generate_series(1, {expired}) g;
+             INSERT INTO {table} SELECT g, g % 1000, false, now() + interval '1 day'
+               FROM generate_series({expired} + 1, {expired} + {live}) g;"
+        ))
+        .unwrap();
+}
+
+/// Checksum of the live rows: what must survive every run untouched.
+pub fn live_checksum(client: &mut Client, table: &str) -> String {
+    client
+        .query_one(
+            &format!("SELECT count(*)::text || ':' || coalesce(sum(id), 0)::text || ':' || md5(string_agg(id::text || user_id::text || expires_at::text, ',' ORDER BY id)) FROM {table} WHERE expires_at >= now()"),
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}

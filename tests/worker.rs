@@ -1,0 +1,347 @@
+//! End-to-end tests of the background workers against live clusters with real commits: scheduled
+//! purges and their records, rule changes picked up without restart, a failing rule isolated, two
+//! databases served, SIGTERM in the middle of a run, DROP EXTENSION / DROP DATABASE never blocked,
+//! a missed schedule firing once after downtime, manual runs.
+
+mod common;
+
+use common::{count, live_checksum, token_table, wait_for, Cluster};
+use std::time::{Duration, Instant};
+
+const EVERY_SECOND: &str = "* * * * * *";
+
+#[test]
+fn worker_purges_on_a_seconds_schedule_and_records_the_run() {
+    let cluster = Cluster::start("purge", &[]);
+    let mut db = cluster.database_with_extension("app");
+    token_table(&mut db, "public.refresh_tokens", 5_000, 3_000);
+    let before = live_checksum(&mut db, "public.refresh_tokens");
+    db.execute(
+        "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size) \
+         VALUES ('refresh', 'refresh_tokens', 'revoked OR expires_at < now()', $1, 1000)",
+        &[&EVERY_SECOND],
+    )
+    .unwrap();
+    wait_for("expired rows to be purged", Duration::from_secs(30), || {
+        (count(&mut db, "SELECT count(*) FROM refresh_tokens WHERE expires_at < now()") == 0).then_some(())
+    });
+    assert_eq!(live_checksum(&mut db, "public.refresh_tokens"), before, "live rows must be untouched");
+    let row = wait_for("the run to be recorded", Duration::from_secs(10), || {
+        db.query_opt(
+            "SELECT rule_name, trigger, status, rows_deleted, batches, finished_at IS NOT NULL, scheduled_for IS NOT NULL \
+               FROM token_cleanup.runs WHERE rows_deleted > 0 AND status <> 'running' ORDER BY id LIMIT 1",
+            &[],
+        )
+        .unwrap()
+    });
+    let (name, trigger, status): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((name.as_str(), trigger.as_str(), status.as_str()), ("refresh", "schedule", "succeeded"));
+    assert_eq!((row.get::<_, i64>(3), row.get::<_, i32>(4)), (5_000, 5));
+    assert!(row.get::<_, bool>(5) && row.get::<_, bool>(6));
+    // Every run writes one LOG line with rule, rows, batches and duration.
+    let log = cluster.log();
+    assert!(
+        log.contains("rule \"refresh\" run") && log.contains("deleted 5000 rows from public.refresh_tokens in 5 batches in"),
+        "{log}"
+    );
+    // rule_stats aggregates it.
+    let stats = db
+        .query_one(
+            "SELECT total_rows_deleted, succeeded >= 1, last_status, next_run_at > now() - interval '1 second' \
+               FROM token_cleanup.rule_stats WHERE rule = 'refresh'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(stats.get::<_, i64>(0), 5_000);
+    assert!(stats.get::<_, bool>(1));
+    assert_eq!(stats.get::<_, String>(2), "succeeded");
+    assert!(stats.get::<_, bool>(3));
+}
+
+#[test]
+fn rule_changes_take_effect_within_a_second_without_restart() {
+    let cluster = Cluster::start("changes", &[]);
+    let mut db = cluster.database_with_extension("app");
+    token_table(&mut db, "public.sessions", 100, 10);
+    // Let the scheduler start and settle with no rules.
+    wait_for("the scheduler", Duration::from_secs(20), || {
+        (count(&mut db, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_token_cleanup scheduler'") == 1)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let inserted = Instant::now();
+    db.execute(
+        "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('s', 'public.sessions', 'expires_at < now()', $1)",
+        &[&EVERY_SECOND],
+    )
+    .unwrap();
+    wait_for("the new rule's first run", Duration::from_secs(10), || {
+        (count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's' AND status = 'succeeded'") > 0)
+            .then_some(())
+    });
+    assert!(inserted.elapsed() < Duration::from_secs(4), "picked up after {:?}", inserted.elapsed());
+
+    // Disabling it stops its runs.
+    db.execute("UPDATE token_cleanup.rules SET enabled = false WHERE name = 's'", &[]).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let runs = count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'"), runs);
+
+    // pg_token_cleanup.enabled = off pauses every scheduled run, after a reload, without restart.
+    db.execute("UPDATE token_cleanup.rules SET enabled = true WHERE name = 's'", &[]).unwrap();
+    db.batch_execute("ALTER SYSTEM SET pg_token_cleanup.enabled = off; SELECT pg_reload_conf();").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let runs = count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'"), runs);
+    db.batch_execute("ALTER SYSTEM SET pg_token_cleanup.enabled = on; SELECT pg_reload_conf();").unwrap();
+    wait_for("runs to resume", Duration::from_secs(90), || {
+        (count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'") > runs).then_some(())
+    });
+}
+
+#[test]
+fn a_rule_on_a_dropped_table_fails_alone() {
+    let cluster = Cluster::start("dropped", &[]);
+    let mut db = cluster.database_with_extension("app");
+    token_table(&mut db, "public.doomed", 10, 10);
+    token_table(&mut db, "public.kept", 10, 10);
+    db.execute(
+        "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES \
+           ('doomed', 'public.doomed', 'expires_at < now()', $1), ('kept', 'public.kept', 'expires_at < now()', $1)",
+        &[&EVERY_SECOND],
+    )
+    .unwrap();
+    db.batch_execute("DROP TABLE public.doomed").unwrap();
+    let error: String = wait_for("the failed run of the dropped table's rule", Duration::from_secs(20), || {
+        db.query_opt(
+            "SELECT error FROM token_cleanup.runs WHERE rule_name = 'doomed' AND status = 'failed' LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .map(|r| r.get(0))
+    });
+    assert_eq!(error, "table public.doomed of rule \"doomed\" does not exist (dropped or renamed?)");
+    // The other rule keeps being served: fresh expired rows keep disappearing.
+    for round in 0..2 {
+        db.execute(
+            "INSERT INTO public.kept SELECT 1000 + g + $1 * 100, 0, false, now() - interval '1 hour' FROM generate_series(1, 50) g",
+            &[&(round as i64)],
+        )
+        .unwrap();
+        wait_for("the kept rule to purge", Duration::from_secs(20), || {
+            (count(&mut db, "SELECT count(*) FROM public.kept WHERE expires_at < now()") == 0).then_some(())
+        });
+    }
+    assert_eq!(count(&mut db, "SELECT count(*) FROM public.kept"), 10);
+}
+
+#[test]
+fn two_databases_are_both_served() {
+    let cluster = Cluster::start("twodb", &[]);
+    let mut one = cluster.database_with_extension("one");
+    let mut two = cluster.database_with_extension("two");
+    for db in [&mut one, &mut two] {
+        token_table(db, "public.tokens", 200, 20);
+        db.execute(
+            "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('t', 'public.tokens', 'expires_at < now()', $1)",
+            &[&EVERY_SECOND],
+        )
+        .unwrap();
+    }
+    for db in [&mut one, &mut two] {
+        wait_for("both databases purged", Duration::from_secs(30), || {
+            (count(db, "SELECT count(*) FROM public.tokens") == 20).then_some(())
+        });
+    }
+    let schedulers = count(
+        &mut one,
+        "SELECT count(DISTINCT datname) FROM pg_stat_activity WHERE backend_type = 'pg_token_cleanup scheduler'",
+    );
+    assert_eq!(schedulers, 2);
+}
+
+#[test]
+fn sigterm_mid_run_leaves_it_interrupted_and_deletes_only_matching_rows() {
+    let cluster = Cluster::start("sigterm", &[]);
+    let mut db = cluster.database_with_extension("app");
+    token_table(&mut db, "public.refresh_tokens", 200_000, 50_000);
+    let live = live_checksum(&mut db, "public.refresh_tokens");
+    // Small batches make a long run: 4,000 batches.
+    db.execute(
+        "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size) \
+         VALUES ('slow', 'public.refresh_tokens', 'expires_at < now()', $1, 50)",
+        &[&EVERY_SECOND],
+    )
+    .unwrap();
+    let run_id: i64 = wait_for("a run in progress", Duration::from_secs(30), || {
+        db.query_opt(
+            "SELECT id FROM token_cleanup.runs WHERE status = 'running' AND rows_deleted > 0",
+            &[],
+        )
+        .unwrap()
+        .map(|r| r.get(0))
+    });
+    // A manual run meanwhile is refused clearly: a rule never runs twice at once.
+    let busy = db.query("SELECT * FROM token_cleanup.run('slow')", &[]).unwrap_err();
+    let busy = busy.as_db_error().expect("a database error");
+    assert_eq!(busy.code().code(), "55006");
+    assert!(busy.message().contains("already running as run"), "{}", busy.message());
+
+    let terminated: bool = db
+        .query_one(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_token_cleanup scheduler'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+    let (status, deleted, error): (String, i64, String) =
+        wait_for("the run to be marked interrupted", Duration::from_secs(10), || {
+            db.query_opt(
+                "SELECT status, rows_deleted, error FROM token_cleanup.runs WHERE id = $1 AND status <> 'running'",
+                &[&run_id],
+            )
+            .unwrap()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+        });
+    assert_eq!(status, "interrupted");
+    assert!(error.starts_with("stopped by SIGTERM"), "{error}");
+    let remaining_expired = count(&mut db, "SELECT count(*) FROM public.refresh_tokens WHERE expires_at < now()");
+    assert!(deleted > 0 && remaining_expired > 0, "deleted {deleted}, remaining {remaining_expired}");
+    assert_eq!(deleted + remaining_expired, 200_000, "the record matches what was deleted");
+    assert_eq!(live_checksum(&mut db, "public.refresh_tokens"), live, "only matching rows were deleted");
+    // The launcher brings a scheduler back and a later run finishes the job.
+    wait_for("the remaining rows to be purged", Duration::from_secs(120), || {
+        (count(&mut db, "SELECT count(*) FROM public.refresh_tokens WHERE expires_at < now()") == 0).then_some(())
+    });
+    assert_eq!(live_checksum(&mut db, "public.refresh_tokens"), live);
+}
+
+#[test]
+fn drop_extension_and_drop_database_are_not_blocked() {
+    let cluster = Cluster::start("drops", &[]);
+    let mut db = cluster.database_with_extension("app");
+    token_table(&mut db, "public.tokens", 10, 10);
+    db.execute(
+        "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('t', 'public.tokens', 'expires_at < now()', $1)",
+        &[&EVERY_SECOND],
+    )
+    .unwrap();
+    wait_for("a first run", Duration::from_secs(20), || {
+        (count(&mut db, "SELECT count(*) FROM token_cleanup.runs") > 0).then_some(())
+    });
+    let started = Instant::now();
+    db.batch_execute("SET lock_timeout = '10s'; DROP EXTENSION pg_token_cleanup").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "DROP EXTENSION took {:?}", started.elapsed());
+
+    // CREATE EXTENSION again is served without a restart.
+    db.batch_execute("CREATE EXTENSION pg_token_cleanup").unwrap();
+    db.batch_execute("INSERT INTO public.tokens VALUES (100, 0, false, now() - interval '1 day')").unwrap();
+    db.execute(
+        "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('t', 'public.tokens', 'expires_at < now()', $1)",
+        &[&EVERY_SECOND],
+    )
+    .unwrap();
+    wait_for("the recreated extension to be served", Duration::from_secs(30), || {
+        (count(&mut db, "SELECT count(*) FROM public.tokens WHERE expires_at < now()") == 0).then_some(())
+    });
+    drop(db);
+
+    let mut admin = cluster.connect("postgres");
+    let started = Instant::now();
+    admin.batch_execute("DROP DATABASE app").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(6), "DROP DATABASE took {:?}", started.elapsed());
+}
+
+#[test]
+fn a_missed_schedule_fires_once_after_downtime() {
+    let cluster = Cluster::start("missed", &[]);
+    let mut db = cluster.database_with_extension("app");
+    token_table(&mut db, "public.tokens", 10, 10);
+    // Daily, twelve hours away from now, so no regular slot falls inside the test.
+    let hour: i32 = db.query_one("SELECT ((extract(hour FROM now() AT TIME ZONE 'UTC')::int + 12) % 24)", &[]).unwrap().get(0);
+    let schedule = format!("0 {hour} * * *");
+    db.execute(
+        "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('daily', 'public.tokens', 'expires_at < now()', $1)",
+        &[&schedule],
+    )
+    .unwrap();
+    // Pretend the rule last ran, and last changed, three days ago: three slots were missed.
+    db.batch_execute(
+        "ALTER TABLE token_cleanup.rules DISABLE TRIGGER rules_validate;
+         UPDATE token_cleanup.rules SET updated_at = now() - interval '3 days 1 hour';
+         ALTER TABLE token_cleanup.rules ENABLE TRIGGER rules_validate;
+         INSERT INTO token_cleanup.runs (rule_id, rule_name, owner, trigger, status, scheduled_for, started_at, finished_at)
+           SELECT id, name, owner, 'schedule', 'succeeded', now() - interval '3 days 1 hour',
+                  now() - interval '3 days 1 hour', now() - interval '3 days 1 hour' FROM token_cleanup.rules;",
+    )
+    .unwrap();
+    drop(db);
+    cluster.pg_ctl_stop("fast");
+    cluster.pg_ctl_start();
+    let mut db = cluster.connect("app");
+    wait_for("the catch-up run", Duration::from_secs(30), || {
+        (count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE status = 'succeeded' AND rows_deleted = 10") == 1)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE started_at > now() - interval '1 hour'"),
+        1,
+        "a missed schedule fires once, not once per missed slot"
+    );
+}
+
+#[test]
+fn manual_run_returns_the_run_and_records_it() {
+    let cluster = Cluster::start("manual", &[]);
+    let mut db = cluster.database_with_extension("app");
+    token_table(&mut db, "public.device_codes", 1_234, 100);
+    db.batch_execute(
+        "CREATE ROLE app_cleaner LOGIN;
+         GRANT SELECT, DELETE ON public.device_codes TO app_cleaner;
+         INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, owner, batch_size)
+           VALUES ('codes', 'public.device_codes', 'expires_at < now()', '@yearly', 'app_cleaner', 500);",
+    )
+    .unwrap();
+    assert_eq!(count(&mut db, "SELECT matching_rows FROM token_cleanup.preview('codes')"), 1_234);
+    let row = db
+        .query_one("SELECT status, rows_deleted, batches, finished_at >= started_at FROM token_cleanup.run('codes')", &[])
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "succeeded");
+    assert_eq!((row.get::<_, i64>(1), row.get::<_, i32>(2)), (1_234, 3));
+    assert!(row.get::<_, bool>(3));
+    assert_eq!(count(&mut db, "SELECT count(*) FROM public.device_codes"), 100);
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE trigger = 'manual' AND owner = 'app_cleaner'"),
+        1
+    );
+    // Revoke the owner's privilege: the run fails with a recorded, clear error; the caller gets it.
+    db.batch_execute(
+        "REVOKE DELETE ON public.device_codes FROM app_cleaner;
+         INSERT INTO public.device_codes VALUES (999999, 0, false, now() - interval '1 day');",
+    )
+    .unwrap();
+    let err = db.query("SELECT * FROM token_cleanup.run('codes')", &[]).unwrap_err();
+    let err = err.as_db_error().expect("a database error");
+    assert_eq!(err.code().code(), "42501");
+    assert!(err.message().contains("permission denied for table device_codes"), "{}", err.message());
+    assert_eq!(count(&mut db, "SELECT count(*) FROM public.device_codes WHERE id = 999999"), 1);
+    // The owner's own session sees its rule and runs; another role sees neither.
+    let mut cleaner = {
+        let conn = format!("host=127.0.0.1 port={} user=app_cleaner dbname=app", cluster.port);
+        postgres::Client::connect(&conn, postgres::NoTls).unwrap()
+    };
+    assert_eq!(count(&mut cleaner, "SELECT count(*) FROM token_cleanup.runs"), 2);
+    db.batch_execute("CREATE ROLE other LOGIN").unwrap();
+    let mut other = {
+        let conn = format!("host=127.0.0.1 port={} user=other dbname=app", cluster.port);
+        postgres::Client::connect(&conn, postgres::NoTls).unwrap()
+    };
+    assert_eq!(count(&mut other, "SELECT count(*) FROM token_cleanup.runs"), 0);
+    assert_eq!(count(&mut other, "SELECT count(*) FROM token_cleanup.rules"), 0);
+    let err = other.query("SELECT * FROM token_cleanup.run('codes')", &[]).unwrap_err();
+    assert!(err.as_db_error().unwrap().message().contains("rule \"codes\" does not exist"));
+}
