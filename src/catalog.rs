@@ -72,12 +72,14 @@ fn rule_from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Rule> {
     })
 }
 
-/// Every enabled rule with the start time (epoch seconds) of its last scheduled run, if any.
+/// Every enabled rule with the start time (epoch seconds) of its last scheduled run, if any. The
+/// start, not the slot it was due for: after a catch-up run, the next due time is the first slot
+/// after the catch-up, so a restart does not fire the missed slots one by one.
 /// Runs as the worker (RLS does not apply to it).
 pub fn load_enabled_rules() -> Vec<(Rule, Option<f64>)> {
     let sql = format!(
         "SELECT {RULE_COLUMNS}, \
-           (SELECT extract(epoch FROM coalesce(h.scheduled_for, h.started_at))::float8 \
+           (SELECT extract(epoch FROM h.started_at)::float8 \
               FROM token_cleanup.runs h WHERE h.rule_id = r.id AND h.trigger = 'schedule' \
              ORDER BY h.started_at DESC LIMIT 1) \
          FROM token_cleanup.rules r WHERE r.enabled ORDER BY r.id"

@@ -84,10 +84,18 @@ pub fn unsupported_kind(oid: pg_sys::Oid) -> Option<(&'static str, &'static str)
         let nsp = pg_sys::get_rel_namespace(oid);
         let name = pg_sys::get_namespace_name(nsp);
         let own = !name.is_null() && CStr::from_ptr(name).to_bytes() == b"token_cleanup";
-        (pg_sys::IsCatalogRelationOid(oid) || pg_sys::IsCatalogNamespace(nsp) || pg_sys::IsToastNamespace(nsp), own)
+        (
+            pg_sys::IsCatalogRelationOid(oid)
+                || pg_sys::IsCatalogNamespace(nsp)
+                || pg_sys::IsToastNamespace(nsp),
+            own,
+        )
     };
     if catalog {
-        return Some(("is a system catalog", "Rules delete application rows; PostgreSQL manages its catalogs itself."));
+        return Some((
+            "is a system catalog",
+            "Rules delete application rows; PostgreSQL manages its catalogs itself.",
+        ));
     }
     if own {
         return Some((

@@ -56,18 +56,31 @@ mod tests {
     #[pg_test]
     fn valid_rules_are_stored_with_canonical_table_names() {
         fixtures();
-        run(&insert("refresh", "refresh_tokens", "revoked OR expires_at < now()", "0 3 * * *"));
-        run(&insert("edfi", "dbo.\"ClientAccessTokens\"", "\"Expiration\" < now()", "0 0/30 * 1/1 * ? *"));
+        run(&insert(
+            "refresh",
+            "refresh_tokens",
+            "revoked OR expires_at < now()",
+            "0 3 * * *",
+        ));
+        run(&insert(
+            "edfi",
+            "dbo.\"ClientAccessTokens\"",
+            "\"Expiration\" < now()",
+            "0 0/30 * 1/1 * ? *",
+        ));
         assert_eq!(
-            one::<String>("SELECT table_name FROM token_cleanup.rules WHERE name = 'refresh'").unwrap(),
+            one::<String>("SELECT table_name FROM token_cleanup.rules WHERE name = 'refresh'")
+                .unwrap(),
             "public.refresh_tokens"
         );
         assert_eq!(
-            one::<String>("SELECT table_name FROM token_cleanup.rules WHERE name = 'edfi'").unwrap(),
+            one::<String>("SELECT table_name FROM token_cleanup.rules WHERE name = 'edfi'")
+                .unwrap(),
             "dbo.\"ClientAccessTokens\""
         );
         assert_eq!(
-            one::<String>("SELECT owner::text FROM token_cleanup.rules WHERE name = 'refresh'").unwrap(),
+            one::<String>("SELECT owner::text FROM token_cleanup.rules WHERE name = 'refresh'")
+                .unwrap(),
             one::<String>("SELECT current_user::text").unwrap()
         );
         assert_eq!(one::<bool>("SELECT enabled AND batch_size IS NULL FROM token_cleanup.rules WHERE name = 'refresh'"), Some(true));
@@ -85,10 +98,16 @@ mod tests {
             ("@often", "invalid schedule \"@often\" for rule \"r\": unknown schedule macro \"@often\""),
         ];
         for (schedule, message) in cases {
-            assert_eq!(error_of(&insert("r", "public.refresh_tokens", "true", schedule)), message);
+            assert_eq!(
+                error_of(&insert("r", "public.refresh_tokens", "true", schedule)),
+                message
+            );
         }
         let long = format!("{} * * * *", "1,".repeat(120) + "1");
-        assert!(error_of(&insert("r", "public.refresh_tokens", "true", &long)).ends_with("at most 200 are allowed"));
+        assert!(
+            error_of(&insert("r", "public.refresh_tokens", "true", &long))
+                .ends_with("at most 200 are allowed")
+        );
     }
 
     #[pg_test]
@@ -103,10 +122,15 @@ mod tests {
             ("dbo.ClientAccessTokens", "table \"dbo.ClientAccessTokens\" of rule \"r\" does not exist"),
         ];
         for (table, message) in cases {
-            assert_eq!(error_of(&insert("r", table, "true", "@daily")), message, "{table}");
+            assert_eq!(
+                error_of(&insert("r", table, "true", "@daily")),
+                message,
+                "{table}"
+            );
         }
         run("CREATE TEMP TABLE tmp_tokens (id int)");
-        assert!(error_of(&insert("r", "tmp_tokens", "true", "@daily")).ends_with("is a temporary table"));
+        assert!(error_of(&insert("r", "tmp_tokens", "true", "@daily"))
+            .ends_with("is a temporary table"));
     }
 
     #[pg_test]
@@ -114,16 +138,46 @@ mod tests {
         fixtures();
         let prefix = "invalid condition for rule \"r\": ";
         let cases = [
-            ("true; DROP TABLE public.refresh_tokens", "it contains ';' (a condition is one expression, not statements)"),
-            ("true) FROM pg_class WHERE (true", "it is not a single expression (it closes its parentheses and adds clauses)"),
-            ("true) UNION SELECT (1", "it is not a single expression (it closes its parentheses and adds clauses)"),
-            ("true) ORDER BY (1", "it is not a single expression (it closes its parentheses and adds clauses)"),
-            ("user_id + 1", "argument of WHERE must be type boolean, not type bigint"),
-            ("no_such_column < now()", "column \"no_such_column\" does not exist"),
-            ("expires_at < now() /*", "unterminated /* comment at or near \"/*\n)\""),
-            ("expires_at < 'now", "unterminated quoted string at or near \"'now\n)\""),
-            ("$$x", "unterminated dollar-quoted string at or near \"$$x\n)\""),
-            ("count(*) > 0", "aggregate functions are not allowed in WHERE"),
+            (
+                "true; DROP TABLE public.refresh_tokens",
+                "it contains ';' (a condition is one expression, not statements)",
+            ),
+            (
+                "true) FROM pg_class WHERE (true",
+                "it is not a single expression (it closes its parentheses and adds clauses)",
+            ),
+            (
+                "true) UNION SELECT (1",
+                "it is not a single expression (it closes its parentheses and adds clauses)",
+            ),
+            (
+                "true) ORDER BY (1",
+                "it is not a single expression (it closes its parentheses and adds clauses)",
+            ),
+            (
+                "user_id + 1",
+                "argument of WHERE must be type boolean, not type bigint",
+            ),
+            (
+                "no_such_column < now()",
+                "column \"no_such_column\" does not exist",
+            ),
+            (
+                "expires_at < now() /*",
+                "unterminated /* comment at or near \"/*\n)\"",
+            ),
+            (
+                "expires_at < 'now",
+                "unterminated quoted string at or near \"'now\n)\"",
+            ),
+            (
+                "$$x",
+                "unterminated dollar-quoted string at or near \"$$x\n)\"",
+            ),
+            (
+                "count(*) > 0",
+                "aggregate functions are not allowed in WHERE",
+            ),
             ("", "it is empty"),
         ];
         for (condition, message) in cases {
@@ -134,7 +188,12 @@ mod tests {
             );
         }
         // A trailing comment cannot swallow the closing parenthesis: the newline ends it.
-        run(&insert("commented", "public.refresh_tokens", "revoked -- old ones", "@daily"));
+        run(&insert(
+            "commented",
+            "public.refresh_tokens",
+            "revoked -- old ones",
+            "@daily",
+        ));
     }
 
     #[pg_test]
@@ -144,11 +203,21 @@ mod tests {
         run("REVOKE EXECUTE ON FUNCTION public.secret_check() FROM PUBLIC");
         run("SET ROLE tc_alice");
         assert_eq!(
-            error_of(&insert("r", "public.refresh_tokens", "user_id IN (SELECT id FROM public.secrets)", "@daily")),
+            error_of(&insert(
+                "r",
+                "public.refresh_tokens",
+                "user_id IN (SELECT id FROM public.secrets)",
+                "@daily"
+            )),
             "invalid condition for rule \"r\": permission denied for table secrets"
         );
         assert_eq!(
-            error_of(&insert("r", "public.refresh_tokens", "public.secret_check()", "@daily")),
+            error_of(&insert(
+                "r",
+                "public.refresh_tokens",
+                "public.secret_check()",
+                "@daily"
+            )),
             "invalid condition for rule \"r\": permission denied for function secret_check"
         );
         run("RESET ROLE");
@@ -162,15 +231,20 @@ mod tests {
                 "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size) \
                  VALUES ('r', 'public.refresh_tokens', 'true', '@daily', {size})"
             );
-            assert_eq!(error_of(&sql), format!("batch_size {size} of rule \"r\" is out of range 1-1000000"));
+            assert_eq!(
+                error_of(&sql),
+                format!("batch_size {size} of rule \"r\" is out of range 1-1000000")
+            );
         }
         assert_eq!(
             error_of("INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, lock_timeout) \
                       VALUES ('r', 'public.refresh_tokens', 'true', '@daily', '-1 s')"),
             "lock_timeout of rule \"r\" must be between 0 and 24 days, got -1 seconds"
         );
-        run("INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size) \
-             VALUES ('ok', 'public.refresh_tokens', 'true', '@daily', 100)");
+        run(
+            "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size) \
+             VALUES ('ok', 'public.refresh_tokens', 'true', '@daily', 100)",
+        );
     }
 
     #[pg_test]
@@ -182,7 +256,10 @@ mod tests {
                  VALUES ('r', 'public.refresh_tokens', 'true', '@daily'); \
                  UPDATE token_cleanup.rules SET {field} = NULL WHERE name = 'r'"
             );
-            assert_eq!(error_of(&sql), format!("rule field \"{field}\" must not be NULL"));
+            assert_eq!(
+                error_of(&sql),
+                format!("rule field \"{field}\" must not be NULL")
+            );
         }
     }
 
@@ -190,29 +267,46 @@ mod tests {
     fn owners_and_privileges() {
         fixtures();
         // A superuser may name another owner, who must hold DELETE.
-        run("INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, owner) \
-             VALUES ('alices', 'public.refresh_tokens', 'revoked', '@daily', 'tc_alice')");
+        run(
+            "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, owner) \
+             VALUES ('alices', 'public.refresh_tokens', 'revoked', '@daily', 'tc_alice')",
+        );
         assert_eq!(
             error_of("INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, owner) \
                       VALUES ('r', 'dbo.\"ClientAccessTokens\"', 'true', '@daily', 'tc_alice')"),
             "owner \"tc_alice\" of rule \"r\" has no DELETE privilege on table dbo.\"ClientAccessTokens\""
         );
         assert_eq!(
-            error_of("INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, owner) \
-                      VALUES ('r', 'public.refresh_tokens', 'true', '@daily', 'tc_nobody')"),
+            error_of(
+                "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, owner) \
+                      VALUES ('r', 'public.refresh_tokens', 'true', '@daily', 'tc_nobody')"
+            ),
             "owner role \"tc_nobody\" of rule \"r\" does not exist"
         );
         // A non-superuser may not.
         run("SET ROLE tc_bob");
         assert_eq!(
-            error_of("INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, owner) \
-                      VALUES ('r', 'public.refresh_tokens', 'true', '@daily', 'tc_alice')"),
+            error_of(
+                "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, owner) \
+                      VALUES ('r', 'public.refresh_tokens', 'true', '@daily', 'tc_alice')"
+            ),
             "permission denied to make role \"tc_alice\" the owner of rule \"r\""
         );
-        run(&insert("bobs", "public.refresh_tokens", "revoked", "@daily"));
+        run(&insert(
+            "bobs",
+            "public.refresh_tokens",
+            "revoked",
+            "@daily",
+        ));
         // Row-level security: bob sees only his rule, and cannot change or take alice's.
-        assert_eq!(one::<i64>("SELECT count(*) FROM token_cleanup.rules"), Some(1));
-        assert_eq!(one::<String>("SELECT name FROM token_cleanup.rules"), Some("bobs".into()));
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM token_cleanup.rules"),
+            Some(1)
+        );
+        assert_eq!(
+            one::<String>("SELECT name FROM token_cleanup.rules"),
+            Some("bobs".into())
+        );
         run("UPDATE token_cleanup.rules SET enabled = false WHERE name = 'alices'");
         assert_eq!(
             error_of("UPDATE token_cleanup.rules SET owner = 'tc_alice' WHERE name = 'bobs'"),
@@ -223,7 +317,10 @@ mod tests {
             "rule \"alices\" does not exist"
         );
         run("RESET ROLE");
-        assert_eq!(one::<bool>("SELECT enabled FROM token_cleanup.rules WHERE name = 'alices'"), Some(true));
+        assert_eq!(
+            one::<bool>("SELECT enabled FROM token_cleanup.rules WHERE name = 'alices'"),
+            Some(true)
+        );
         // Bob cannot target a table he may not delete from.
         run("SET ROLE tc_bob");
         assert_eq!(
@@ -248,14 +345,34 @@ mod tests {
     #[pg_test]
     fn preview_counts_matching_rows_and_deletes_nothing() {
         fixtures();
-        run(&insert("r", "public.refresh_tokens", "revoked OR expires_at < now()", "@daily"));
+        run(&insert(
+            "r",
+            "public.refresh_tokens",
+            "revoked OR expires_at < now()",
+            "@daily",
+        ));
         // Even ids expired a day ago (50 rows); the revoked ones (multiples of 10) are among them.
-        let expected = one::<i64>("SELECT count(*) FROM public.refresh_tokens WHERE revoked OR expires_at < now()").unwrap();
+        let expected = one::<i64>(
+            "SELECT count(*) FROM public.refresh_tokens WHERE revoked OR expires_at < now()",
+        )
+        .unwrap();
         assert_eq!(expected, 50);
-        assert_eq!(one::<i64>("SELECT matching_rows FROM token_cleanup.preview('r')"), Some(expected));
-        assert_eq!(one::<i64>("SELECT batches FROM token_cleanup.preview('r')"), Some(1));
-        assert_eq!(one::<i64>("SELECT count(*) FROM public.refresh_tokens"), Some(100));
-        assert_eq!(error_of("SELECT * FROM token_cleanup.preview('missing')"), "rule \"missing\" does not exist");
+        assert_eq!(
+            one::<i64>("SELECT matching_rows FROM token_cleanup.preview('r')"),
+            Some(expected)
+        );
+        assert_eq!(
+            one::<i64>("SELECT batches FROM token_cleanup.preview('r')"),
+            Some(1)
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM public.refresh_tokens"),
+            Some(100)
+        );
+        assert_eq!(
+            error_of("SELECT * FROM token_cleanup.preview('missing')"),
+            "rule \"missing\" does not exist"
+        );
     }
 
     #[pg_test]
@@ -264,9 +381,17 @@ mod tests {
         run("CREATE SCHEMA evil");
         run("CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT 'infinity'::timestamptz $$");
         run("SET search_path = evil, pg_catalog, public");
-        run(&insert("r", "refresh_tokens", "expires_at < now()", "@daily"));
+        run(&insert(
+            "r",
+            "refresh_tokens",
+            "expires_at < now()",
+            "@daily",
+        ));
         // With evil.now() every row would match; the rule uses pg_catalog.now().
-        assert_eq!(one::<i64>("SELECT matching_rows FROM token_cleanup.preview('r')"), Some(50));
+        assert_eq!(
+            one::<i64>("SELECT matching_rows FROM token_cleanup.preview('r')"),
+            Some(50)
+        );
     }
 
     #[pg_test]
@@ -282,8 +407,18 @@ mod tests {
             .collect::<Vec<_>>()
         });
         let times: Vec<&str> = times.iter().map(|t| &t[..19]).collect();
-        assert_eq!(times, ["2026-01-05 03:00:00", "2026-01-06 03:00:00", "2026-01-07 03:00:00"]);
-        assert_eq!(one::<i64>("SELECT count(*) FROM token_cleanup.next_runs('@hourly')"), Some(5));
+        assert_eq!(
+            times,
+            [
+                "2026-01-05 03:00:00",
+                "2026-01-06 03:00:00",
+                "2026-01-07 03:00:00"
+            ]
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM token_cleanup.next_runs('@hourly')"),
+            Some(5)
+        );
         assert_eq!(
             error_of("SELECT * FROM token_cleanup.next_runs('61 * * * *', now(), 3)"),
             "invalid schedule \"61 * * * *\": minute field \"61\": 61 is out of range 0-59"
@@ -300,17 +435,31 @@ mod tests {
         run(&insert("r1", "public.refresh_tokens", "revoked", "@daily"));
         run(&insert("r2", "public.refresh_tokens", "revoked", "@hourly"));
         run("UPDATE token_cleanup.rules SET enabled = false WHERE name = 'r2'");
-        assert_eq!(one::<i64>("SELECT count(*) FROM token_cleanup.rule_stats"), Some(2));
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM token_cleanup.rule_stats"),
+            Some(2)
+        );
         assert_eq!(one::<bool>("SELECT next_run_at > now() AND runs = 0 FROM token_cleanup.rule_stats WHERE rule = 'r1'"), Some(true));
-        assert_eq!(one::<bool>("SELECT next_run_at IS NULL FROM token_cleanup.rule_stats WHERE rule = 'r2'"), Some(true));
+        assert_eq!(
+            one::<bool>(
+                "SELECT next_run_at IS NULL FROM token_cleanup.rule_stats WHERE rule = 'r2'"
+            ),
+            Some(true)
+        );
     }
 
     #[pg_test]
     fn run_refuses_unknown_and_uncommitted_rules() {
-        assert_eq!(error_of("SELECT * FROM token_cleanup.run('missing')"), "rule \"missing\" does not exist");
+        assert_eq!(
+            error_of("SELECT * FROM token_cleanup.run('missing')"),
+            "rule \"missing\" does not exist"
+        );
         fixtures();
         run(&insert("r", "public.refresh_tokens", "revoked", "@daily"));
         // The runner cannot see a rule this transaction has not committed.
-        assert_eq!(error_of("SELECT * FROM token_cleanup.run('r')"), "rule \"r\" did not run");
+        assert_eq!(
+            error_of("SELECT * FROM token_cleanup.run('r')"),
+            "rule \"r\" did not run"
+        );
     }
 }

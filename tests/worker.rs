@@ -23,9 +23,17 @@ fn worker_purges_on_a_seconds_schedule_and_records_the_run() {
     )
     .unwrap();
     wait_for("expired rows to be purged", Duration::from_secs(30), || {
-        (count(&mut db, "SELECT count(*) FROM refresh_tokens WHERE expires_at < now()") == 0).then_some(())
+        (count(
+            &mut db,
+            "SELECT count(*) FROM refresh_tokens WHERE expires_at < now()",
+        ) == 0)
+            .then_some(())
     });
-    assert_eq!(live_checksum(&mut db, "public.refresh_tokens"), before, "live rows must be untouched");
+    assert_eq!(
+        live_checksum(&mut db, "public.refresh_tokens"),
+        before,
+        "live rows must be untouched"
+    );
     let row = wait_for("the run to be recorded", Duration::from_secs(10), || {
         db.query_opt(
             "SELECT rule_name, trigger, status, rows_deleted, batches, finished_at IS NOT NULL, scheduled_for IS NOT NULL \
@@ -35,13 +43,17 @@ fn worker_purges_on_a_seconds_schedule_and_records_the_run() {
         .unwrap()
     });
     let (name, trigger, status): (String, String, String) = (row.get(0), row.get(1), row.get(2));
-    assert_eq!((name.as_str(), trigger.as_str(), status.as_str()), ("refresh", "schedule", "succeeded"));
+    assert_eq!(
+        (name.as_str(), trigger.as_str(), status.as_str()),
+        ("refresh", "schedule", "succeeded")
+    );
     assert_eq!((row.get::<_, i64>(3), row.get::<_, i32>(4)), (5_000, 5));
     assert!(row.get::<_, bool>(5) && row.get::<_, bool>(6));
     // Every run writes one LOG line with rule, rows, batches and duration.
     let log = cluster.log();
     assert!(
-        log.contains("rule \"refresh\" run") && log.contains("deleted 5000 rows from public.refresh_tokens in 5 batches in"),
+        log.contains("rule \"refresh\" run")
+            && log.contains("deleted 5000 rows from public.refresh_tokens in 5 batches in"),
         "{log}"
     );
     // rule_stats aggregates it.
@@ -79,25 +91,63 @@ fn rule_changes_take_effect_within_a_second_without_restart() {
         (count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's' AND status = 'succeeded'") > 0)
             .then_some(())
     });
-    assert!(inserted.elapsed() < Duration::from_secs(4), "picked up after {:?}", inserted.elapsed());
+    assert!(
+        inserted.elapsed() < Duration::from_secs(4),
+        "picked up after {:?}",
+        inserted.elapsed()
+    );
 
     // Disabling it stops its runs.
-    db.execute("UPDATE token_cleanup.rules SET enabled = false WHERE name = 's'", &[]).unwrap();
+    db.execute(
+        "UPDATE token_cleanup.rules SET enabled = false WHERE name = 's'",
+        &[],
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let runs = count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'");
+    let runs = count(
+        &mut db,
+        "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'",
+    );
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'"), runs);
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'"
+        ),
+        runs
+    );
 
     // pg_token_cleanup.enabled = off pauses every scheduled run, after a reload, without restart.
-    db.execute("UPDATE token_cleanup.rules SET enabled = true WHERE name = 's'", &[]).unwrap();
-    db.batch_execute("ALTER SYSTEM SET pg_token_cleanup.enabled = off; SELECT pg_reload_conf();").unwrap();
+    db.execute(
+        "UPDATE token_cleanup.rules SET enabled = true WHERE name = 's'",
+        &[],
+    )
+    .unwrap();
+    db.batch_execute("ALTER SYSTEM SET pg_token_cleanup.enabled = off")
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let runs = count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'");
+    let runs = count(
+        &mut db,
+        "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'",
+    );
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'"), runs);
-    db.batch_execute("ALTER SYSTEM SET pg_token_cleanup.enabled = on; SELECT pg_reload_conf();").unwrap();
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'"
+        ),
+        runs
+    );
+    db.batch_execute("ALTER SYSTEM SET pg_token_cleanup.enabled = on")
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
     wait_for("runs to resume", Duration::from_secs(90), || {
-        (count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'") > runs).then_some(())
+        (count(
+            &mut db,
+            "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'",
+        ) > runs)
+            .then_some(())
     });
 }
 
@@ -114,24 +164,35 @@ fn a_rule_on_a_dropped_table_fails_alone() {
     )
     .unwrap();
     db.batch_execute("DROP TABLE public.doomed").unwrap();
-    let error: String = wait_for("the failed run of the dropped table's rule", Duration::from_secs(20), || {
-        db.query_opt(
+    let error: String = wait_for(
+        "the failed run of the dropped table's rule",
+        Duration::from_secs(20),
+        || {
+            db.query_opt(
             "SELECT error FROM token_cleanup.runs WHERE rule_name = 'doomed' AND status = 'failed' LIMIT 1",
             &[],
         )
         .unwrap()
         .map(|r| r.get(0))
-    });
-    assert_eq!(error, "table public.doomed of rule \"doomed\" does not exist (dropped or renamed?)");
+        },
+    );
+    assert_eq!(
+        error,
+        "table public.doomed of rule \"doomed\" does not exist (dropped or renamed?)"
+    );
     // The other rule keeps being served: fresh expired rows keep disappearing.
     for round in 0..2 {
         db.execute(
-            "INSERT INTO public.kept SELECT 1000 + g + $1 * 100, 0, false, now() - interval '1 hour' FROM generate_series(1, 50) g",
+            "INSERT INTO public.kept SELECT 1000 + g + $1::bigint * 100, 0, false, now() - interval '1 hour' FROM generate_series(1, 50) g",
             &[&(round as i64)],
         )
         .unwrap();
         wait_for("the kept rule to purge", Duration::from_secs(20), || {
-            (count(&mut db, "SELECT count(*) FROM public.kept WHERE expires_at < now()") == 0).then_some(())
+            (count(
+                &mut db,
+                "SELECT count(*) FROM public.kept WHERE expires_at < now()",
+            ) == 0)
+                .then_some(())
         });
     }
     assert_eq!(count(&mut db, "SELECT count(*) FROM public.kept"), 10);
@@ -184,10 +245,16 @@ fn sigterm_mid_run_leaves_it_interrupted_and_deletes_only_matching_rows() {
         .map(|r| r.get(0))
     });
     // A manual run meanwhile is refused clearly: a rule never runs twice at once.
-    let busy = db.query("SELECT * FROM token_cleanup.run('slow')", &[]).unwrap_err();
+    let busy = db
+        .query("SELECT * FROM token_cleanup.run('slow')", &[])
+        .unwrap_err();
     let busy = busy.as_db_error().expect("a database error");
     assert_eq!(busy.code().code(), "55006");
-    assert!(busy.message().contains("already running as run"), "{}", busy.message());
+    assert!(
+        busy.message().contains("already running as run"),
+        "{}",
+        busy.message()
+    );
 
     let terminated: bool = db
         .query_one(
@@ -197,25 +264,50 @@ fn sigterm_mid_run_leaves_it_interrupted_and_deletes_only_matching_rows() {
         .unwrap()
         .get(0);
     assert!(terminated);
-    let (status, deleted, error): (String, i64, String) =
-        wait_for("the run to be marked interrupted", Duration::from_secs(10), || {
+    let (status, deleted, error): (String, i64, String) = wait_for(
+        "the run to be marked interrupted",
+        Duration::from_secs(10),
+        || {
             db.query_opt(
                 "SELECT status, rows_deleted, error FROM token_cleanup.runs WHERE id = $1 AND status <> 'running'",
                 &[&run_id],
             )
             .unwrap()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
-        });
+        },
+    );
     assert_eq!(status, "interrupted");
     assert!(error.starts_with("stopped by SIGTERM"), "{error}");
-    let remaining_expired = count(&mut db, "SELECT count(*) FROM public.refresh_tokens WHERE expires_at < now()");
-    assert!(deleted > 0 && remaining_expired > 0, "deleted {deleted}, remaining {remaining_expired}");
-    assert_eq!(deleted + remaining_expired, 200_000, "the record matches what was deleted");
-    assert_eq!(live_checksum(&mut db, "public.refresh_tokens"), live, "only matching rows were deleted");
+    let remaining_expired = count(
+        &mut db,
+        "SELECT count(*) FROM public.refresh_tokens WHERE expires_at < now()",
+    );
+    assert!(
+        deleted > 0 && remaining_expired > 0,
+        "deleted {deleted}, remaining {remaining_expired}"
+    );
+    assert_eq!(
+        deleted + remaining_expired,
+        200_000,
+        "the record matches what was deleted"
+    );
+    assert_eq!(
+        live_checksum(&mut db, "public.refresh_tokens"),
+        live,
+        "only matching rows were deleted"
+    );
     // The launcher brings a scheduler back and a later run finishes the job.
-    wait_for("the remaining rows to be purged", Duration::from_secs(120), || {
-        (count(&mut db, "SELECT count(*) FROM public.refresh_tokens WHERE expires_at < now()") == 0).then_some(())
-    });
+    wait_for(
+        "the remaining rows to be purged",
+        Duration::from_secs(120),
+        || {
+            (count(
+                &mut db,
+                "SELECT count(*) FROM public.refresh_tokens WHERE expires_at < now()",
+            ) == 0)
+                .then_some(())
+        },
+    );
     assert_eq!(live_checksum(&mut db, "public.refresh_tokens"), live);
 }
 
@@ -233,26 +325,45 @@ fn drop_extension_and_drop_database_are_not_blocked() {
         (count(&mut db, "SELECT count(*) FROM token_cleanup.runs") > 0).then_some(())
     });
     let started = Instant::now();
-    db.batch_execute("SET lock_timeout = '10s'; DROP EXTENSION pg_token_cleanup").unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5), "DROP EXTENSION took {:?}", started.elapsed());
+    db.batch_execute("SET lock_timeout = '10s'; DROP EXTENSION pg_token_cleanup")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "DROP EXTENSION took {:?}",
+        started.elapsed()
+    );
 
     // CREATE EXTENSION again is served without a restart.
-    db.batch_execute("CREATE EXTENSION pg_token_cleanup").unwrap();
-    db.batch_execute("INSERT INTO public.tokens VALUES (100, 0, false, now() - interval '1 day')").unwrap();
+    db.batch_execute("CREATE EXTENSION pg_token_cleanup")
+        .unwrap();
+    db.batch_execute("INSERT INTO public.tokens VALUES (100, 0, false, now() - interval '1 day')")
+        .unwrap();
     db.execute(
         "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('t', 'public.tokens', 'expires_at < now()', $1)",
         &[&EVERY_SECOND],
     )
     .unwrap();
-    wait_for("the recreated extension to be served", Duration::from_secs(30), || {
-        (count(&mut db, "SELECT count(*) FROM public.tokens WHERE expires_at < now()") == 0).then_some(())
-    });
+    wait_for(
+        "the recreated extension to be served",
+        Duration::from_secs(30),
+        || {
+            (count(
+                &mut db,
+                "SELECT count(*) FROM public.tokens WHERE expires_at < now()",
+            ) == 0)
+                .then_some(())
+        },
+    );
     drop(db);
 
     let mut admin = cluster.connect("postgres");
     let started = Instant::now();
     admin.batch_execute("DROP DATABASE app").unwrap();
-    assert!(started.elapsed() < Duration::from_secs(6), "DROP DATABASE took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "DROP DATABASE took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -261,14 +372,25 @@ fn a_missed_schedule_fires_once_after_downtime() {
     let mut db = cluster.database_with_extension("app");
     token_table(&mut db, "public.tokens", 10, 10);
     // Daily, twelve hours away from now, so no regular slot falls inside the test.
-    let hour: i32 = db.query_one("SELECT ((extract(hour FROM now() AT TIME ZONE 'UTC')::int + 12) % 24)", &[]).unwrap().get(0);
+    let hour: i32 = db
+        .query_one(
+            "SELECT ((extract(hour FROM now() AT TIME ZONE 'UTC')::int + 12) % 24)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     let schedule = format!("0 {hour} * * *");
     db.execute(
         "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('daily', 'public.tokens', 'expires_at < now()', $1)",
         &[&schedule],
     )
     .unwrap();
-    // Pretend the rule last ran, and last changed, three days ago: three slots were missed.
+    // Pretend the rule last ran, and last changed, three days ago: three slots were missed. Scheduled
+    // runs are paused meanwhile so that the catch-up happens only after the restart.
+    db.batch_execute("ALTER SYSTEM SET pg_token_cleanup.enabled = off")
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     db.batch_execute(
         "ALTER TABLE token_cleanup.rules DISABLE TRIGGER rules_validate;
          UPDATE token_cleanup.rules SET updated_at = now() - interval '3 days 1 hour';
@@ -278,6 +400,8 @@ fn a_missed_schedule_fires_once_after_downtime() {
                   now() - interval '3 days 1 hour', now() - interval '3 days 1 hour' FROM token_cleanup.rules;",
     )
     .unwrap();
+    db.batch_execute("ALTER SYSTEM SET pg_token_cleanup.enabled = on")
+        .unwrap();
     drop(db);
     cluster.pg_ctl_stop("fast");
     cluster.pg_ctl_start();
@@ -288,9 +412,25 @@ fn a_missed_schedule_fires_once_after_downtime() {
     });
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE started_at > now() - interval '1 hour'"),
+        count(
+            &mut db,
+            "SELECT count(*) FROM token_cleanup.runs WHERE started_at > now() - interval '1 hour'"
+        ),
         1,
         "a missed schedule fires once, not once per missed slot"
+    );
+    // And a restart after the catch-up does not fire the older missed slots either.
+    drop(db);
+    cluster.pg_ctl_stop("fast");
+    cluster.pg_ctl_start();
+    let mut db = cluster.connect("app");
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM token_cleanup.runs WHERE started_at > now() - interval '1 hour'"
+        ),
+        1
     );
 }
 
@@ -306,14 +446,23 @@ fn manual_run_returns_the_run_and_records_it() {
            VALUES ('codes', 'public.device_codes', 'expires_at < now()', '@yearly', 'app_cleaner', 500);",
     )
     .unwrap();
-    assert_eq!(count(&mut db, "SELECT matching_rows FROM token_cleanup.preview('codes')"), 1_234);
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT matching_rows FROM token_cleanup.preview('codes')"
+        ),
+        1_234
+    );
     let row = db
         .query_one("SELECT status, rows_deleted, batches, finished_at >= started_at FROM token_cleanup.run('codes')", &[])
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "succeeded");
     assert_eq!((row.get::<_, i64>(1), row.get::<_, i32>(2)), (1_234, 3));
     assert!(row.get::<_, bool>(3));
-    assert_eq!(count(&mut db, "SELECT count(*) FROM public.device_codes"), 100);
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM public.device_codes"),
+        100
+    );
     assert_eq!(
         count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE trigger = 'manual' AND owner = 'app_cleaner'"),
         1
@@ -324,24 +473,55 @@ fn manual_run_returns_the_run_and_records_it() {
          INSERT INTO public.device_codes VALUES (999999, 0, false, now() - interval '1 day');",
     )
     .unwrap();
-    let err = db.query("SELECT * FROM token_cleanup.run('codes')", &[]).unwrap_err();
+    let err = db
+        .query("SELECT * FROM token_cleanup.run('codes')", &[])
+        .unwrap_err();
     let err = err.as_db_error().expect("a database error");
     assert_eq!(err.code().code(), "42501");
-    assert!(err.message().contains("permission denied for table device_codes"), "{}", err.message());
-    assert_eq!(count(&mut db, "SELECT count(*) FROM public.device_codes WHERE id = 999999"), 1);
+    assert!(
+        err.message()
+            .contains("permission denied for table device_codes"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM public.device_codes WHERE id = 999999"
+        ),
+        1
+    );
     // The owner's own session sees its rule and runs; another role sees neither.
     let mut cleaner = {
-        let conn = format!("host=127.0.0.1 port={} user=app_cleaner dbname=app", cluster.port);
+        let conn = format!(
+            "host=127.0.0.1 port={} user=app_cleaner dbname=app",
+            cluster.port
+        );
         postgres::Client::connect(&conn, postgres::NoTls).unwrap()
     };
-    assert_eq!(count(&mut cleaner, "SELECT count(*) FROM token_cleanup.runs"), 2);
+    assert_eq!(
+        count(&mut cleaner, "SELECT count(*) FROM token_cleanup.runs"),
+        2
+    );
     db.batch_execute("CREATE ROLE other LOGIN").unwrap();
     let mut other = {
         let conn = format!("host=127.0.0.1 port={} user=other dbname=app", cluster.port);
         postgres::Client::connect(&conn, postgres::NoTls).unwrap()
     };
-    assert_eq!(count(&mut other, "SELECT count(*) FROM token_cleanup.runs"), 0);
-    assert_eq!(count(&mut other, "SELECT count(*) FROM token_cleanup.rules"), 0);
-    let err = other.query("SELECT * FROM token_cleanup.run('codes')", &[]).unwrap_err();
-    assert!(err.as_db_error().unwrap().message().contains("rule \"codes\" does not exist"));
+    assert_eq!(
+        count(&mut other, "SELECT count(*) FROM token_cleanup.runs"),
+        0
+    );
+    assert_eq!(
+        count(&mut other, "SELECT count(*) FROM token_cleanup.rules"),
+        0
+    );
+    let err = other
+        .query("SELECT * FROM token_cleanup.run('codes')", &[])
+        .unwrap_err();
+    assert!(err
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("rule \"codes\" does not exist"));
 }

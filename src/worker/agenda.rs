@@ -20,7 +20,7 @@ pub struct AgendaRule {
     pub schedule: String,
     /// Epoch seconds of the rule's last change.
     pub updated_at: f64,
-    /// Epoch seconds of the due time (or start) of its last scheduled run.
+    /// Epoch seconds of the start of its last scheduled run.
     pub last_scheduled: Option<f64>,
 }
 

@@ -37,7 +37,11 @@ fn pg_command(program: &str) -> Command {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn check(what: &str, output: std::io::Result<std::process::Output>) {
@@ -60,14 +64,24 @@ impl Cluster {
         if is_root() {
             check(
                 "chown",
-                Command::new("chown").args(["-R", "postgres:postgres", base.to_str().unwrap()]).output(),
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres", base.to_str().unwrap()])
+                    .output(),
             );
         }
         let data = dir.join("data");
         check(
             "initdb",
             pg_command("initdb")
-                .args(["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"])
+                .args([
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                ])
                 .output(),
         );
         let port = free_port();
@@ -122,12 +136,24 @@ impl Cluster {
 
     pub fn pg_ctl_stop(&self, mode: &str) {
         let _ = pg_command("pg_ctl")
-            .args(["-D", self.data().to_str().unwrap(), "-m", mode, "-w", "-t", "60", "stop"])
+            .args([
+                "-D",
+                self.data().to_str().unwrap(),
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                "60",
+                "stop",
+            ])
             .output();
     }
 
     pub fn connect(&self, database: &str) -> Client {
-        let conn = format!("host=127.0.0.1 port={} user=postgres dbname={database}", self.port);
+        let conn = format!(
+            "host=127.0.0.1 port={} user=postgres dbname={database}",
+            self.port
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match Client::connect(&conn, NoTls) {
@@ -143,9 +169,13 @@ impl Cluster {
 
     /// Creates `database` with the extension installed.
     pub fn database_with_extension(&self, database: &str) -> Client {
-        self.connect("postgres").batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
+        self.connect("postgres")
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .unwrap();
         let mut client = self.connect(database);
-        client.batch_execute("CREATE EXTENSION pg_token_cleanup").unwrap();
+        client
+            .batch_execute("CREATE EXTENSION pg_token_cleanup")
+            .unwrap();
         client
     }
 }
@@ -169,13 +199,19 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 pub fn count(client: &mut Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    client
+        .query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
 }
 
 /// A token table: `expired` rows matching `expires_at < now()` (ids 1..=expired) and `live` rows that
