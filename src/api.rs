@@ -141,6 +141,8 @@ fn preview(
 /// Runs a rule now and waits for it: a background worker performs the run exactly as the scheduler
 /// would (batches in their own transactions, as the owner, recorded in token_cleanup.runs with
 /// trigger 'manual'). Returns the run on success; raises the recorded error otherwise.
+// pgrx reads the column names from the signature itself, so the type cannot move into an alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(@extschema@, pg_catalog, pg_temp)]
 fn run(
