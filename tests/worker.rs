@@ -525,3 +525,52 @@ fn manual_run_returns_the_run_and_records_it() {
         .message()
         .contains("rule \"codes\" does not exist"));
 }
+
+#[test]
+fn without_preloading_create_extension_fails_with_a_hint() {
+    let cluster = Cluster::start_with("nopreload", "", &[]);
+    let mut db = cluster.connect("postgres");
+    let err = db.batch_execute("CREATE EXTENSION pg_token_cleanup").unwrap_err();
+    let err = err.as_db_error().expect("a database error");
+    assert_eq!(err.message(), "pg_token_cleanup must be loaded via shared_preload_libraries");
+    assert_eq!(err.code().code(), "55000");
+    assert!(err.hint().unwrap_or_default().contains("shared_preload_libraries"), "{:?}", err.hint());
+}
+
+#[test]
+fn scheduler_start_marks_orphaned_runs_interrupted_and_prunes_old_history() {
+    let cluster = Cluster::start("housekeeping", &["pg_token_cleanup.history_retention = '1h'"]);
+    let mut db = cluster.database_with_extension("app");
+    token_table(&mut db, "public.tokens", 1, 1);
+    db.batch_execute(
+        "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('t', 'public.tokens', 'expires_at < now()', '@yearly');
+         INSERT INTO token_cleanup.runs (rule_id, rule_name, owner, trigger, status, started_at, pid)
+           SELECT id, name, owner, 'schedule', 'running', now() - interval '5 minutes', 2147483000 FROM token_cleanup.rules;
+         INSERT INTO token_cleanup.runs (rule_id, rule_name, owner, trigger, status, started_at, finished_at)
+           SELECT id, name, owner, 'schedule', 'succeeded', now() - interval '2 hours', now() - interval '2 hours'
+             FROM token_cleanup.rules;
+         INSERT INTO token_cleanup.runs (rule_id, rule_name, owner, trigger, status, started_at, finished_at)
+           SELECT id, name, owner, 'schedule', 'succeeded', now() - interval '10 minutes', now() - interval '10 minutes'
+             FROM token_cleanup.rules;",
+    )
+    .unwrap();
+    // A scheduler starting (here: after pg_terminate_backend, started again by the launcher) does
+    // its housekeeping first.
+    db.batch_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_token_cleanup scheduler'",
+    )
+    .unwrap();
+    wait_for("the orphaned run to be marked interrupted", Duration::from_secs(30), || {
+        (count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE status = 'interrupted'") == 1).then_some(())
+    });
+    let error: String = db
+        .query_one("SELECT error FROM token_cleanup.runs WHERE status = 'interrupted'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(error, "the process running it ended before the run finished (crash, kill or shutdown)");
+    wait_for("history older than an hour to be pruned", Duration::from_secs(10), || {
+        (count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE started_at < now() - interval '1 hour'") == 0)
+            .then_some(())
+    });
+    assert_eq!(count(&mut db, "SELECT count(*) FROM token_cleanup.runs"), 2);
+}

@@ -57,6 +57,11 @@ fn check(what: &str, output: std::io::Result<std::process::Output>) {
 impl Cluster {
     /// initdb + start a cluster with the library preloaded and `extra` settings appended.
     pub fn start(name: &str, extra: &[&str]) -> Cluster {
+        Cluster::start_with(name, "pg_token_cleanup", extra)
+    }
+
+    /// initdb + start a cluster with `preload` as shared_preload_libraries.
+    pub fn start_with(name: &str, preload: &str, extra: &[&str]) -> Cluster {
         let base = std::env::temp_dir().join("pg_token_cleanup_e2e");
         let dir = base.join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -87,9 +92,9 @@ impl Cluster {
         let port = free_port();
         let mut conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             shared_preload_libraries = 'pg_token_cleanup'\nfsync = off\nmax_worker_processes = 16\n\
+             shared_preload_libraries = '{preload}'\nfsync = off\nmax_worker_processes = 16\n\
              pg_token_cleanup.database_probe_interval = '2s'\nlog_line_prefix = '%m [%p] '\n",
-            dir.display()
+            dir.display(),
         );
         for line in extra {
             conf.push_str(line);
