@@ -1,12 +1,15 @@
-//! The utility hook that keeps our workers out of the way of `DROP DATABASE`: a worker connected to a
-//! database makes a plain `DROP DATABASE` fail with "being accessed by other users". Before the drop
-//! runs, the hook sends SIGTERM to this extension's workers in that database and waits (up to
-//! [`STOP_WAIT`]) for them to exit. A scheduler stopped this way records its current run as
-//! `interrupted`; if the drop then fails, the launcher starts it again later.
+//! The utility hook that keeps our workers out of the way of statements that need a database to
+//! themselves: a worker connected to a database makes a plain `DROP DATABASE`, `ALTER DATABASE …
+//! RENAME` or `CREATE DATABASE … TEMPLATE` of it fail with "being accessed by other users". Before
+//! such a statement runs, the hook sends SIGTERM to this extension's workers in that database and
+//! waits (up to [`STOP_WAIT`]) for them to exit. A scheduler stopped this way records its current run
+//! as `interrupted`; the launcher starts it again after `pg_token_cleanup.database_probe_interval`
+//! if the database is still there.
 
 use crate::worker;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use std::ffi::CStr;
 use std::time::{Duration, Instant};
 
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -36,10 +39,9 @@ unsafe extern "C-unwind" fn process_utility(
 ) {
     // SAFETY: PostgreSQL passes a valid planned utility statement.
     unsafe {
-        let stmt = (*pstmt).utilityStmt;
-        if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_DropdbStmt {
-            let drop = stmt as *mut pg_sys::DropdbStmt;
-            let database = pg_sys::get_database_oid((*drop).dbname, true);
+        let name = database_needing_sole_access((*pstmt).utilityStmt);
+        if !name.is_null() {
+            let database = pg_sys::get_database_oid(name, true);
             if database != pg_sys::InvalidOid {
                 stop_workers_in(database);
             }
@@ -65,6 +67,44 @@ unsafe extern "C-unwind" fn process_utility(
                 dest,
                 qc,
             ),
+        }
+    }
+}
+
+/// The database a statement needs no other session in: the one dropped (`DROP DATABASE`), renamed
+/// (`ALTER DATABASE … RENAME`), or copied as a template (`CREATE DATABASE … TEMPLATE`). Null if none.
+unsafe fn database_needing_sole_access(stmt: *mut pg_sys::Node) -> *const std::ffi::c_char {
+    // SAFETY: the caller passes a valid utility statement node (or null).
+    unsafe {
+        if stmt.is_null() {
+            return std::ptr::null();
+        }
+        match (*stmt).type_ {
+            pg_sys::NodeTag::T_DropdbStmt => (*(stmt as *mut pg_sys::DropdbStmt)).dbname,
+            pg_sys::NodeTag::T_RenameStmt => {
+                let rename = stmt as *mut pg_sys::RenameStmt;
+                if (*rename).renameType == pg_sys::ObjectType::OBJECT_DATABASE {
+                    (*rename).subname
+                } else {
+                    std::ptr::null()
+                }
+            }
+            pg_sys::NodeTag::T_CreatedbStmt => {
+                let options = (*(stmt as *mut pg_sys::CreatedbStmt)).options;
+                let count = if options.is_null() {
+                    0
+                } else {
+                    (*options).length
+                };
+                for i in 0..count as usize {
+                    let def = (*(*options).elements.add(i)).ptr_value as *mut pg_sys::DefElem;
+                    if CStr::from_ptr((*def).defname).to_bytes() == b"template" {
+                        return pg_sys::defGetString(def);
+                    }
+                }
+                std::ptr::null()
+            }
+            _ => std::ptr::null(),
         }
     }
 }

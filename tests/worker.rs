@@ -312,7 +312,7 @@ fn sigterm_mid_run_leaves_it_interrupted_and_deletes_only_matching_rows() {
 }
 
 #[test]
-fn drop_extension_and_drop_database_are_not_blocked() {
+fn drop_extension_create_database_template_and_drop_database_are_not_blocked() {
     let cluster = Cluster::start("drops", &[]);
     let mut db = cluster.database_with_extension("app");
     token_table(&mut db, "public.tokens", 10, 10);
@@ -357,6 +357,16 @@ fn drop_extension_and_drop_database_are_not_blocked() {
     drop(db);
 
     let mut admin = cluster.connect("postgres");
+    // Copying a served database as a template needs it to itself, too; the copy is served as well.
+    let started = Instant::now();
+    admin.batch_execute("CREATE DATABASE app_copy TEMPLATE app").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(6), "CREATE DATABASE … TEMPLATE took {:?}", started.elapsed());
+    let mut copy = cluster.connect("app_copy");
+    copy.batch_execute("INSERT INTO public.tokens VALUES (101, 0, false, now() - interval '1 day')").unwrap();
+    wait_for("the copied database to be served", Duration::from_secs(30), || {
+        (count(&mut copy, "SELECT count(*) FROM public.tokens WHERE expires_at < now()") == 0).then_some(())
+    });
+
     let started = Instant::now();
     admin.batch_execute("DROP DATABASE app").unwrap();
     assert!(
@@ -530,16 +540,30 @@ fn manual_run_returns_the_run_and_records_it() {
 fn without_preloading_create_extension_fails_with_a_hint() {
     let cluster = Cluster::start_with("nopreload", "", &[]);
     let mut db = cluster.connect("postgres");
-    let err = db.batch_execute("CREATE EXTENSION pg_token_cleanup").unwrap_err();
+    let err = db
+        .batch_execute("CREATE EXTENSION pg_token_cleanup")
+        .unwrap_err();
     let err = err.as_db_error().expect("a database error");
-    assert_eq!(err.message(), "pg_token_cleanup must be loaded via shared_preload_libraries");
+    assert_eq!(
+        err.message(),
+        "pg_token_cleanup must be loaded via shared_preload_libraries"
+    );
     assert_eq!(err.code().code(), "55000");
-    assert!(err.hint().unwrap_or_default().contains("shared_preload_libraries"), "{:?}", err.hint());
+    assert!(
+        err.hint()
+            .unwrap_or_default()
+            .contains("shared_preload_libraries"),
+        "{:?}",
+        err.hint()
+    );
 }
 
 #[test]
 fn scheduler_start_marks_orphaned_runs_interrupted_and_prunes_old_history() {
-    let cluster = Cluster::start("housekeeping", &["pg_token_cleanup.history_retention = '1h'"]);
+    let cluster = Cluster::start(
+        "housekeeping",
+        &["pg_token_cleanup.history_retention = '1h'"],
+    );
     let mut db = cluster.database_with_extension("app");
     token_table(&mut db, "public.tokens", 1, 1);
     db.batch_execute(
@@ -560,17 +584,35 @@ fn scheduler_start_marks_orphaned_runs_interrupted_and_prunes_old_history() {
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_token_cleanup scheduler'",
     )
     .unwrap();
-    wait_for("the orphaned run to be marked interrupted", Duration::from_secs(30), || {
-        (count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE status = 'interrupted'") == 1).then_some(())
-    });
+    wait_for(
+        "the orphaned run to be marked interrupted",
+        Duration::from_secs(30),
+        || {
+            (count(
+                &mut db,
+                "SELECT count(*) FROM token_cleanup.runs WHERE status = 'interrupted'",
+            ) == 1)
+                .then_some(())
+        },
+    );
     let error: String = db
-        .query_one("SELECT error FROM token_cleanup.runs WHERE status = 'interrupted'", &[])
+        .query_one(
+            "SELECT error FROM token_cleanup.runs WHERE status = 'interrupted'",
+            &[],
+        )
         .unwrap()
         .get(0);
-    assert_eq!(error, "the process running it ended before the run finished (crash, kill or shutdown)");
-    wait_for("history older than an hour to be pruned", Duration::from_secs(10), || {
-        (count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE started_at < now() - interval '1 hour'") == 0)
+    assert_eq!(
+        error,
+        "the process running it ended before the run finished (crash, kill or shutdown)"
+    );
+    wait_for(
+        "history older than an hour to be pruned",
+        Duration::from_secs(10),
+        || {
+            (count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE started_at < now() - interval '1 hour'") == 0)
             .then_some(())
-    });
+        },
+    );
     assert_eq!(count(&mut db, "SELECT count(*) FROM token_cleanup.runs"), 2);
 }

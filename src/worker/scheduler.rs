@@ -45,11 +45,7 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
         if !extension_present() {
             return Err("extension not installed");
         }
-        let locked = Spi::get_one_with_args::<bool>(
-            "SELECT pg_try_advisory_lock($1, 0)",
-            &[SCHEDULER_LOCK_CLASS.into()],
-        );
-        if locked != Ok(Some(true)) {
+        if !try_lock_scheduler() {
             return Err("another scheduler serves this database");
         }
         Ok(history::mark_interrupted())
@@ -83,6 +79,10 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
                     "pg_token_cleanup: scheduler error: {e}; retrying in {}s",
                     ERROR_BACKOFF.as_secs()
                 );
+                // Session advisory locks survive the abort: drop a rule lock the error may have left.
+                if !BackgroundWorker::transaction(relock_scheduler_only) {
+                    return None;
+                }
                 Some(ERROR_BACKOFF)
             })
             .execute();
@@ -209,4 +209,18 @@ fn run_scheduled(rule: &Rule, due_at: DateTime<Utc>) {
     BackgroundWorker::transaction(|| executor::unlock_rule(rule.id));
     // A failure is recorded and logged like any outcome; the loop goes on with the other rules.
     super::log_run(rule, run_id, Trigger::Schedule, &report);
+}
+
+/// Takes this database's scheduler lock (session level); false if another scheduler holds it.
+fn try_lock_scheduler() -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT pg_try_advisory_lock($1, 0)",
+        &[SCHEDULER_LOCK_CLASS.into()],
+    ) == Ok(Some(true))
+}
+
+/// Releases every advisory lock of this session and takes the scheduler lock again.
+fn relock_scheduler_only() -> bool {
+    let _ = Spi::run("SELECT pg_advisory_unlock_all()");
+    try_lock_scheduler()
 }
