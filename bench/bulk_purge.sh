@@ -14,27 +14,13 @@ BATCH=${BATCH:-5000}
 bash scripts/setup.sh
 cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
 
-BIN=/usr/lib/postgresql/15/bin
 DIR=/tmp/pg_token_cleanup_bench
 PORT=54330
-as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-stop_cluster() { as_postgres "$BIN/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null 2>&1 || true; }
-stop_cluster
-rm -rf "$DIR"; mkdir -p "$DIR"; [ "$(id -u)" = 0 ] && chown postgres "$DIR"
-as_postgres "$BIN/initdb" -D "$DIR/data" -A trust -U postgres >/dev/null
-cat >> "$DIR/data/postgresql.conf" <<CONF
-port = $PORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$DIR'
-shared_preload_libraries = 'pg_token_cleanup'
-shared_buffers = '1GB'
-max_wal_size = '8GB'
-pg_token_cleanup.enabled = off
-pg_token_cleanup.statement_timeout = 0
-CONF
-as_postgres "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
-trap stop_cluster EXIT
-psql() { command psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -v ON_ERROR_STOP=1 "$@"; }
+source scripts/cluster.sh
+start_cluster "$DIR" "$PORT" "shared_buffers = '1GB'" "max_wal_size = '8GB'" \
+    "pg_token_cleanup.enabled = off" "pg_token_cleanup.statement_timeout = 0"
+trap 'stop_cluster "$DIR"' EXIT
+psql() { psql_at "$PORT" "$@"; }
 psql -d postgres -c "CREATE DATABASE bench"
 psql -d bench <<SQL
 CREATE EXTENSION pg_token_cleanup;

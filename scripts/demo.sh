@@ -10,28 +10,12 @@ bash scripts/setup.sh
 echo "==> cargo pgrx install"
 cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
 
-BIN=/usr/lib/postgresql/15/bin
 DIR=/tmp/pg_token_cleanup_demo
 PORT=54329
-as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-stop_cluster() { as_postgres "$BIN/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null 2>&1 || true; }
-
-stop_cluster
-rm -rf "$DIR"
-mkdir -p "$DIR"
-[ "$(id -u)" = 0 ] && chown postgres "$DIR"
-as_postgres "$BIN/initdb" -D "$DIR/data" -A trust -U postgres >/dev/null
-cat >> "$DIR/data/postgresql.conf" <<CONF
-port = $PORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$DIR'
-shared_preload_libraries = 'pg_token_cleanup'
-pg_token_cleanup.batch_size = 10000
-CONF
-as_postgres "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
-[ "${KEEP:-0}" = 1 ] || trap stop_cluster EXIT
-
-psql() { command psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -v ON_ERROR_STOP=1 "$@"; }
+source scripts/cluster.sh
+start_cluster "$DIR" "$PORT" "pg_token_cleanup.batch_size = 10000"
+[ "${KEEP:-0}" = 1 ] || trap 'stop_cluster "$DIR"' EXIT
+psql() { psql_at "$PORT" "$@"; }
 psql -d postgres -c "CREATE DATABASE auth"
 
 echo "==> token tables: refresh tokens, sessions, password resets, Ed-Fi client access tokens"

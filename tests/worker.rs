@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{count, live_checksum, token_table, wait_for, Cluster};
+use common::{add_rule, count, live_checksum, token_table, wait_for, wait_for_count, Cluster};
 use std::time::{Duration, Instant};
 
 const EVERY_SECOND: &str = "* * * * * *";
@@ -16,12 +16,14 @@ fn worker_purges_on_a_seconds_schedule_and_records_the_run() {
     let mut db = cluster.database_with_extension("app");
     token_table(&mut db, "public.refresh_tokens", 5_000, 3_000);
     let before = live_checksum(&mut db, "public.refresh_tokens");
-    db.execute(
-        "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size) \
-         VALUES ('refresh', 'refresh_tokens', 'revoked OR expires_at < now()', $1, 1000)",
-        &[&EVERY_SECOND],
-    )
-    .unwrap();
+    add_rule(
+        &mut db,
+        "refresh",
+        "refresh_tokens",
+        "revoked OR expires_at < now()",
+        EVERY_SECOND,
+        Some(1000),
+    );
     wait_for("expired rows to be purged", Duration::from_secs(30), || {
         (count(
             &mut db,
@@ -76,17 +78,23 @@ fn rule_changes_take_effect_within_a_second_without_restart() {
     let mut db = cluster.database_with_extension("app");
     token_table(&mut db, "public.sessions", 100, 10);
     // Let the scheduler start and settle with no rules.
-    wait_for("the scheduler", Duration::from_secs(20), || {
-        (count(&mut db, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_token_cleanup scheduler'") == 1)
-            .then_some(())
-    });
+    wait_for_count(
+        &mut db,
+        "the scheduler",
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_token_cleanup scheduler'",
+        1,
+        Duration::from_secs(20),
+    );
     std::thread::sleep(Duration::from_secs(2));
     let inserted = Instant::now();
-    db.execute(
-        "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('s', 'public.sessions', 'expires_at < now()', $1)",
-        &[&EVERY_SECOND],
-    )
-    .unwrap();
+    add_rule(
+        &mut db,
+        "s",
+        "public.sessions",
+        "expires_at < now()",
+        EVERY_SECOND,
+        None,
+    );
     wait_for("the new rule's first run", Duration::from_secs(10), || {
         (count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's' AND status = 'succeeded'") > 0)
             .then_some(())
@@ -103,19 +111,7 @@ fn rule_changes_take_effect_within_a_second_without_restart() {
         &[],
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let runs = count(
-        &mut db,
-        "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'",
-    );
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        count(
-            &mut db,
-            "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'"
-        ),
-        runs
-    );
+    assert_no_new_runs(&mut db);
 
     // pg_token_cleanup.enabled = off pauses every scheduled run, after a reload, without restart.
     db.execute(
@@ -123,32 +119,31 @@ fn rule_changes_take_effect_within_a_second_without_restart() {
         &[],
     )
     .unwrap();
-    db.batch_execute("ALTER SYSTEM SET pg_token_cleanup.enabled = off")
-        .unwrap();
-    db.batch_execute("SELECT pg_reload_conf()").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let runs = count(
-        &mut db,
-        "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'",
-    );
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        count(
-            &mut db,
-            "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'"
-        ),
-        runs
-    );
-    db.batch_execute("ALTER SYSTEM SET pg_token_cleanup.enabled = on")
-        .unwrap();
-    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    set_enabled_setting(&mut db, false);
+    let runs = assert_no_new_runs(&mut db);
+    set_enabled_setting(&mut db, true);
     wait_for("runs to resume", Duration::from_secs(90), || {
-        (count(
-            &mut db,
-            "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'",
-        ) > runs)
-            .then_some(())
+        (count(&mut db, RUNS_OF_S) > runs).then_some(())
     });
+}
+
+const RUNS_OF_S: &str = "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'";
+
+/// Asserts that rule `s` starts no run for a few seconds (after a moment for the change to land);
+/// returns its run count.
+fn assert_no_new_runs(db: &mut postgres::Client) -> i64 {
+    std::thread::sleep(Duration::from_millis(1500));
+    let runs = count(db, RUNS_OF_S);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count(db, RUNS_OF_S), runs, "rule s ran while it should not");
+    runs
+}
+
+/// `ALTER SYSTEM SET pg_token_cleanup.enabled` and reload.
+fn set_enabled_setting(db: &mut postgres::Client, on: bool) {
+    db.batch_execute(&format!("ALTER SYSTEM SET pg_token_cleanup.enabled = {on}"))
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
 }
 
 #[test]
@@ -205,11 +200,14 @@ fn two_databases_are_both_served() {
     let mut two = cluster.database_with_extension("two");
     for db in [&mut one, &mut two] {
         token_table(db, "public.tokens", 200, 20);
-        db.execute(
-            "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('t', 'public.tokens', 'expires_at < now()', $1)",
-            &[&EVERY_SECOND],
-        )
-        .unwrap();
+        add_rule(
+            db,
+            "t",
+            "public.tokens",
+            "expires_at < now()",
+            EVERY_SECOND,
+            None,
+        );
     }
     for db in [&mut one, &mut two] {
         wait_for("both databases purged", Duration::from_secs(30), || {
@@ -230,12 +228,14 @@ fn sigterm_mid_run_leaves_it_interrupted_and_deletes_only_matching_rows() {
     token_table(&mut db, "public.refresh_tokens", 200_000, 50_000);
     let live = live_checksum(&mut db, "public.refresh_tokens");
     // Small batches make a long run: 4,000 batches.
-    db.execute(
-        "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size) \
-         VALUES ('slow', 'public.refresh_tokens', 'expires_at < now()', $1, 50)",
-        &[&EVERY_SECOND],
-    )
-    .unwrap();
+    add_rule(
+        &mut db,
+        "slow",
+        "public.refresh_tokens",
+        "expires_at < now()",
+        EVERY_SECOND,
+        Some(50),
+    );
     let run_id: i64 = wait_for("a run in progress", Duration::from_secs(30), || {
         db.query_opt(
             "SELECT id FROM token_cleanup.runs WHERE status = 'running' AND rows_deleted > 0",
@@ -316,11 +316,14 @@ fn drop_extension_create_database_template_and_drop_database_are_not_blocked() {
     let cluster = Cluster::start("drops", &[]);
     let mut db = cluster.database_with_extension("app");
     token_table(&mut db, "public.tokens", 10, 10);
-    db.execute(
-        "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('t', 'public.tokens', 'expires_at < now()', $1)",
-        &[&EVERY_SECOND],
-    )
-    .unwrap();
+    add_rule(
+        &mut db,
+        "t",
+        "public.tokens",
+        "expires_at < now()",
+        EVERY_SECOND,
+        None,
+    );
     wait_for("a first run", Duration::from_secs(20), || {
         (count(&mut db, "SELECT count(*) FROM token_cleanup.runs") > 0).then_some(())
     });
@@ -338,11 +341,14 @@ fn drop_extension_create_database_template_and_drop_database_are_not_blocked() {
         .unwrap();
     db.batch_execute("INSERT INTO public.tokens VALUES (100, 0, false, now() - interval '1 day')")
         .unwrap();
-    db.execute(
-        "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('t', 'public.tokens', 'expires_at < now()', $1)",
-        &[&EVERY_SECOND],
-    )
-    .unwrap();
+    add_rule(
+        &mut db,
+        "t",
+        "public.tokens",
+        "expires_at < now()",
+        EVERY_SECOND,
+        None,
+    );
     wait_for(
         "the recreated extension to be served",
         Duration::from_secs(30),
@@ -359,13 +365,26 @@ fn drop_extension_create_database_template_and_drop_database_are_not_blocked() {
     let mut admin = cluster.connect("postgres");
     // Copying a served database as a template needs it to itself, too; the copy is served as well.
     let started = Instant::now();
-    admin.batch_execute("CREATE DATABASE app_copy TEMPLATE app").unwrap();
-    assert!(started.elapsed() < Duration::from_secs(6), "CREATE DATABASE … TEMPLATE took {:?}", started.elapsed());
+    admin
+        .batch_execute("CREATE DATABASE app_copy TEMPLATE app")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "CREATE DATABASE … TEMPLATE took {:?}",
+        started.elapsed()
+    );
     let mut copy = cluster.connect("app_copy");
-    copy.batch_execute("INSERT INTO public.tokens VALUES (101, 0, false, now() - interval '1 day')").unwrap();
-    wait_for("the copied database to be served", Duration::from_secs(30), || {
-        (count(&mut copy, "SELECT count(*) FROM public.tokens WHERE expires_at < now()") == 0).then_some(())
-    });
+    copy.batch_execute(
+        "INSERT INTO public.tokens VALUES (101, 0, false, now() - interval '1 day')",
+    )
+    .unwrap();
+    wait_for_count(
+        &mut copy,
+        "the copied database to be served",
+        "SELECT count(*) FROM public.tokens WHERE expires_at < now()",
+        0,
+        Duration::from_secs(30),
+    );
 
     let started = Instant::now();
     admin.batch_execute("DROP DATABASE app").unwrap();
@@ -397,9 +416,7 @@ fn a_missed_schedule_fires_once_after_downtime() {
     .unwrap();
     // Pretend the rule last ran, and last changed, three days ago: three slots were missed. Scheduled
     // runs are paused meanwhile so that the catch-up happens only after the restart.
-    db.batch_execute("ALTER SYSTEM SET pg_token_cleanup.enabled = off")
-        .unwrap();
-    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    set_enabled_setting(&mut db, false);
     std::thread::sleep(Duration::from_millis(500));
     db.batch_execute(
         "ALTER TABLE token_cleanup.rules DISABLE TRIGGER rules_validate;
@@ -410,16 +427,20 @@ fn a_missed_schedule_fires_once_after_downtime() {
                   now() - interval '3 days 1 hour', now() - interval '3 days 1 hour' FROM token_cleanup.rules;",
     )
     .unwrap();
+    // Back on at the restart (no reload before it).
     db.batch_execute("ALTER SYSTEM SET pg_token_cleanup.enabled = on")
         .unwrap();
     drop(db);
     cluster.pg_ctl_stop("fast");
     cluster.pg_ctl_start();
     let mut db = cluster.connect("app");
-    wait_for("the catch-up run", Duration::from_secs(30), || {
-        (count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE status = 'succeeded' AND rows_deleted = 10") == 1)
-            .then_some(())
-    });
+    wait_for_count(
+        &mut db,
+        "the catch-up run",
+        "SELECT count(*) FROM token_cleanup.runs WHERE status = 'succeeded' AND rows_deleted = 10",
+        1,
+        Duration::from_secs(30),
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         count(
@@ -615,4 +636,44 @@ fn scheduler_start_marks_orphaned_runs_interrupted_and_prunes_old_history() {
         },
     );
     assert_eq!(count(&mut db, "SELECT count(*) FROM token_cleanup.runs"), 2);
+}
+
+#[test]
+fn rows_locked_by_other_sessions_are_skipped_not_waited_on() {
+    let cluster = Cluster::start("locked", &[]);
+    let mut db = cluster.database_with_extension("app");
+    token_table(&mut db, "public.sessions", 1_000, 100);
+    db.batch_execute(
+        "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size)
+           VALUES ('s', 'public.sessions', 'expires_at < now()', '@yearly', 100)",
+    )
+    .unwrap();
+    let mut holder = cluster.connect("app");
+    holder
+        .batch_execute("BEGIN; SELECT * FROM public.sessions WHERE id <= 10 FOR UPDATE")
+        .unwrap();
+    let started = Instant::now();
+    let deleted: i64 = db
+        .query_one("SELECT rows_deleted FROM token_cleanup.run('s')", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "waited {:?} for locked rows",
+        started.elapsed()
+    );
+    assert_eq!(deleted, 990);
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM public.sessions WHERE expires_at < now()"
+        ),
+        10
+    );
+    holder.batch_execute("COMMIT").unwrap();
+    let deleted: i64 = db
+        .query_one("SELECT rows_deleted FROM token_cleanup.run('s')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(deleted, 10, "the skipped rows go next time");
 }

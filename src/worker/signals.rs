@@ -18,11 +18,13 @@ static IN_OWNER_STATEMENT: AtomicBool = AtomicBool::new(false);
 
 /// Installs the handlers and unblocks signals; call first thing in a worker's main.
 pub fn install() {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
-    // SAFETY: replacing the SIGTERM handler of this process with an async-signal-safe one.
+    // Ours first: attach_signal_handlers unblocks signals, and a SIGTERM arriving after that must
+    // already find this handler.
+    // SAFETY: installing an async-signal-safe SIGTERM handler for this process.
     unsafe {
         pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm));
     }
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
 }
 
 unsafe extern "C-unwind" fn on_sigterm(_signal: i32) {

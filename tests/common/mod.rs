@@ -243,3 +243,33 @@ pub fn live_checksum(client: &mut Client, table: &str) -> String {
         .unwrap()
         .get(0)
 }
+
+/// Adds a rule (validated by the extension's trigger like any INSERT).
+pub fn add_rule(
+    client: &mut Client,
+    name: &str,
+    table: &str,
+    condition: &str,
+    schedule: &str,
+    batch_size: Option<i32>,
+) {
+    client
+        .execute(
+            "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size) VALUES ($1, $2, $3, $4, $5)",
+            &[&name, &table, &condition, &schedule, &batch_size],
+        )
+        .unwrap_or_else(|e| panic!("adding rule {name}: {e}"));
+}
+
+/// Waits until `sql` (a count) returns `expected`.
+pub fn wait_for_count(
+    client: &mut Client,
+    what: &str,
+    sql: &str,
+    expected: i64,
+    timeout: Duration,
+) {
+    wait_for(what, timeout, || {
+        (count(client, sql) == expected).then_some(())
+    });
+}
