@@ -498,6 +498,18 @@ fn manual_run_returns_the_run_and_records_it() {
         count(&mut db, "SELECT count(*) FROM token_cleanup.runs WHERE trigger = 'manual' AND owner = 'app_cleaner'"),
         1
     );
+    // run() waits for another process's commits, which a snapshot-isolated transaction cannot see.
+    let mut tx = db.transaction().unwrap();
+    tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .unwrap();
+    let err = tx
+        .query("SELECT * FROM token_cleanup.run('codes')", &[])
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().unwrap().message(),
+        "token_cleanup.run() cannot be called in a REPEATABLE READ or SERIALIZABLE transaction"
+    );
+    drop(tx);
     // Revoke the owner's privilege: the run fails with a recorded, clear error; the caller gets it.
     db.batch_execute(
         "REVOKE DELETE ON public.device_codes FROM app_cleaner;
