@@ -4,7 +4,7 @@
 //! Why not the naive loop `DELETE … WHERE ctid = ANY(ARRAY(SELECT ctid … LIMIT n))`: every batch
 //! rescans the table from its start and walks over the rows earlier batches deleted, so a run costs
 //! O(rows deleted × table size). Here a run first *collects* the ctids of matching rows with one scan
-//! (the planner's choice: an index on the condition's columns when there is one) through a cursor,
+//! (the planner's choice: an index on the condition's columns when there is one) into one array,
 //! sorts them into physical order, then deletes them batch by batch by ctid (a TID scan touching only
 //! those rows). Each batch re-checks the condition, so a row that changed since the scan, or a slot
 //! reused by a new row, is never deleted unless it matches now. Work is one scan plus O(rows
@@ -18,9 +18,11 @@ use crate::catalog::Rule;
 use crate::history::{self, Outcome};
 use crate::security::{self, CaughtSqlError, Limits};
 use crate::target::{self, ResolvedTable};
+use pgrx::array::RawArray;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use std::ptr::NonNull;
 use std::time::Instant;
 
 /// Most ctids collected by one scan (6 bytes each in PostgreSQL, 8 here: 8 MB).
@@ -29,8 +31,6 @@ pub const COLLECT_LIMIT: usize = 1_000_000;
 const OPTIMISTIC_LOCK_WAIT_MS: i32 = 1;
 /// SQLSTATE of a lock timeout.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
-/// Rows fetched from the collecting cursor at a time.
-const FETCH_SIZE: i64 = 10_000;
 /// First key of the advisory locks that keep a rule from running twice at once ("tknc").
 const RULE_LOCK_CLASS: i32 = 0x746b_6e63;
 
@@ -41,6 +41,8 @@ pub struct RunReport {
     pub rows_deleted: i64,
     pub batches: i32,
     pub elapsed_ms: u128,
+    /// Of which spent finding candidate rows (the scans), as opposed to deleting them.
+    pub scan_ms: u128,
 }
 
 /// What the executor needs to know about the table at the start of a run.
@@ -81,6 +83,7 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
     let started = Instant::now();
     let mut rows_deleted: i64 = 0;
     let mut batches: i32 = 0;
+    let mut scan_ms: u128 = 0;
     let outcome = (|| -> Outcome {
         let plan = match BackgroundWorker::transaction(|| prepare(rule)) {
             Ok(plan) => plan,
@@ -90,7 +93,10 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
             if stop_requested() {
                 return interrupted();
             }
-            let candidates = match BackgroundWorker::transaction(|| collect(rule, &plan)) {
+            let scan_started = Instant::now();
+            let collected = BackgroundWorker::transaction(|| collect(rule, &plan));
+            scan_ms += scan_started.elapsed().as_millis();
+            let candidates = match collected {
                 Ok(c) => c,
                 Err(_) if stop_requested() => return interrupted(),
                 Err(e) => return Outcome::Failed(format!("finding rows to delete: {e}")),
@@ -133,6 +139,7 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
         rows_deleted,
         batches,
         elapsed_ms: started.elapsed().as_millis(),
+        scan_ms,
     };
     BackgroundWorker::transaction(|| {
         history::finish(run_id, &report.outcome, report.rows_deleted, report.batches)
@@ -207,29 +214,28 @@ fn owner_statement<R>(
 
 /// One scan: the ctids of up to COLLECT_LIMIT rows matching the condition now, in physical order.
 fn collect(rule: &Rule, plan: &Plan) -> Result<Vec<pg_sys::ItemPointerData>, String> {
+    // One array datum, copied out as raw bytes: a million rows through SPI tuples, or through
+    // per-element conversion, costs several times the scan itself.
     let sql = format!(
-        "SELECT ctid FROM ONLY {} WHERE {}",
+        "SELECT array_agg(ctid) FROM (SELECT ctid FROM ONLY {} WHERE {} LIMIT {COLLECT_LIMIT}) candidates",
         plan.table.qualified_name,
         target::embedded_condition(&rule.condition)
     );
     let mut ctids = owner_statement(plan, plan.limits, || {
         Spi::connect(|client| {
-            let mut cursor = client.open_cursor(sql.as_str(), &[]);
-            let mut out: Vec<pg_sys::ItemPointerData> = Vec::new();
-            while out.len() < COLLECT_LIMIT {
-                let want = FETCH_SIZE.min((COLLECT_LIMIT - out.len()) as i64);
-                let rows = cursor.fetch(want)?;
-                let got = rows.len();
-                for row in rows {
-                    if let Some(ctid) = row.get::<pg_sys::ItemPointerData>(1)? {
-                        out.push(ctid);
-                    }
-                }
-                if (got as i64) < want {
-                    break;
-                }
-            }
-            Ok::<_, pgrx::spi::Error>(out)
+            let table = client.select(sql.as_str(), Some(1), &[])?;
+            let Some(datum) = table.first().get_datum_by_ordinal(1)? else {
+                return Ok::<_, pgrx::spi::Error>(Vec::new());
+            };
+            // SAFETY: array_agg(ctid) is a one-dimensional tid[] without NULLs; it is detoasted
+            // before its elements (6 bytes each, as ItemPointerData) are copied out.
+            let ctids = unsafe {
+                let array = pg_sys::pg_detoast_datum(datum.cast_mut_ptr::<pg_sys::varlena>());
+                let mut raw =
+                    RawArray::from_ptr(NonNull::new(array.cast()).expect("detoasted array"));
+                raw.data::<pg_sys::ItemPointerData>().as_ref().to_vec()
+            };
+            Ok(ctids)
         })
     })
     .map_err(|e| e.to_string())?

@@ -47,7 +47,7 @@ pub fn extension_present() -> bool {
 /// The one LOG line every run writes: rule, outcome, rows deleted, batches, duration.
 pub fn log_run(rule: &Rule, run_id: i64, trigger: Trigger, report: &RunReport) {
     let what = format!(
-        "pg_token_cleanup: rule \"{}\" run {} ({}) {}: deleted {} rows from {} in {} batches in {} ms",
+        "pg_token_cleanup: rule \"{}\" run {} ({}) {}: deleted {} rows from {} in {} batches in {} ms ({} ms finding rows)",
         rule.name,
         run_id,
         trigger.as_str(),
@@ -55,7 +55,8 @@ pub fn log_run(rule: &Rule, run_id: i64, trigger: Trigger, report: &RunReport) {
         report.rows_deleted,
         rule.table_name,
         report.batches,
-        report.elapsed_ms
+        report.elapsed_ms,
+        report.scan_ms
     );
     match &report.outcome {
         Outcome::Succeeded => log!("{what}"),
