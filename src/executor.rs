@@ -72,6 +72,20 @@ pub fn unlock_rule(rule_id: i64) {
     );
 }
 
+/// Whether another session holds a lock on the rule's table that a DELETE would wait for. The
+/// scheduler asks before starting a run, so a rule whose table is locked waits (up to its
+/// lock_timeout) without holding up the other rules. A missing table is "not locked": the run then
+/// fails with a clear error.
+pub fn table_locked_by_others(rule: &Rule) -> bool {
+    let Ok(Some(table)) = target::lookup_table(&rule.table_name) else {
+        return false;
+    };
+    // SAFETY: a conditional lock in the current (short) transaction, released at its end.
+    !unsafe {
+        pg_sys::ConditionalLockRelationOid(table.oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE)
+    }
+}
+
 fn rule_key(rule_id: i64) -> i32 {
     (rule_id % i64::from(i32::MAX)) as i32
 }

@@ -139,7 +139,16 @@ impl Agenda {
 
     /// The earliest due time of any rule.
     pub fn next_wake(&self) -> Option<DateTime<Utc>> {
-        self.entries.values().filter_map(|e| e.next_due).min()
+        self.next_wake_where(|_| true)
+    }
+
+    /// The earliest due time of the rules `include` accepts.
+    pub fn next_wake_where(&self, include: impl Fn(i64) -> bool) -> Option<DateTime<Utc>> {
+        self.entries
+            .iter()
+            .filter(|(id, _)| include(**id))
+            .filter_map(|(_, e)| e.next_due)
+            .min()
     }
 
     pub fn next_due(&self, id: i64) -> Option<DateTime<Utc>> {

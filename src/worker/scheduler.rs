@@ -19,14 +19,20 @@ use std::time::{Duration, Instant};
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// Pause after an unexpected error in the loop before trying again.
 const ERROR_BACKOFF: Duration = Duration::from_secs(5);
-/// How often history is pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// History is pruned every tenth of the retention, within these bounds.
+const PRUNE_EVERY_MIN: Duration = Duration::from_secs(10);
+const PRUNE_EVERY_MAX: Duration = Duration::from_secs(600);
+/// How often a rule whose table is locked by another session is tried again.
+const LOCK_RETRY: Duration = Duration::from_millis(100);
 /// Advisory lock class that keeps a second scheduler out of a database ("tkns").
 const SCHEDULER_LOCK_CLASS: i32 = 0x746b_6e73;
 
 struct Scheduler {
     agenda: Agenda,
     rules: HashMap<i64, Rule>,
+    /// Due rules whose table another session has locked, with the time of the first attempt: they
+    /// are retried every [`LOCK_RETRY`] until their lock_timeout, while other rules run on time.
+    waiting: HashMap<i64, Instant>,
     reload: bool,
     last_prune: Option<Instant>,
 }
@@ -66,6 +72,7 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
     let mut scheduler = Scheduler {
         agenda: Agenda::new(gucs::timezone()),
         rules: HashMap::new(),
+        waiting: HashMap::new(),
         reload: true,
         last_prune: None,
     };
@@ -116,9 +123,15 @@ impl Scheduler {
         if !gucs::enabled() {
             return Some(MAX_SLEEP);
         }
-        let sleep = match self.agenda.next_wake() {
+        let waiting = &self.waiting;
+        let sleep = match self.agenda.next_wake_where(|id| !waiting.contains_key(&id)) {
             Some(t) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO),
             None => MAX_SLEEP,
+        };
+        let sleep = if self.waiting.is_empty() {
+            sleep
+        } else {
+            sleep.min(LOCK_RETRY)
         };
         Some(sleep.min(MAX_SLEEP))
     }
@@ -152,6 +165,8 @@ impl Scheduler {
             );
         }
         self.rules = loaded.into_iter().map(|(r, _)| (r.id, r)).collect();
+        let rules = &self.rules;
+        self.waiting.retain(|id, _| rules.contains_key(id));
         debug1!(
             "pg_token_cleanup: loaded {} enabled rule(s)",
             self.rules.len()
@@ -159,21 +174,30 @@ impl Scheduler {
         true
     }
 
-    /// Runs every due rule once, earliest first, stopping early on SIGTERM.
+    /// Runs every due rule once, earliest first, stopping early on SIGTERM. A rule whose table is
+    /// locked stays due and is tried again on the next pass.
     fn run_due(&mut self) {
         for (id, due_at) in self.agenda.due(Utc::now()) {
             if signals::stop_requested() {
                 return;
             }
             if let Some(rule) = self.rules.get(&id).cloned() {
-                run_scheduled(&rule, due_at);
+                if run_scheduled(&rule, due_at, self.waiting.get(&id).copied())
+                    == Attempt::TableLocked
+                {
+                    self.waiting.entry(id).or_insert_with(Instant::now);
+                    continue;
+                }
             }
+            self.waiting.remove(&id);
             self.agenda.done(id, Utc::now());
         }
     }
 
     fn prune_if_due(&mut self) {
-        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+        let retention = Duration::from_secs(gucs::history_retention_seconds().max(0) as u64);
+        let every = (retention / 10).clamp(PRUNE_EVERY_MIN, PRUNE_EVERY_MAX);
+        if self.last_prune.is_some_and(|t| t.elapsed() < every) {
             return;
         }
         self.last_prune = Some(Instant::now());
@@ -185,30 +209,67 @@ impl Scheduler {
     }
 }
 
-/// Runs one due rule, unless another session (a manual run) is running it.
-fn run_scheduled(rule: &Rule, due_at: DateTime<Utc>) {
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt {
+    /// Ran, failed, or was skipped: the rule is done with this due time.
+    Done,
+    /// Its table is locked by another session and its lock_timeout has not passed: try again.
+    TableLocked,
+}
+
+/// Runs one due rule, unless another session (a manual run) is running it or its table is locked.
+/// `waiting_since` is the first attempt of a rule whose table was locked.
+fn run_scheduled(rule: &Rule, due_at: DateTime<Utc>, waiting_since: Option<Instant>) -> Attempt {
     let scheduled_for = due_at.timestamp_micros() as f64 / 1e6;
-    let run_id = BackgroundWorker::transaction(|| {
-        if !executor::try_lock_rule(rule.id) {
-            return None;
-        }
-        Some(history::begin(
-            None,
+    let begin = |id| {
+        history::begin(
+            id,
             rule.id,
             &rule.name,
             &rule.owner,
             Trigger::Schedule,
             Some(scheduled_for),
-        ))
+        )
+    };
+    let started = BackgroundWorker::transaction(|| {
+        if !executor::try_lock_rule(rule.id) {
+            return None;
+        }
+        if executor::table_locked_by_others(rule) {
+            let lock_timeout = rule.limits().lock_timeout_ms;
+            let waited = waiting_since.map_or(0, |t| t.elapsed().as_millis());
+            if lock_timeout <= 0 || waited < lock_timeout as u128 {
+                executor::unlock_rule(rule.id);
+                return Some(Err(Attempt::TableLocked));
+            }
+            let run_id = begin(None);
+            let why = format!(
+                "could not lock table {} within lock_timeout ({lock_timeout} ms): another session holds a conflicting lock (SQLSTATE 55P03)",
+                rule.table_name
+            );
+            history::finish(run_id, &history::Outcome::Failed(why.clone()), 0, 0);
+            executor::unlock_rule(rule.id);
+            log!(
+                "pg_token_cleanup: rule \"{}\" run {run_id} (schedule) failed: {why}",
+                rule.name
+            );
+            return Some(Err(Attempt::Done));
+        }
+        Some(Ok(begin(None)))
     });
-    let Some(run_id) = run_id else {
-        log!("pg_token_cleanup: rule \"{}\" is already running in another session; skipping the run due at {due_at}", rule.name);
-        return;
+    let run_id = match started {
+        None => {
+            log!("pg_token_cleanup: rule \"{}\" is already running in another session; skipping the run due at {due_at}", rule.name);
+            return Attempt::Done;
+        }
+        Some(Err(attempt)) => return attempt,
+        Some(Ok(run_id)) => run_id,
     };
     let report = executor::execute(rule, run_id, &signals::stop_requested);
     BackgroundWorker::transaction(|| executor::unlock_rule(rule.id));
     // A failure is recorded and logged like any outcome; the loop goes on with the other rules.
     super::log_run(rule, run_id, Trigger::Schedule, &report);
+    Attempt::Done
 }
 
 /// Takes this database's scheduler lock (session level); false if another scheduler holds it.

@@ -62,6 +62,71 @@ impl Cluster {
 
     /// initdb + start a cluster with `preload` as shared_preload_libraries.
     pub fn start_with(name: &str, preload: &str, extra: &[&str]) -> Cluster {
+        let cluster = Cluster::new_dir(name);
+        check(
+            "initdb",
+            pg_command("initdb")
+                .args([
+                    "-D",
+                    cluster.data().to_str().unwrap(),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                ])
+                .output(),
+        );
+        let mut conf = vec![
+            format!("shared_preload_libraries = '{preload}'"),
+            "fsync = off".into(),
+            "max_worker_processes = 16".into(),
+            "pg_token_cleanup.database_probe_interval = '2s'".into(),
+            "log_line_prefix = '%m [%p] '".into(),
+        ];
+        conf.extend(extra.iter().map(|s| s.to_string()));
+        cluster.configure_and_start(&conf);
+        cluster
+    }
+
+    /// A streaming replica of this cluster (pg_basebackup -R), started in hot standby.
+    pub fn replica(&self, name: &str, extra: &[&str]) -> Cluster {
+        let replica = Cluster::new_dir(name);
+        let port = self.port.to_string();
+        check(
+            "pg_basebackup",
+            pg_command("pg_basebackup")
+                .args(["-D", replica.data().to_str().unwrap(), "-R", "-X", "stream"])
+                .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+                .output(),
+        );
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        replica.configure_and_start(&extra);
+        replica
+    }
+
+    /// pg_ctl promote, waiting for the end of recovery.
+    pub fn promote(&self) {
+        check(
+            "pg_ctl promote",
+            pg_command("pg_ctl")
+                .args(["-D", self.data().to_str().unwrap(), "-w", "promote"])
+                .output(),
+        );
+    }
+
+    /// Runs a client program (pg_dump, pg_restore, …) against this cluster.
+    pub fn run_bin(&self, program: &str, args: &[&str]) {
+        let port = self.port.to_string();
+        let output = Command::new(format!("{PG_BIN}/{program}"))
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+            .args(args)
+            .output();
+        check(program, output);
+    }
+
+    /// A new, empty directory for a cluster, owned by the postgres OS user when we are root.
+    fn new_dir(name: &str) -> Cluster {
         let base = std::env::temp_dir().join("pg_token_cleanup_e2e");
         let dir = base.join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -74,39 +139,28 @@ impl Cluster {
                     .output(),
             );
         }
-        let data = dir.join("data");
-        check(
-            "initdb",
-            pg_command("initdb")
-                .args([
-                    "-D",
-                    data.to_str().unwrap(),
-                    "-A",
-                    "trust",
-                    "-U",
-                    "postgres",
-                    "--no-sync",
-                ])
-                .output(),
-        );
-        let port = free_port();
+        Cluster {
+            dir,
+            port: free_port(),
+        }
+    }
+
+    /// Appends this cluster's port and socket directory, then `lines`, to postgresql.conf; starts it.
+    fn configure_and_start(&self, lines: &[String]) {
         let mut conf = format!(
-            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             shared_preload_libraries = '{preload}'\nfsync = off\nmax_worker_processes = 16\n\
-             pg_token_cleanup.database_probe_interval = '2s'\nlog_line_prefix = '%m [%p] '\n",
-            dir.display(),
+            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n",
+            self.port,
+            self.dir.display()
         );
-        for line in extra {
+        for line in lines {
             conf.push_str(line);
             conf.push('\n');
         }
-        let conf_path = data.join("postgresql.conf");
+        let conf_path = self.data().join("postgresql.conf");
         let mut existing = std::fs::read_to_string(&conf_path).unwrap();
         existing.push_str(&conf);
         std::fs::write(&conf_path, existing).unwrap();
-        let cluster = Cluster { dir, port };
-        cluster.pg_ctl_start();
-        cluster
+        self.pg_ctl_start();
     }
 
     pub fn data(&self) -> PathBuf {
@@ -272,4 +326,40 @@ pub fn wait_for_count(
     wait_for(what, timeout, || {
         (count(client, sql) == expected).then_some(())
     });
+}
+
+/// Records one row of docs/reliability.md: written to target/reliability/<case>.md, assembled by
+/// scripts/reliability_report.sh after the suite.
+pub fn record(case: &str, done: &str, measured: &str, result: &str) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("reliability");
+    std::fs::create_dir_all(&dir).unwrap();
+    let clean = |s: &str| s.replace('|', "\\|").replace('\n', " ");
+    let row = format!(
+        "| {} | {} | {} | {} |\n",
+        clean(case),
+        clean(done),
+        clean(measured),
+        clean(result)
+    );
+    let file: String = case
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    std::fs::write(dir.join(format!("{file}.md")), row).unwrap();
+}
+
+/// PID of this database's scheduler, waiting for one to be running.
+pub fn scheduler_pid(client: &mut Client, database: &str) -> i32 {
+    wait_for("a scheduler", Duration::from_secs(30), || {
+        client
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_token_cleanup scheduler' AND datname = $1",
+                &[&database],
+            )
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, i32>(0))
+    })
 }
