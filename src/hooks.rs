@@ -16,6 +16,20 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 
 static mut PREVIOUS: pg_sys::ProcessUtility_hook_type = None;
 
+extern "C-unwind" {
+    // PostgreSQL's own, declared here so that it is called without pgrx's error translation.
+    fn standard_ProcessUtility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const std::ffi::c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
+}
+
 /// Installs the hook; called from `_PG_init`.
 pub fn init() {
     // SAFETY: hook chaining while the library loads (single-threaded).
@@ -46,28 +60,20 @@ unsafe extern "C-unwind" fn process_utility(
                 stop_workers_in(database);
             }
         }
-        match PREVIOUS {
-            Some(previous) => previous(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-            None => pg_sys::standard_ProcessUtility(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-        }
+        // Call the next hook raw, not through pgrx's guarded binding: an error raised by the
+        // statement must reach the client untouched (pgrx would re-raise it without its context,
+        // position and object-name fields). Nothing owned by Rust is alive across this call.
+        let next = PREVIOUS.unwrap_or(standard_ProcessUtility);
+        next(
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        );
     }
 }
 

@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{add_rule, count, live_checksum, token_table, wait_for, wait_for_count, Cluster};
+use common::{
+    add_rule, count, live_checksum, record, token_table, wait_for, wait_for_count, Cluster,
+};
 use std::time::{Duration, Instant};
 
 const EVERY_SECOND: &str = "* * * * * *";
@@ -330,6 +332,7 @@ fn drop_extension_create_database_template_and_drop_database_are_not_blocked() {
     let started = Instant::now();
     db.batch_execute("SET lock_timeout = '10s'; DROP EXTENSION pg_token_cleanup")
         .unwrap();
+    let drop_extension = started.elapsed();
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "DROP EXTENSION took {:?}",
@@ -368,6 +371,7 @@ fn drop_extension_create_database_template_and_drop_database_are_not_blocked() {
     admin
         .batch_execute("CREATE DATABASE app_copy TEMPLATE app")
         .unwrap();
+    let template_copy = started.elapsed();
     assert!(
         started.elapsed() < Duration::from_secs(6),
         "CREATE DATABASE … TEMPLATE took {:?}",
@@ -392,6 +396,17 @@ fn drop_extension_create_database_template_and_drop_database_are_not_blocked() {
         started.elapsed() < Duration::from_secs(6),
         "DROP DATABASE took {:?}",
         started.elapsed()
+    );
+    record(
+        "DROP EXTENSION, CREATE EXTENSION, CREATE DATABASE … TEMPLATE, DROP DATABASE while the scheduler is connected",
+        "rule every second; each statement run while the database's scheduler was connected",
+        &format!(
+            "DROP EXTENSION {:.2} s; CREATE EXTENSION again served without restart; template copy {:.2} s (copy then served); plain DROP DATABASE {:.2} s",
+            drop_extension.as_secs_f64(),
+            template_copy.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        ),
+        "pass",
     );
 }
 
@@ -688,4 +703,18 @@ fn rows_locked_by_other_sessions_are_skipped_not_waited_on() {
         .unwrap()
         .get(0);
     assert_eq!(deleted, 10, "the skipped rows go next time");
+}
+
+#[test]
+fn utility_statement_errors_reach_clients_untouched_through_the_hook() {
+    let cluster = Cluster::start("hookerrors", &[]);
+    let mut db = cluster.database_with_extension("app");
+    db.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (1)").unwrap();
+    let err = db.batch_execute("CREATE UNIQUE INDEX t_id_key ON t (id)").unwrap_err();
+    let err = err.as_db_error().expect("a database error");
+    assert_eq!(err.message(), "could not create unique index \"t_id_key\"");
+    assert_eq!(err.detail(), Some("Key (id)=(1) is duplicated."));
+    assert_eq!(err.constraint(), Some("t_id_key"));
+    let err = db.batch_execute("DROP DATABASE no_such_database").unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().message(), "database \"no_such_database\" does not exist");
 }

@@ -25,15 +25,18 @@ fn is_root() -> bool {
 /// Runs a PostgreSQL program as the `postgres` OS user when we are root (PostgreSQL refuses root).
 fn pg_command(program: &str) -> Command {
     let path = format!("{PG_BIN}/{program}");
-    if is_root() {
+    let mut c = if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--", &path]);
         c
     } else {
-        let mut c = Command::new(path);
-        c.env_remove("PGDATA");
-        c
-    }
+        Command::new(path)
+    };
+    // A server as it runs in production: no Rust backtraces attached to errors.
+    c.env_remove("PGDATA")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
+    c
 }
 
 fn free_port() -> u16 {
@@ -96,7 +99,15 @@ impl Cluster {
         check(
             "pg_basebackup",
             pg_command("pg_basebackup")
-                .args(["-D", replica.data().to_str().unwrap(), "-R", "-X", "stream"])
+                .args([
+                    "-D",
+                    replica.data().to_str().unwrap(),
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                ])
                 .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
                 .output(),
         );
