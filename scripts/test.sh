@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: plain #[test]s (schedules, agenda), #[pg_test]s (SQL API and validation errors) in
-# pgrx's test cluster, and the end-to-end worker tests in tests/, which start their own clusters
-# with the library preloaded. Installs what is missing first (scripts/setup.sh). Idempotent.
+# pgrx's test cluster, and the end-to-end tests in tests/ (worker, reliability under faults, hostile
+# input, load and soak), which start their own clusters with the library preloaded; then writes
+# docs/reliability.md from their figures. Installs what is missing first (scripts/setup.sh).
+# Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,5 +16,7 @@ if [ "$(id -u)" = 0 ]; then
     export CARGO_PGRX_TEST_PGDATA=/tmp/pg_token_cleanup_pgrx_test/data
 fi
 # cargo pgrx test installs the extension into the system PostgreSQL 15 before the tests run; the
-# end-to-end tests in tests/ use that installation.
+# end-to-end tests in tests/ use that installation. The load test soaks for SOAK_SECS (default 600).
+rm -rf target/reliability
 cargo pgrx test pg15
+bash scripts/reliability_report.sh

@@ -709,12 +709,20 @@ fn rows_locked_by_other_sessions_are_skipped_not_waited_on() {
 fn utility_statement_errors_reach_clients_untouched_through_the_hook() {
     let cluster = Cluster::start("hookerrors", &[]);
     let mut db = cluster.database_with_extension("app");
-    db.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (1)").unwrap();
-    let err = db.batch_execute("CREATE UNIQUE INDEX t_id_key ON t (id)").unwrap_err();
+    db.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (1)")
+        .unwrap();
+    let err = db
+        .batch_execute("CREATE UNIQUE INDEX t_id_key ON t (id)")
+        .unwrap_err();
     let err = err.as_db_error().expect("a database error");
     assert_eq!(err.message(), "could not create unique index \"t_id_key\"");
     assert_eq!(err.detail(), Some("Key (id)=(1) is duplicated."));
     assert_eq!(err.constraint(), Some("t_id_key"));
-    let err = db.batch_execute("DROP DATABASE no_such_database").unwrap_err();
-    assert_eq!(err.as_db_error().unwrap().message(), "database \"no_such_database\" does not exist");
+    let err = db
+        .batch_execute("DROP DATABASE no_such_database")
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().unwrap().message(),
+        "database \"no_such_database\" does not exist"
+    );
 }
