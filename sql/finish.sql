@@ -23,7 +23,8 @@ SELECT r.id                    AS rule_id,
        coalesce(totals.interrupted, 0)   AS interrupted,
        coalesce(totals.rows_deleted, 0)  AS total_rows_deleted,
        totals.avg_duration,
-       totals.max_duration
+       totals.max_duration,
+       totals.longest_batch_ms
   FROM token_cleanup.rules r
   LEFT JOIN LATERAL (
         SELECT h.started_at, h.finished_at, h.status, h.rows_deleted, h.error
@@ -38,7 +39,8 @@ SELECT r.id                    AS rule_id,
                count(*) FILTER (WHERE h.status = 'interrupted')  AS interrupted,
                sum(h.rows_deleted)::bigint                       AS rows_deleted,
                avg(h.finished_at - h.started_at)                 AS avg_duration,
-               max(h.finished_at - h.started_at)                 AS max_duration
+               max(h.finished_at - h.started_at)                 AS max_duration,
+               max(h.longest_batch_ms)                           AS longest_batch_ms
           FROM token_cleanup.runs h
          WHERE h.rule_id = r.id) totals ON true;
 

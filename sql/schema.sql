@@ -34,6 +34,7 @@ CREATE TABLE token_cleanup.runs (
     finished_at   timestamptz,
     rows_deleted  bigint      NOT NULL DEFAULT 0,
     batches       integer     NOT NULL DEFAULT 0,
+    longest_batch_ms integer,                        -- longest batch, start to commit
     error         text,
     pid           integer
 );

@@ -43,6 +43,18 @@ pub struct RunReport {
     pub elapsed_ms: u128,
     /// Of which spent finding candidate rows (the scans), as opposed to deleting them.
     pub scan_ms: u128,
+    /// The longest batch, from its transaction's start to its commit: how long it held row locks.
+    pub longest_batch_ms: u128,
+}
+
+impl RunReport {
+    pub fn counts(&self) -> history::Counts {
+        history::Counts {
+            rows_deleted: self.rows_deleted,
+            batches: self.batches,
+            longest_batch_ms: self.longest_batch_ms.min(i32::MAX as u128) as i32,
+        }
+    }
 }
 
 /// What the executor needs to know about the table at the start of a run.
@@ -98,6 +110,7 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
     let mut rows_deleted: i64 = 0;
     let mut batches: i32 = 0;
     let mut scan_ms: u128 = 0;
+    let mut longest_batch_ms: u128 = 0;
     let outcome = (|| -> Outcome {
         let plan = match BackgroundWorker::transaction(|| prepare(rule)) {
             Ok(plan) => plan,
@@ -121,6 +134,7 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
                 if stop_requested() {
                     return interrupted();
                 }
+                let batch_started = Instant::now();
                 let batch = BackgroundWorker::transaction(|| {
                     relax_commit();
                     let n = delete_batch(rule, &plan, chunk);
@@ -134,6 +148,8 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
                         rows_deleted += n;
                         deleted_this_round += n;
                         batches += 1;
+                        longest_batch_ms =
+                            longest_batch_ms.max(batch_started.elapsed().as_millis());
                     }
                     Err(_) if stop_requested() => return interrupted(),
                     Err(e) => {
@@ -154,10 +170,9 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
         batches,
         elapsed_ms: started.elapsed().as_millis(),
         scan_ms,
+        longest_batch_ms,
     };
-    BackgroundWorker::transaction(|| {
-        history::finish(run_id, &report.outcome, report.rows_deleted, report.batches)
-    });
+    BackgroundWorker::transaction(|| history::finish(run_id, &report.outcome, &report.counts()));
     report
 }
 

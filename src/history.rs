@@ -81,17 +81,26 @@ pub fn progress(run_id: i64, rows_deleted: i64, batches: i32) {
     .expect("updating token_cleanup.runs");
 }
 
+/// What a run did, as recorded at its end.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub rows_deleted: i64,
+    pub batches: i32,
+    pub longest_batch_ms: i32,
+}
+
 /// Records the end of a run.
-pub fn finish(run_id: i64, outcome: &Outcome, rows_deleted: i64, batches: i32) {
+pub fn finish(run_id: i64, outcome: &Outcome, counts: &Counts) {
     Spi::run_with_args(
         "UPDATE token_cleanup.runs SET status = $2, error = $3, rows_deleted = $4, batches = $5, \
-                finished_at = clock_timestamp() WHERE id = $1",
+                longest_batch_ms = $6, finished_at = clock_timestamp() WHERE id = $1",
         &[
             run_id.into(),
             outcome.status().into(),
             outcome.error().into(),
-            rows_deleted.into(),
-            batches.into(),
+            counts.rows_deleted.into(),
+            counts.batches.into(),
+            counts.longest_batch_ms.into(),
         ],
     )
     .expect("updating token_cleanup.runs");

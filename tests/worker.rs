@@ -193,6 +193,12 @@ fn a_rule_on_a_dropped_table_fails_alone() {
         });
     }
     assert_eq!(count(&mut db, "SELECT count(*) FROM public.kept"), 10);
+    record(
+        "the rule's table dropped after the rule was created",
+        "two rules every second; one table dropped",
+        "its runs fail with \"table public.doomed of rule … does not exist (dropped or renamed?)\"; the other rule purged two more waves of 50 expired rows, its 10 live rows untouched",
+        "pass",
+    );
 }
 
 #[test]
@@ -311,6 +317,12 @@ fn sigterm_mid_run_leaves_it_interrupted_and_deletes_only_matching_rows() {
         },
     );
     assert_eq!(live_checksum(&mut db, "public.refresh_tokens"), live);
+    record(
+        "SIGTERM to the scheduler mid-run (pg_terminate_backend)",
+        "200k expired + 50k live rows, batches of 50; a manual run attempted meanwhile; then SIGTERM",
+        &format!("manual run refused with 55006 \"already running\"; run recorded interrupted with {deleted} rows deleted = rows gone; launcher restarted the scheduler and a later run purged the rest; live-row checksum unchanged"),
+        "pass",
+    );
 }
 
 #[test]
@@ -724,5 +736,32 @@ fn utility_statement_errors_reach_clients_untouched_through_the_hook() {
     assert_eq!(
         err.as_db_error().unwrap().message(),
         "database \"no_such_database\" does not exist"
+    );
+}
+
+#[test]
+fn create_extension_in_a_database_probed_before_is_served_at_once() {
+    // The launcher probed `postgres` at start and found no extension; with an hour between probes,
+    // only CREATE EXTENSION's wake-up can start its scheduler.
+    let cluster = Cluster::start("wake", &["pg_token_cleanup.database_probe_interval = '1h'"]);
+    let mut db = cluster.connect("postgres");
+    std::thread::sleep(Duration::from_millis(300));
+    db.batch_execute("CREATE EXTENSION pg_token_cleanup")
+        .unwrap();
+    token_table(&mut db, "public.tokens", 10, 10);
+    add_rule(
+        &mut db,
+        "t",
+        "public.tokens",
+        "expires_at < now()",
+        EVERY_SECOND,
+        None,
+    );
+    wait_for_count(
+        &mut db,
+        "the rule to run",
+        "SELECT count(*) FROM public.tokens",
+        10,
+        Duration::from_secs(15),
     );
 }

@@ -12,6 +12,7 @@
 use crate::schedule::Schedule;
 use chrono::{DateTime, TimeZone, Utc};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// What the agenda needs to know of a rule.
 #[derive(Debug, Clone)]
@@ -26,9 +27,10 @@ pub struct AgendaRule {
 
 #[derive(Debug)]
 struct Entry {
-    schedule_text: String,
     updated_at: f64,
-    schedule: Schedule,
+    /// Shared by every rule with the same schedule text: a parsed schedule holds a few kB of
+    /// ordinal sets, which 10,000 rules would otherwise multiply.
+    schedule: Rc<Schedule>,
     next_due: Option<DateTime<Utc>>,
 }
 
@@ -75,22 +77,35 @@ impl Agenda {
         }
         let mut rejected = Vec::new();
         let mut fresh = HashMap::with_capacity(rules.len());
+        let mut parsed: HashMap<&str, Rc<Schedule>> = HashMap::new();
         for rule in rules {
             if let Some(old) = self.entries.remove(&rule.id) {
-                if old.schedule_text == rule.schedule && old.updated_at == rule.updated_at {
+                if old.schedule.source() == rule.schedule.trim()
+                    && old.updated_at == rule.updated_at
+                {
+                    parsed
+                        .entry(&rule.schedule)
+                        .or_insert_with(|| old.schedule.clone());
                     fresh.insert(rule.id, old);
                     continue;
                 }
             }
-            let schedule = match Schedule::parse(&rule.schedule) {
-                Ok(s) => s,
-                Err(e) => {
-                    rejected.push(Rejected {
-                        id: rule.id,
-                        reason: e.to_string(),
-                    });
-                    continue;
-                }
+            let schedule = match parsed.get(rule.schedule.as_str()) {
+                Some(s) => s.clone(),
+                None => match Schedule::parse(&rule.schedule) {
+                    Ok(s) => {
+                        let s = Rc::new(s);
+                        parsed.insert(&rule.schedule, s.clone());
+                        s
+                    }
+                    Err(e) => {
+                        rejected.push(Rejected {
+                            id: rule.id,
+                            reason: e.to_string(),
+                        });
+                        continue;
+                    }
+                },
             };
             let base = match rule.last_scheduled {
                 Some(last) if last > rule.updated_at => last,
@@ -103,7 +118,6 @@ impl Agenda {
             fresh.insert(
                 rule.id,
                 Entry {
-                    schedule_text: rule.schedule.clone(),
                     updated_at: rule.updated_at,
                     schedule,
                     next_due,

@@ -19,6 +19,8 @@ pub const TICK: Duration = Duration::from_secs(5);
 const STARTS_PER_TICK: usize = 4;
 /// A database is not probed twice within this time, however often the launcher is woken.
 const MIN_PROBE_GAP: Duration = Duration::from_secs(1);
+/// A scheduler alive this long after it was started is serving its database, not probing it.
+const PROBE_SETTLED: Duration = Duration::from_secs(5);
 
 /// Registers the launcher; called from `_PG_init` while preloading.
 pub fn register() {
@@ -36,6 +38,9 @@ struct Database {
     scheduler: Option<DynamicBackgroundWorker>,
     next_probe: Instant,
     last_probe: Option<Instant>,
+    /// CREATE EXTENSION somewhere woke the launcher: probe again soon, even if a probe was in
+    /// flight (it may have looked before the extension was committed).
+    wake_requested: bool,
 }
 
 #[pg_guard]
@@ -62,16 +67,23 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
                 scheduler: None,
                 next_probe: now,
                 last_probe: None,
+                wake_requested: false,
             });
+            db.wake_requested |= woken;
             if db.scheduler.as_ref().is_some_and(is_alive) {
+                if db.last_probe.is_some_and(|t| t.elapsed() >= PROBE_SETTLED) {
+                    // Serving: a wake-up is not for this database.
+                    db.wake_requested = false;
+                }
                 continue;
             }
             if db.scheduler.take().is_some() {
                 // It exited: extension absent or dropped, SIGTERM, or another scheduler serves it.
                 db.next_probe = now + gucs::database_probe_interval();
             }
-            if woken && db.last_probe.is_none_or(|t| t.elapsed() >= MIN_PROBE_GAP) {
-                db.next_probe = now;
+            if std::mem::take(&mut db.wake_requested) {
+                let soonest = db.last_probe.map_or(now, |t| t + MIN_PROBE_GAP).max(now);
+                db.next_probe = db.next_probe.min(soonest);
             }
             if now < db.next_probe || started >= STARTS_PER_TICK {
                 continue;

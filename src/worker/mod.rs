@@ -38,6 +38,23 @@ pub const RUNNER_TYPE: &str = "pg_token_cleanup runner";
 
 pub const LIBRARY: &str = "pg_token_cleanup";
 
+/// Connects a scheduler or runner to `database` and sets what every worker session needs.
+pub fn connect(database: pg_sys::Oid) {
+    pgrx::bgworkers::BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    // No JIT: our statements are short, and a long-lived process that JIT-compiles (a reload of
+    // thousands of rules costs enough to trigger it) loads LLVM and keeps growing its memory.
+    // SAFETY: setting a session-level setting of this process.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"jit".as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        )
+    };
+    signals::reload_config_if_asked();
+}
+
 /// Whether the extension exists in the connected database (inside a transaction).
 pub fn extension_present() -> bool {
     // SAFETY: syscache lookup; missing_ok = true.
@@ -47,7 +64,7 @@ pub fn extension_present() -> bool {
 /// The one LOG line every run writes: rule, outcome, rows deleted, batches, duration.
 pub fn log_run(rule: &Rule, run_id: i64, trigger: Trigger, report: &RunReport) {
     let what = format!(
-        "pg_token_cleanup: rule \"{}\" run {} ({}) {}: deleted {} rows from {} in {} batches in {} ms ({} ms finding rows)",
+        "pg_token_cleanup: rule \"{}\" run {} ({}) {}: deleted {} rows from {} in {} batches in {} ms ({} ms finding rows, longest batch {} ms)",
         rule.name,
         run_id,
         trigger.as_str(),
@@ -56,7 +73,8 @@ pub fn log_run(rule: &Rule, run_id: i64, trigger: Trigger, report: &RunReport) {
         rule.table_name,
         report.batches,
         report.elapsed_ms,
-        report.scan_ms
+        report.scan_ms,
+        report.longest_batch_ms
     );
     match &report.outcome {
         Outcome::Succeeded => log!("{what}"),

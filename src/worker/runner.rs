@@ -46,8 +46,7 @@ pub extern "C-unwind" fn pg_token_cleanup_runner_main(arg: pg_sys::Datum) {
         warning!("pg_token_cleanup: runner started without rule and run ids");
         return;
     };
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
-    signals::reload_config_if_asked();
+    super::connect(database);
 
     // Record the run first, then take the rule's lock; a busy rule gets a failed run that says so.
     let started = BackgroundWorker::transaction(|| {
@@ -67,7 +66,7 @@ pub extern "C-unwind" fn pg_token_cleanup_runner_main(arg: pg_sys::Datum) {
             .map(|id| format!(" as run {id}"))
             .unwrap_or_default();
         let why = format!("{ALREADY_RUNNING}{other}: rule \"{}\" is being run by another session; this manual run did not start", rule.name);
-        history::finish(run_id, &Outcome::Failed(why), 0, 0);
+        history::finish(run_id, &Outcome::Failed(why), &history::Counts::default());
         Some(Err(()))
     });
     let Some(Ok(rule)) = started else { return };

@@ -44,8 +44,7 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
     signals::install();
     // SAFETY: the launcher passes an OID datum.
     let database = unsafe { pg_sys::Oid::from_datum(arg, false) }.expect("database OID argument");
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
-    signals::reload_config_if_asked();
+    super::connect(database);
 
     let start = BackgroundWorker::transaction(|| {
         if !extension_present() {
@@ -171,6 +170,10 @@ impl Scheduler {
             "pg_token_cleanup: loaded {} enabled rule(s)",
             self.rules.len()
         );
+        // A reload of many rules briefly holds two copies and the query's result; give the freed
+        // memory back to the system so the worker's footprint follows its live data.
+        // SAFETY: glibc's malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
         true
     }
 
@@ -247,7 +250,11 @@ fn run_scheduled(rule: &Rule, due_at: DateTime<Utc>, waiting_since: Option<Insta
                 "could not lock table {} within lock_timeout ({lock_timeout} ms): another session holds a conflicting lock (SQLSTATE 55P03)",
                 rule.table_name
             );
-            history::finish(run_id, &history::Outcome::Failed(why.clone()), 0, 0);
+            history::finish(
+                run_id,
+                &history::Outcome::Failed(why.clone()),
+                &history::Counts::default(),
+            );
             executor::unlock_rule(rule.id);
             log!(
                 "pg_token_cleanup: rule \"{}\" run {run_id} (schedule) failed: {why}",
