@@ -45,9 +45,22 @@ fn running_run(db: &mut postgres::Client) -> i64 {
 /// After a crash-like stop: the run is marked interrupted, a scheduler serves again, the rest is
 /// purged, and the live rows are untouched. Returns (seconds until serving again, seconds to finish).
 fn recovers(cluster: &Cluster, run_id: i64, checksum: &str, since: Instant) -> (f64, f64) {
-    let mut db = cluster.connect("app");
-    scheduler_pid(&mut db, "app");
+    // Connections made while the postmaster is still resetting after a crash get cut: poll with a
+    // fresh connection until a scheduler answers from a server that has finished recovering.
+    let conn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=app",
+        cluster.port
+    );
+    wait_for("a scheduler serving again", Duration::from_secs(60), || {
+        let mut c = postgres::Client::connect(&conn, postgres::NoTls).ok()?;
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_token_cleanup scheduler'", &[])
+            .ok()?
+            .get(0);
+        (n == 1).then_some(())
+    });
     let serving = since.elapsed().as_secs_f64();
+    let mut db = cluster.connect("app");
     wait_for_count(
         &mut db,
         "the run to be marked interrupted",

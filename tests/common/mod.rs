@@ -143,12 +143,16 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
-            check(
-                "chown",
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres", base.to_str().unwrap()])
-                    .output(),
-            );
+            // Not recursive: other tests create and remove their own directories meanwhile.
+            for d in [&base, &dir] {
+                let path = d.to_str().unwrap();
+                check(
+                    "chown",
+                    Command::new("chown")
+                        .args(["postgres:postgres", path])
+                        .output(),
+                );
+            }
         }
         Cluster {
             dir,
