@@ -39,10 +39,13 @@ def as_postgres(args):
 
 
 def psql(sql, db="bench", quiet=False):
+    # Through stdin, so that each statement runs on its own (VACUUM cannot run in a transaction).
     out = subprocess.run(
         ["psql", "-X", "-q", "-At", "-h", "127.0.0.1", "-p", str(PORT), "-U", "postgres", "-d", db,
-         "-v", "ON_ERROR_STOP=1", "-c", sql],
-        check=True, capture_output=True, text=True)
+         "-v", "ON_ERROR_STOP=1", "-f", "-"],
+        input=sql, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"psql failed: {out.stderr.strip()}\n{sql}")
     return out.stdout.strip() if not quiet else None
 
 
@@ -207,12 +210,20 @@ END $$;""")
     return {"rows": int(total), "longest_batch_ms": float(longest)}
 
 
-def pg_cron_delete():
-    # pg_cron 1.4 schedules by the minute: schedule the DELETE for the next minute and wait for it.
+def schedule_pg_cron():
+    """Schedules the plain DELETE with pg_cron for the next minute boundary at least IDLE_S + 2 s
+    away (pg_cron 1.4 schedules by the minute); returns that boundary (epoch seconds)."""
     psql("DELETE FROM cron.job_run_details; SELECT cron.unschedule(jobid) FROM cron.job;", quiet=True)
     due = (int(time.time()) // 60 + 1) * 60
+    if due - time.time() < IDLE_S + 2:
+        due += 60
     minute = time.gmtime(due).tm_min
     psql(f"SELECT cron.schedule('purge', '{minute} * * * *', $$DELETE FROM public.refresh_tokens WHERE {CONDITION}$$)")
+    return due
+
+
+def pg_cron_delete():
+    """Waits for the job schedule_pg_cron() planned and reports its run."""
     while True:
         row = psql("SELECT status, extract(epoch FROM end_time - start_time) * 1000, "
                    "extract(epoch FROM start_time) FROM cron.job_run_details "
@@ -227,9 +238,9 @@ def pg_cron_delete():
 
 
 def token_cleanup_run():
-    out = psql("SELECT rows_deleted, r.longest_batch_ms FROM token_cleanup.run('bench') "
-               "JOIN token_cleanup.runs r ON r.id = run_id")
-    rows, longest = out.split("|")
+    run_id, rows = psql("SELECT run_id, rows_deleted FROM token_cleanup.run('bench')").split("|")
+    # A new statement: the run's row was committed by the runner after the call's snapshot.
+    longest = psql(f"SELECT longest_batch_ms FROM token_cleanup.runs WHERE id = {run_id}")
     return {"rows": int(rows), "longest_batch_ms": float(longest)}
 
 
@@ -251,11 +262,9 @@ def scenario_a(results):
         matching = int(psql(f"SELECT count(*) FROM public.refresh_tokens WHERE {CONDITION}"))
         lsn = wal_lsn()
         if duration is None:
-            # Start the workload IDLE_S seconds before the next minute, when pg_cron fires.
-            wait = 60 - (time.time() % 60) - IDLE_S
-            if wait < 1:
-                wait += 60
-            time.sleep(wait)
+            # Start the workload IDLE_S seconds before the minute at which pg_cron fires.
+            due = schedule_pg_cron()
+            time.sleep(max(0.0, due - IDLE_S - time.time()))
             duration = IDLE_S + 15
         res, samples, t0, t1 = with_workload(duration, purge)
         if res.get("waited_for_minute"):

@@ -73,8 +73,8 @@ pub fn as_owner<R>(owner: pg_sys::Oid, limits: Limits, f: impl FnOnce() -> R) ->
     result
 }
 
-/// Sets a setting until the current GUC nest level ends.
-unsafe fn set_local(name: &str, value: &str) {
+/// Sets a setting until the current GUC nest level ends (inside [`as_owner`], until it returns).
+pub unsafe fn set_local(name: &str, value: &str) {
     let name = CString::new(name).expect("no NUL in setting name");
     let value = CString::new(value).expect("no NUL in setting value");
     // SAFETY: valid C strings; ERROR on failure.
