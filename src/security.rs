@@ -74,6 +74,9 @@ pub fn as_owner<R>(owner: pg_sys::Oid, limits: Limits, f: impl FnOnce() -> R) ->
 }
 
 /// Sets a setting until the current GUC nest level ends (inside [`as_owner`], until it returns).
+///
+/// # Safety
+/// Must run inside a transaction, within a GUC nest level that its caller ends (as `as_owner` does).
 pub unsafe fn set_local(name: &str, value: &str) {
     let name = CString::new(name).expect("no NUL in setting name");
     let value = CString::new(value).expect("no NUL in setting value");
