@@ -94,32 +94,28 @@ pub fn load_enabled_rules() -> Vec<(Rule, Option<f64>)> {
     .expect("loading token_cleanup.rules")
 }
 
-/// One rule by id (as the worker sees it), `None` if it no longer exists.
-pub fn load_rule_by_id(id: i64) -> Option<Rule> {
-    let sql = format!("SELECT {RULE_COLUMNS} FROM token_cleanup.rules r WHERE r.id = $1");
+/// The rule matching `filter` (a WHERE condition on `r` with one parameter), if any.
+fn one_rule(filter: &str, arg: pgrx::datum::DatumWithOid) -> Option<Rule> {
+    let sql = format!("SELECT {RULE_COLUMNS} FROM token_cleanup.rules r WHERE {filter}");
     Spi::connect(|client| {
-        let rows = client.select(sql.as_str(), Some(1), &[id.into()])?;
+        let rows = client.select(sql.as_str(), Some(1), &[arg])?;
         match rows.into_iter().next() {
             Some(row) => Ok::<_, pgrx::spi::Error>(Some(rule_from_row(&row)?)),
             None => Ok(None),
         }
     })
-    .expect("loading a rule")
+    .expect("reading token_cleanup.rules")
+}
+
+/// One rule by id (as the worker sees it), `None` if it no longer exists.
+pub fn load_rule_by_id(id: i64) -> Option<Rule> {
+    one_rule("r.id = $1", id.into())
 }
 
 /// One rule by name as the *calling user* sees it (row-level security applies), or an error that
 /// says it does not exist (another role's rule is indistinguishable from a missing one).
 pub fn visible_rule_by_name(name: &str) -> Rule {
-    let sql = format!("SELECT {RULE_COLUMNS} FROM token_cleanup.rules r WHERE r.name = $1");
-    let found = Spi::connect(|client| {
-        let rows = client.select(sql.as_str(), Some(1), &[name.into()])?;
-        match rows.into_iter().next() {
-            Some(row) => Ok::<_, pgrx::spi::Error>(Some(rule_from_row(&row)?)),
-            None => Ok(None),
-        }
-    })
-    .expect("reading token_cleanup.rules");
-    found.unwrap_or_else(|| {
+    one_rule("r.name = $1", name.into()).unwrap_or_else(|| {
         refuse(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!("rule \"{name}\" does not exist"),

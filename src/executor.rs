@@ -62,8 +62,11 @@ struct Plan {
     table: ResolvedTable,
     owner: pg_sys::Oid,
     limits: Limits,
-    skip_locked: bool,
     batch_size: usize,
+    /// A batch's DELETE by ctid, re-checking the condition (built once per run).
+    delete_sql: String,
+    /// The same with `FOR UPDATE SKIP LOCKED`; `None` when the owner may not lock rows.
+    skip_locked_sql: Option<String>,
 }
 
 /// Takes the rule's run lock for this session; false when another session holds it.
@@ -137,7 +140,7 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
                 let batch_started = Instant::now();
                 let batch = BackgroundWorker::transaction(|| {
                     relax_commit();
-                    let n = delete_batch(rule, &plan, chunk);
+                    let n = delete_batch(&plan, chunk);
                     if let Ok(n) = n {
                         history::progress(run_id, rows_deleted + n, batches + 1);
                     }
@@ -218,17 +221,25 @@ fn prepare(rule: &Rule) -> Result<Plan, String> {
         pg_sys::pg_class_aclcheck(table.oid, owner, pg_sys::ACL_UPDATE as pg_sys::AclMode)
             == pg_sys::AclResult::ACLCHECK_OK
     };
+    let name = &table.qualified_name;
+    let condition = target::embedded_condition(&rule.condition);
+    let delete_sql = format!("DELETE FROM ONLY {name} WHERE ctid = ANY($1) AND {condition}");
+    let skip_locked_sql = skip_locked.then(|| {
+        format!(
+            "DELETE FROM ONLY {name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM ONLY {name} \
+               WHERE ctid = ANY($1) AND {condition} FOR UPDATE SKIP LOCKED))"
+        )
+    });
     Ok(Plan {
-        table,
         owner,
         limits: rule.limits(),
-        skip_locked,
         batch_size: rule.effective_batch_size().max(1) as usize,
+        delete_sql,
+        skip_locked_sql,
+        table,
     })
 }
 
-/// Runs `f` as the owner with `limits`, timed, cancellable by SIGTERM, in a subtransaction; an SQL
-/// error is returned, not raised.
 fn owner_statement<R>(
     plan: &Plan,
     limits: Limits,
@@ -283,28 +294,17 @@ fn block_number(t: &pg_sys::ItemPointerData) -> u32 {
 /// first tries a plain DELETE that gives up on the first row lock within [`OPTIMISTIC_LOCK_WAIT_MS`];
 /// only a batch that meets a locked row is redone with SKIP LOCKED. Owners without UPDATE (which row
 /// locks require) get the plain DELETE with the rule's lock timeout.
-fn delete_batch(
-    rule: &Rule,
-    plan: &Plan,
-    chunk: &[pg_sys::ItemPointerData],
-) -> Result<i64, String> {
-    let table = &plan.table.qualified_name;
-    let condition = target::embedded_condition(&rule.condition);
-    let plain = format!("DELETE FROM ONLY {table} WHERE ctid = ANY($1) AND {condition}");
-    if !plan.skip_locked {
-        return run_delete(plan, plan.limits, &plain, chunk).map_err(|e| e.to_string());
-    }
+fn delete_batch(plan: &Plan, chunk: &[pg_sys::ItemPointerData]) -> Result<i64, String> {
+    let Some(skipping) = &plan.skip_locked_sql else {
+        return run_delete(plan, plan.limits, &plan.delete_sql, chunk).map_err(|e| e.to_string());
+    };
     let optimistic = Limits {
         lock_timeout_ms: OPTIMISTIC_LOCK_WAIT_MS,
         ..plan.limits
     };
-    match run_delete(plan, optimistic, &plain, chunk) {
+    match run_delete(plan, optimistic, &plan.delete_sql, chunk) {
         Err(e) if e.sqlstate == LOCK_NOT_AVAILABLE => {
-            let skipping = format!(
-                "DELETE FROM ONLY {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM ONLY {table} \
-                   WHERE ctid = ANY($1) AND {condition} FOR UPDATE SKIP LOCKED))"
-            );
-            run_delete(plan, plan.limits, &skipping, chunk).map_err(|e| e.to_string())
+            run_delete(plan, plan.limits, skipping, chunk).map_err(|e| e.to_string())
         }
         other => other.map_err(|e| e.to_string()),
     }

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    add_rule, count, live_checksum, record, scheduler_pid, token_table, wait_for, wait_for_count,
-    Cluster,
+    add_rule, count, failed_run_error, live_checksum, record, scheduler_pid, token_table, wait_for,
+    wait_for_count, Cluster,
 };
 use std::time::{Duration, Instant};
 
@@ -134,18 +134,7 @@ fn access_exclusive_lock_fails_one_rule_and_delays_no_other() {
     let mut holder = cluster.connect("app");
     holder.batch_execute("BEGIN; LOCK TABLE public.tokens IN ACCESS EXCLUSIVE MODE; INSERT INTO public.tokens VALUES (1000, 0, false, now() - interval '1 day')").unwrap();
     let locked_at = Instant::now();
-    let error: String = wait_for(
-        "the blocked rule's failure",
-        Duration::from_secs(20),
-        || {
-            db.query_opt(
-            "SELECT error FROM token_cleanup.runs WHERE rule_name = 'blocked' AND status = 'failed' LIMIT 1",
-            &[],
-        )
-        .unwrap()
-        .map(|r| r.get(0))
-        },
-    );
+    let error = failed_run_error(&mut db, "blocked");
     let failed_after = locked_at.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(3));
     holder.batch_execute("COMMIT").unwrap();
@@ -240,22 +229,12 @@ fn a_table_renamed_or_a_privilege_revoked_fails_only_that_rule() {
          REVOKE DELETE ON public.revoked FROM cleaner;",
     )
     .unwrap();
-    let failure = |db: &mut postgres::Client, rule: &str| -> String {
-        wait_for("a failed run", Duration::from_secs(20), || {
-            db.query_opt(
-                "SELECT error FROM token_cleanup.runs WHERE rule_name = $1 AND status = 'failed' LIMIT 1",
-                &[&rule],
-            )
-            .unwrap()
-            .map(|r| r.get(0))
-        })
-    };
     assert_eq!(
-        failure(&mut db, "renamed"),
+        failed_run_error(&mut db, "renamed"),
         "table public.renamed of rule \"renamed\" does not exist (dropped or renamed?)"
     );
     assert_eq!(
-        failure(&mut db, "revoked"),
+        failed_run_error(&mut db, "revoked"),
         "deleting batch 1: permission denied for table revoked (SQLSTATE 42501)"
     );
     wait_for_count(

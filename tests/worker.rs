@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    add_rule, count, live_checksum, record, token_table, wait_for, wait_for_count, Cluster,
+    add_rule, count, failed_run_error, live_checksum, record, token_table, wait_for,
+    wait_for_count, Cluster,
 };
 use std::time::{Duration, Instant};
 
@@ -161,18 +162,7 @@ fn a_rule_on_a_dropped_table_fails_alone() {
     )
     .unwrap();
     db.batch_execute("DROP TABLE public.doomed").unwrap();
-    let error: String = wait_for(
-        "the failed run of the dropped table's rule",
-        Duration::from_secs(20),
-        || {
-            db.query_opt(
-            "SELECT error FROM token_cleanup.runs WHERE rule_name = 'doomed' AND status = 'failed' LIMIT 1",
-            &[],
-        )
-        .unwrap()
-        .map(|r| r.get(0))
-        },
-    );
+    let error = failed_run_error(&mut db, "doomed");
     assert_eq!(
         error,
         "table public.doomed of rule \"doomed\" does not exist (dropped or renamed?)"

@@ -378,3 +378,20 @@ pub fn scheduler_pid(client: &mut Client, database: &str) -> i32 {
             .map(|r| r.get::<_, i32>(0))
     })
 }
+
+/// Waits (up to 20 s) for a failed run of `rule` and returns its recorded error.
+pub fn failed_run_error(client: &mut Client, rule: &str) -> String {
+    wait_for(
+        &format!("a failed run of rule {rule}"),
+        Duration::from_secs(20),
+        || {
+            client
+            .query_opt(
+                "SELECT error FROM token_cleanup.runs WHERE rule_name = $1 AND status = 'failed' LIMIT 1",
+                &[&rule],
+            )
+            .unwrap()
+            .map(|r| r.get(0))
+        },
+    )
+}
