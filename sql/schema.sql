@@ -14,6 +14,7 @@ CREATE TABLE token_cleanup.rules (
     owner             name        NOT NULL DEFAULT current_user,
     lock_timeout      interval,                      -- NULL: pg_token_cleanup.lock_timeout
     statement_timeout interval,                      -- NULL: pg_token_cleanup.statement_timeout
+    max_rows_per_second integer,                     -- NULL: pg_token_cleanup.max_rows_per_second; 0: no limit
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT rules_name_key UNIQUE (name)
@@ -35,6 +36,7 @@ CREATE TABLE token_cleanup.runs (
     rows_deleted  bigint      NOT NULL DEFAULT 0,
     batches       integer     NOT NULL DEFAULT 0,
     longest_batch_ms integer,                        -- longest batch, start to commit
+    method        text        CHECK (method IN ('table walk', 'index')), -- how rows were found
     error         text,
     pid           integer
 );
@@ -77,7 +79,8 @@ BEGIN
     NEW.updated_at := pg_catalog.now();
     NEW.table_name := token_cleanup.check_rule(
         NEW.name, NEW.table_name, NEW.condition, NEW.schedule, NEW.batch_size, NEW.owner::text,
-        extract(epoch FROM NEW.lock_timeout)::float8, extract(epoch FROM NEW.statement_timeout)::float8);
+        extract(epoch FROM NEW.lock_timeout)::float8, extract(epoch FROM NEW.statement_timeout)::float8,
+        NEW.max_rows_per_second);
     RETURN NEW;
 END
 $$;

@@ -26,6 +26,7 @@ pub struct Rule {
     pub owner: String,
     pub lock_timeout_ms: Option<i64>,
     pub statement_timeout_ms: Option<i64>,
+    pub max_rows_per_second: Option<i32>,
     /// Seconds since the epoch of the rule's last change.
     pub updated_at: f64,
 }
@@ -34,6 +35,14 @@ impl Rule {
     /// Rows per batch: the rule's own size, else the setting.
     pub fn effective_batch_size(&self) -> i32 {
         self.batch_size.unwrap_or_else(gucs::batch_size)
+    }
+
+    /// The pace a run may not exceed on average (rows deleted per second; 0 = no limit): the rule's
+    /// own, else the setting.
+    pub fn effective_max_rows_per_second(&self) -> u32 {
+        self.max_rows_per_second
+            .unwrap_or_else(gucs::max_rows_per_second)
+            .max(0) as u32
     }
 
     /// Timeouts: the rule's own, else the settings.
@@ -54,7 +63,10 @@ impl Rule {
 
 const RULE_COLUMNS: &str = "r.id, r.name, r.table_name, r.condition, r.schedule, r.batch_size, r.enabled, \
      r.owner::text, (extract(epoch FROM r.lock_timeout) * 1000)::int8, \
-     (extract(epoch FROM r.statement_timeout) * 1000)::int8, extract(epoch FROM r.updated_at)::float8";
+     (extract(epoch FROM r.statement_timeout) * 1000)::int8, extract(epoch FROM r.updated_at)::float8, \
+     r.max_rows_per_second";
+/// How many columns RULE_COLUMNS has: a query that selects more after them reads those from here + 1.
+const RULE_COLUMN_COUNT: usize = 12;
 
 fn rule_from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Rule> {
     Ok(Rule {
@@ -69,6 +81,7 @@ fn rule_from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Rule> {
         lock_timeout_ms: row.get(9)?,
         statement_timeout_ms: row.get(10)?,
         updated_at: row.get(11)?.unwrap_or_default(),
+        max_rows_per_second: row.get(12)?,
     })
 }
 
@@ -87,7 +100,7 @@ pub fn load_enabled_rules() -> Vec<(Rule, Option<f64>)> {
     Spi::connect(|client| {
         let mut out = Vec::new();
         for row in client.select(sql.as_str(), None, &[])? {
-            out.push((rule_from_row(&row)?, row.get::<f64>(12)?));
+            out.push((rule_from_row(&row)?, row.get::<f64>(RULE_COLUMN_COUNT + 1)?));
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
@@ -148,6 +161,7 @@ fn check_rule(
     owner: Option<&str>,
     lock_timeout_s: Option<f64>,
     statement_timeout_s: Option<f64>,
+    max_rows_per_second: Option<i32>,
 ) -> String {
     let name = required(
         "name",
@@ -167,6 +181,7 @@ fn check_rule(
     check_batch_size(name, batch_size);
     check_timeout(name, "lock_timeout", lock_timeout_s);
     check_timeout(name, "statement_timeout", statement_timeout_s);
+    check_max_rows_per_second(name, max_rows_per_second);
     let table_name = required(
         "table_name",
         table_name,
@@ -282,6 +297,19 @@ fn check_batch_size(rule: &str, batch_size: Option<i32>) {
     }
 }
 
+fn check_max_rows_per_second(rule: &str, rate: Option<i32>) {
+    if let Some(rate) = rate.filter(|r| *r < 0) {
+        refuse(
+            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            format!("max_rows_per_second {rate} of rule \"{rule}\" is negative"),
+            format!(
+                "Give the most rows a run may delete per second on average, 0 for no limit, or NULL to use pg_token_cleanup.max_rows_per_second (now {}).",
+                gucs::max_rows_per_second()
+            ),
+        );
+    }
+}
+
 fn check_timeout(rule: &str, field: &str, seconds: Option<f64>) {
     if let Some(s) = seconds {
         if !(0.0..=f64::from(i32::MAX) / 1000.0).contains(&s) {
@@ -365,5 +393,16 @@ fn check_condition(rule: &str, table: &ResolvedTable, condition: &str, owner_oid
     });
     if let Err(why) = checked {
         target::refuse_condition(rule, condition, &why, &table.qualified_name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rule_column_count_matches_the_column_list() {
+        assert_eq!(
+            super::RULE_COLUMNS.split(", ").count(),
+            super::RULE_COLUMN_COUNT
+        );
     }
 }

@@ -17,6 +17,7 @@ static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_BATCH_SIZE);
 static HISTORY_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
 static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
 static STATEMENT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
+static MAX_ROWS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
 static DATABASE_PROBE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(60);
 
 /// Registers every setting; called from `_PG_init` in every process that loads the library.
@@ -50,6 +51,16 @@ pub fn init() {
         &BATCH_SIZE,
         1,
         MAX_BATCH_SIZE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_token_cleanup.max_rows_per_second",
+        c"Most rows a run deletes per second on average, for rules whose max_rows_per_second is NULL; 0 = no limit.",
+        c"A run that gets ahead of this pace pauses between batches (holding no locks), leaving CPU, I/O and WAL bandwidth to the live workload.",
+        &MAX_ROWS_PER_SECOND,
+        0,
+        i32::MAX,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -141,6 +152,10 @@ pub fn timezone() -> chrono_tz::Tz {
 
 pub fn batch_size() -> i32 {
     BATCH_SIZE.get()
+}
+
+pub fn max_rows_per_second() -> i32 {
+    MAX_ROWS_PER_SECOND.get()
 }
 
 pub fn history_retention_seconds() -> i64 {

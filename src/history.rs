@@ -87,13 +87,15 @@ pub struct Counts {
     pub rows_deleted: i64,
     pub batches: i32,
     pub longest_batch_ms: i32,
+    /// How the run found its rows: `table walk` or `index` (see the executor).
+    pub method: Option<&'static str>,
 }
 
 /// Records the end of a run.
 pub fn finish(run_id: i64, outcome: &Outcome, counts: &Counts) {
     Spi::run_with_args(
         "UPDATE token_cleanup.runs SET status = $2, error = $3, rows_deleted = $4, batches = $5, \
-                longest_batch_ms = $6, finished_at = clock_timestamp() WHERE id = $1",
+                longest_batch_ms = $6, method = $7, finished_at = clock_timestamp() WHERE id = $1",
         &[
             run_id.into(),
             outcome.status().into(),
@@ -101,6 +103,7 @@ pub fn finish(run_id: i64, outcome: &Outcome, counts: &Counts) {
             counts.rows_deleted.into(),
             counts.batches.into(),
             counts.longest_batch_ms.into(),
+            counts.method.into(),
         ],
     )
     .expect("updating token_cleanup.runs");

@@ -224,7 +224,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn batch_sizes_and_timeouts_are_range_checked() {
+    fn batch_sizes_timeouts_and_rates_are_range_checked() {
         fixtures();
         for size in ["0", "-5", "2000000"] {
             let sql = format!(
@@ -241,9 +241,14 @@ mod tests {
                       VALUES ('r', 'public.refresh_tokens', 'true', '@daily', '-1 s')"),
             "lock_timeout of rule \"r\" must be between 0 and 24 days, got -1 seconds"
         );
+        assert_eq!(
+            error_of("INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, max_rows_per_second) \
+                      VALUES ('r', 'public.refresh_tokens', 'true', '@daily', -1)"),
+            "max_rows_per_second -1 of rule \"r\" is negative"
+        );
         run(
-            "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size) \
-             VALUES ('ok', 'public.refresh_tokens', 'true', '@daily', 100)",
+            "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size, max_rows_per_second) \
+             VALUES ('ok', 'public.refresh_tokens', 'true', '@daily', 100, 0)",
         );
     }
 

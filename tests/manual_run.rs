@@ -1,10 +1,11 @@
 //! End-to-end tests of manual runs (`token_cleanup.run()` through a runner worker) against live
 //! clusters: the returned run, its record, owner privileges and row-level security between roles,
-//! the READ COMMITTED requirement, and rows locked by other sessions skipped rather than waited on.
+//! the READ COMMITTED requirement, rows locked by other sessions skipped rather than waited on, and
+//! the two ways a run finds its rows (a walk of the table, an index).
 
 mod common;
 
-use common::{count, token_table, Cluster};
+use common::{count, live_checksum, token_table, Cluster};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -30,7 +31,13 @@ fn manual_run_returns_the_run_and_records_it() {
         .query_one("SELECT status, rows_deleted, batches, finished_at >= started_at FROM token_cleanup.run('codes')", &[])
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "succeeded");
-    assert_eq!((row.get::<_, i64>(1), row.get::<_, i32>(2)), (1_234, 3));
+    // 1,234 rows in batches of at most 500.
+    assert_eq!(row.get::<_, i64>(1), 1_234);
+    assert!(
+        row.get::<_, i32>(2) >= 3,
+        "{} batches",
+        row.get::<_, i32>(2)
+    );
     assert!(row.get::<_, bool>(3));
     assert_eq!(
         count(&mut db, "SELECT count(*) FROM public.device_codes"),
@@ -149,4 +156,105 @@ fn rows_locked_by_other_sessions_are_skipped_not_waited_on() {
         .unwrap()
         .get(0);
     assert_eq!(deleted, 10, "the skipped rows go next time");
+}
+
+/// Reads how run `run_id` found its rows, and how many batches it took.
+fn method_and_batches(db: &mut postgres::Client, run_id: i64) -> (String, i32) {
+    let row = db
+        .query_one(
+            "SELECT method, batches FROM token_cleanup.runs WHERE id = $1",
+            &[&run_id],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[test]
+fn runs_walk_the_table_or_use_an_index_as_the_planner_would_and_keep_to_batch_size() {
+    let cluster = Cluster::start("methods", &[]);
+    let mut db = cluster.database_with_extension("app");
+    // An index on the expiry column and 1% of the rows expired: the planner picks the index.
+    token_table(&mut db, "public.sessions", 500, 49_500);
+    db.batch_execute(
+        "CREATE INDEX ON public.sessions (expires_at);
+         ANALYZE public.sessions;
+         INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size)
+           VALUES ('sessions', 'public.sessions', 'expires_at < now()', '@yearly', 200);",
+    )
+    .unwrap();
+    let before = live_checksum(&mut db, "public.sessions");
+    let row = db
+        .query_one(
+            "SELECT run_id, rows_deleted FROM token_cleanup.run('sessions')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(1), 500);
+    let (method, batches) = method_and_batches(&mut db, row.get(0));
+    assert_eq!((method.as_str(), batches), ("index", 3));
+    assert_eq!(live_checksum(&mut db, "public.sessions"), before);
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM public.sessions"),
+        49_500
+    );
+
+    // No index serves `revoked`, and the statistics say no row is revoked (analyzed before half of
+    // them were): the planner would scan the table, so the run walks it. Its first range is sized
+    // for almost no matching rows and spans the whole table, yet no batch deletes more than
+    // batch_size rows.
+    token_table(&mut db, "public.codes", 0, 20_000);
+    db.batch_execute(
+        "ALTER TABLE public.codes SET (autovacuum_enabled = off);
+         ANALYZE public.codes;
+         UPDATE public.codes SET revoked = true WHERE id % 2 = 0;
+         INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size)
+           VALUES ('codes', 'public.codes', 'revoked', '@yearly', 100);",
+    )
+    .unwrap();
+    let kept = |db: &mut postgres::Client| -> String {
+        db.query_one(
+            "SELECT count(*)::text || ':' || sum(id)::text FROM public.codes WHERE NOT revoked",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let kept_before = kept(&mut db);
+    let row = db
+        .query_one(
+            "SELECT run_id, rows_deleted FROM token_cleanup.run('codes')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(1), 10_000);
+    let (method, batches) = method_and_batches(&mut db, row.get(0));
+    assert_eq!(method, "table walk");
+    assert!(
+        batches >= 100,
+        "10,000 rows in {batches} batches of at most 100"
+    );
+    assert_eq!(kept(&mut db), kept_before);
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM public.codes WHERE revoked"),
+        0
+    );
+
+    // A rate limit: 2,000 rows at 1,000 rows/s take about two seconds, in pauses between batches.
+    token_table(&mut db, "public.resets", 2_000, 100);
+    db.batch_execute(
+        "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size, max_rows_per_second)
+           VALUES ('resets', 'public.resets', 'expires_at < now()', '@yearly', 100, 1000)",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let deleted: i64 = db
+        .query_one("SELECT rows_deleted FROM token_cleanup.run('resets')", &[])
+        .unwrap()
+        .get(0);
+    let took = started.elapsed();
+    assert_eq!(deleted, 2_000);
+    assert!(
+        took >= Duration::from_millis(1_850) && took < Duration::from_secs(5),
+        "2,000 rows at 1,000 rows/s took {took:?}"
+    );
 }

@@ -200,7 +200,7 @@ fn a_condition_that_runs_for_ever_is_stopped_by_the_statement_timeout() {
     });
     assert_eq!(
         error,
-        "finding rows to delete: canceling statement due to statement timeout (SQLSTATE 57014)"
+        "deleting batch 1: canceling statement due to statement timeout (SQLSTATE 57014)"
     );
     assert!(took < 2.0, "the run took {took:.2} s");
     assert_eq!(count(&mut db, "SELECT count(*) FROM public.tokens"), 2);
