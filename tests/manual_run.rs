@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{count, live_checksum, token_table, Cluster};
+use common::{count, live_checksum, token_table, wait_for, Cluster};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -256,5 +256,78 @@ fn runs_walk_the_table_or_use_an_index_as_the_planner_would_and_keep_to_batch_si
     assert!(
         took >= Duration::from_millis(1_850) && took < Duration::from_secs(5),
         "2,000 rows at 1,000 rows/s took {took:?}"
+    );
+}
+
+#[test]
+fn batches_compress_their_wal_unless_told_to_keep_the_servers_setting() {
+    let cluster = Cluster::start("walcompression", &[]);
+    let mut db = cluster.database_with_extension("app");
+    let suitable: bool = db
+        .query_one(
+            "SELECT current_setting('wal_compression') = 'off' AND 'lz4' = ANY(enumvals) \
+               FROM pg_settings WHERE name = 'wal_compression'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        suitable,
+        "this test needs a server with wal_compression off and lz4 built in"
+    );
+    // The WAL of one run over a freshly checkpointed table (so every page it touches writes a
+    // full-page image), with the batches' wal_compression as given.
+    let mut wal_of_a_run = |mode: &str| -> i64 {
+        db.batch_execute(&format!(
+            "ALTER SYSTEM SET pg_token_cleanup.wal_compression = '{mode}'"
+        ))
+        .unwrap();
+        db.batch_execute("SELECT pg_reload_conf()").unwrap();
+        // The runner forks from the postmaster: wait until a new process has the setting.
+        wait_for(
+            "the setting to reach new processes",
+            Duration::from_secs(10),
+            || {
+                let setting: String = cluster
+                    .connect("app")
+                    .query_one(
+                        "SELECT current_setting('pg_token_cleanup.wal_compression')",
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0);
+                (setting == mode).then_some(())
+            },
+        );
+        db.batch_execute("DROP TABLE IF EXISTS public.grants; DELETE FROM token_cleanup.rules;")
+            .unwrap();
+        token_table(&mut db, "public.grants", 20_000, 0);
+        db.batch_execute(
+            "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule)
+               VALUES ('grants', 'public.grants', 'expires_at < now()', '@yearly');
+             CHECKPOINT;",
+        )
+        .unwrap();
+        let start: String = db
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            count(
+                &mut db,
+                "SELECT rows_deleted FROM token_cleanup.run('grants')"
+            ),
+            20_000
+        );
+        count(
+            &mut db,
+            &format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}')::bigint"),
+        )
+    };
+    let uncompressed = wal_of_a_run("server");
+    let compressed = wal_of_a_run("lz4");
+    assert!(
+        compressed * 10 < uncompressed * 9,
+        "WAL with lz4 {compressed} bytes, with the server's setting (off) {uncompressed} bytes"
     );
 }

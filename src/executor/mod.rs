@@ -53,6 +53,8 @@ pub struct RunReport {
     pub longest_batch_ms: u128,
     /// How the run found its rows ([`Method::name`]); `None` when it failed before deciding.
     pub method: Option<&'static str>,
+    /// Batches that met a row locked by another session and were redone skipping locked rows.
+    pub batches_redone: i32,
 }
 
 impl RunReport {
@@ -74,6 +76,9 @@ struct Plan {
     batch_size: usize,
     /// Rows per second a run may not exceed on average; 0: no limit.
     max_rows_per_second: u32,
+    /// `wal_compression` for the batches, when pg_token_cleanup.wal_compression names a method this
+    /// server supports; `None` keeps the server's setting.
+    wal_compression: Option<&'static str>,
     method: Method,
     /// A batch's DELETE, re-checking the condition (built once per run, for the run's method).
     delete_sql: BatchSql,
@@ -109,6 +114,8 @@ enum Batch<'a> {
 /// What one batch did.
 struct Deleted {
     rows: i64,
+    /// Whether it met a locked row and was redone with SKIP LOCKED.
+    redone: bool,
     /// The highest ctid deleted, (block, offset) (table walk only): where a range cut short by its
     /// limit resumes.
     last: Option<(u32, u16)>,
@@ -160,6 +167,7 @@ struct Tally<'a> {
     scan_ms: u128,
     longest_batch_ms: u128,
     method: Option<&'static str>,
+    batches_redone: i32,
 }
 
 /// Runs `rule` as run `run_id` (already committed as `running`), recording progress after every
@@ -176,6 +184,7 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
         scan_ms: 0,
         longest_batch_ms: 0,
         method: None,
+        batches_redone: 0,
     };
     let outcome = run(rule, &mut tally).unwrap_or_else(|stopped| stopped);
     let report = RunReport {
@@ -186,6 +195,7 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
         scan_ms: tally.scan_ms,
         longest_batch_ms: tally.longest_batch_ms,
         method: tally.method,
+        batches_redone: tally.batches_redone,
     };
     BackgroundWorker::transaction(|| history::finish(run_id, &report.outcome, &report.counts()));
     report
@@ -295,6 +305,7 @@ impl Tally<'_> {
         let (run_id, done, batches) = (self.run_id, self.rows_deleted, self.batches);
         let result = BackgroundWorker::transaction(|| {
             relax_commit();
+            compress_wal(plan.wal_compression);
             let deleted = delete_batch(plan, &batch);
             if let Ok(d) = &deleted {
                 history::progress(run_id, done + d.rows, batches + 1);
@@ -305,6 +316,7 @@ impl Tally<'_> {
         match result {
             Ok(deleted) => {
                 self.rows_deleted += deleted.rows;
+                self.batches_redone += i32::from(deleted.redone);
                 self.batches += 1;
                 self.longest_batch_ms = self.longest_batch_ms.max(elapsed.as_millis());
                 Ok((deleted, elapsed.as_secs_f64() * 1000.0))
@@ -342,6 +354,30 @@ impl Tally<'_> {
 /// in the next run; the run's `running` and final records commit synchronously.
 fn relax_commit() {
     Spi::run("SET LOCAL synchronous_commit = off").expect("SET LOCAL synchronous_commit");
+}
+
+/// The batches' full-page images are compressed (see pg_token_cleanup.wal_compression): less WAL
+/// to write, replicate and archive, and shorter WAL flushes for concurrent commits. Recovery reads
+/// compressed records whatever the server's own setting.
+fn compress_wal(method: Option<&str>) {
+    if let Some(method) = method {
+        Spi::run(&format!("SET LOCAL wal_compression = {method}"))
+            .expect("SET LOCAL wal_compression");
+    }
+}
+
+/// The method pg_token_cleanup.wal_compression asks for, if this build of PostgreSQL has it (lz4
+/// and zstd are build options).
+fn supported_wal_compression() -> Option<&'static str> {
+    let method = crate::gucs::wal_compression().setting()?;
+    Spi::get_one_with_args::<bool>(
+        "SELECT $1 = ANY(enumvals) FROM pg_catalog.pg_settings WHERE name = 'wal_compression'",
+        &[method.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+    .then_some(method)
 }
 
 fn interrupted() -> Outcome {
@@ -384,6 +420,7 @@ fn prepare(rule: &Rule) -> Result<Plan, String> {
         limits: rule.limits(),
         batch_size: rule.effective_batch_size().max(1) as usize,
         max_rows_per_second: rule.effective_max_rows_per_second(),
+        wal_compression: supported_wal_compression(),
         method: Method::Index,
         delete_sql: BatchSql {
             before: String::new(),
@@ -522,7 +559,9 @@ fn delete_batch(plan: &Plan, batch: &Batch) -> Result<Deleted, String> {
     };
     match run_delete(plan, optimistic, &plan.delete_sql, batch) {
         Err(e) if e.sqlstate == LOCK_NOT_AVAILABLE => {
-            run_delete(plan, plan.limits, skipping, batch).map_err(|e| e.to_string())
+            run_delete(plan, plan.limits, skipping, batch)
+                .map(|d| Deleted { redone: true, ..d })
+                .map_err(|e| e.to_string())
         }
         other => other.map_err(|e| e.to_string()),
     }
@@ -558,6 +597,7 @@ fn run_delete(
                 )?;
                 Ok::<_, pgrx::spi::Error>(Deleted {
                     rows: deleted.len() as i64,
+                    redone: false,
                     last: None,
                 })
             }),
@@ -572,7 +612,11 @@ fn run_delete(
                 );
                 Spi::connect_mut(|_| {
                     let (rows, last) = range_delete::execute(&sql.with(&rows), *limit as u64);
-                    Ok(Deleted { rows, last })
+                    Ok(Deleted {
+                        rows,
+                        redone: false,
+                        last,
+                    })
                 })
             }
         }

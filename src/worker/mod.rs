@@ -64,7 +64,7 @@ pub fn extension_present() -> bool {
 /// The one LOG line every run writes: rule, outcome, rows deleted, batches, duration.
 pub fn log_run(rule: &Rule, run_id: i64, trigger: Trigger, report: &RunReport) {
     let what = format!(
-        "pg_token_cleanup: rule \"{}\" run {} ({}) {}: deleted {} rows from {} in {} batches in {} ms (by {}, {} ms planning and finding rows, longest batch {} ms)",
+        "pg_token_cleanup: rule \"{}\" run {} ({}) {}: deleted {} rows from {} in {} batches in {} ms (by {}, {} ms planning and finding rows, longest batch {} ms, {} batches met locked rows)",
         rule.name,
         run_id,
         trigger.as_str(),
@@ -75,7 +75,8 @@ pub fn log_run(rule: &Rule, run_id: i64, trigger: Trigger, report: &RunReport) {
         report.elapsed_ms,
         report.method.unwrap_or("no method"),
         report.scan_ms,
-        report.longest_batch_ms
+        report.longest_batch_ms,
+        report.batches_redone
     );
     match &report.outcome {
         Outcome::Succeeded => log!("{what}"),
