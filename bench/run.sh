@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reruns every benchmark with one command: installs what is missing (the README's setup, pg_cron,
 # matplotlib), builds and installs the extension in release mode, runs bench/bench.py, which starts
-# its own cluster and writes docs/benchmarks.md and docs/img/*.png. Takes about 15 minutes on 2 cores.
+# its own cluster and writes docs/benchmarks.md and docs/img/*.png. Takes about 20 minutes on 2 cores.
 #   ROWS=20000000 bash bench/run.sh     # the large bulk-purge variant
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -328,9 +328,7 @@ impl Tally<'_> {
             ))),
         }
     }
-}
 
-impl Tally<'_> {
     /// Waits, between batches and so holding no lock, until the rows deleted so far are within
     /// `max_rows_per_second` of the run's time. Wakes every 100 ms to notice SIGTERM; leaves the
     /// latch alone (a scheduler's wake-up for a rule change must survive the run).
@@ -367,17 +365,19 @@ fn compress_wal(method: Option<&str>) {
 }
 
 /// The method pg_token_cleanup.wal_compression asks for, if this build of PostgreSQL has it (lz4
-/// and zstd are build options).
+/// and zstd are build options). The build's methods are read once per process.
 fn supported_wal_compression() -> Option<&'static str> {
+    static BUILT_IN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let method = crate::gucs::wal_compression().setting()?;
-    Spi::get_one_with_args::<bool>(
-        "SELECT $1 = ANY(enumvals) FROM pg_catalog.pg_settings WHERE name = 'wal_compression'",
-        &[method.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
-    .then_some(method)
+    let built_in = BUILT_IN.get_or_init(|| {
+        Spi::get_one::<Vec<String>>(
+            "SELECT enumvals FROM pg_catalog.pg_settings WHERE name = 'wal_compression'",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+    });
+    built_in.iter().any(|m| m == method).then_some(method)
 }
 
 fn interrupted() -> Outcome {
