@@ -78,6 +78,20 @@ pub fn as_owner<R>(owner: pg_sys::Oid, limits: Limits, f: impl FnOnce() -> R) ->
 /// # Safety
 /// Must run inside a transaction, within a GUC nest level that its caller ends (as `as_owner` does).
 pub unsafe fn set_local(name: &str, value: &str) {
+    // SAFETY: the caller's GUC nest level restores the setting.
+    unsafe { set(name, value, pg_sys::GucAction::GUC_ACTION_SAVE) }
+}
+
+/// `SET LOCAL name = value` without a round-trip through SPI: until the current transaction ends.
+/// Must run inside a transaction.
+pub fn set_for_transaction(name: &str, value: &str) {
+    // SAFETY: GUC_ACTION_LOCAL is undone by the transaction's end, as SET LOCAL is.
+    unsafe { set(name, value, pg_sys::GucAction::GUC_ACTION_LOCAL) }
+}
+
+/// # Safety
+/// Inside a transaction; with GUC_ACTION_SAVE, within a GUC nest level its caller ends.
+unsafe fn set(name: &str, value: &str, action: pg_sys::GucAction::Type) {
     let name = CString::new(name).expect("no NUL in setting name");
     let value = CString::new(value).expect("no NUL in setting value");
     // SAFETY: valid C strings; ERROR on failure.
@@ -87,7 +101,7 @@ pub unsafe fn set_local(name: &str, value: &str) {
             value.as_ptr(),
             pg_sys::GucContext::PGC_SUSET,
             pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
+            action,
             true,
             PgLogLevel::ERROR as i32,
             false,

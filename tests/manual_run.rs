@@ -158,15 +158,22 @@ fn rows_locked_by_other_sessions_are_skipped_not_waited_on() {
     assert_eq!(deleted, 10, "the skipped rows go next time");
 }
 
-/// Reads how run `run_id` found its rows, and how many batches it took.
-fn method_and_batches(db: &mut postgres::Client, run_id: i64) -> (String, i32) {
-    let row = db
+/// Runs `rule` now; returns the rows it deleted, how it found them, and how many batches it took.
+fn run_now(db: &mut postgres::Client, rule: &str) -> (i64, String, i32) {
+    let run = db
         .query_one(
-            "SELECT method, batches FROM token_cleanup.runs WHERE id = $1",
-            &[&run_id],
+            "SELECT run_id, rows_deleted FROM token_cleanup.run($1)",
+            &[&rule],
         )
         .unwrap();
-    (row.get(0), row.get(1))
+    // A new statement: the runner committed the run's record after run()'s snapshot.
+    let record = db
+        .query_one(
+            "SELECT method, batches FROM token_cleanup.runs WHERE id = $1",
+            &[&run.get::<_, i64>(0)],
+        )
+        .unwrap();
+    (run.get(1), record.get(0), record.get(1))
 }
 
 #[test]
@@ -183,14 +190,8 @@ fn runs_walk_the_table_or_use_an_index_as_the_planner_would_and_keep_to_batch_si
     )
     .unwrap();
     let before = live_checksum(&mut db, "public.sessions");
-    let row = db
-        .query_one(
-            "SELECT run_id, rows_deleted FROM token_cleanup.run('sessions')",
-            &[],
-        )
-        .unwrap();
-    assert_eq!(row.get::<_, i64>(1), 500);
-    let (method, batches) = method_and_batches(&mut db, row.get(0));
+    let (deleted, method, batches) = run_now(&mut db, "sessions");
+    assert_eq!(deleted, 500);
     assert_eq!((method.as_str(), batches), ("index", 3));
     assert_eq!(live_checksum(&mut db, "public.sessions"), before);
     assert_eq!(
@@ -220,14 +221,8 @@ fn runs_walk_the_table_or_use_an_index_as_the_planner_would_and_keep_to_batch_si
         .get(0)
     };
     let kept_before = kept(&mut db);
-    let row = db
-        .query_one(
-            "SELECT run_id, rows_deleted FROM token_cleanup.run('codes')",
-            &[],
-        )
-        .unwrap();
-    assert_eq!(row.get::<_, i64>(1), 10_000);
-    let (method, batches) = method_and_batches(&mut db, row.get(0));
+    let (deleted, method, batches) = run_now(&mut db, "codes");
+    assert_eq!(deleted, 10_000);
     assert_eq!(method, "table walk");
     assert!(
         batches >= 100,
@@ -278,11 +273,7 @@ fn batches_compress_their_wal_unless_told_to_keep_the_servers_setting() {
     // The WAL of one run over a freshly checkpointed table (so every page it touches writes a
     // full-page image), with the batches' wal_compression as given.
     let mut wal_of_a_run = |mode: &str| -> i64 {
-        db.batch_execute(&format!(
-            "ALTER SYSTEM SET pg_token_cleanup.wal_compression = '{mode}'"
-        ))
-        .unwrap();
-        db.batch_execute("SELECT pg_reload_conf()").unwrap();
+        common::alter_system(&mut db, "pg_token_cleanup.wal_compression", mode);
         // The runner forks from the postmaster: wait until a new process has the setting.
         wait_for(
             "the setting to reach new processes",

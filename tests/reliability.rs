@@ -377,9 +377,7 @@ fn pg_dump_and_restore_bring_the_rules_back_and_they_run() {
         "CREATE ROLE restorer_owner; GRANT SELECT, DELETE ON public.tokens TO restorer_owner",
     )
     .unwrap();
-    db.batch_execute("ALTER SYSTEM SET pg_token_cleanup.enabled = off")
-        .unwrap();
-    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    common::alter_system(&mut db, "pg_token_cleanup.enabled", "off");
     db.batch_execute(
         "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, owner, batch_size)
            VALUES ('tokens', 'public.tokens', 'expires_at < now()', '* * * * * *', 'restorer_owner', 7)",
@@ -400,10 +398,7 @@ fn pg_dump_and_restore_bring_the_rules_back_and_they_run() {
         (r.get(0), r.get(1), r.get(2))
     };
     assert_eq!(rule, ("public.tokens".into(), "restorer_owner".into(), 7));
-    restored
-        .batch_execute("ALTER SYSTEM SET pg_token_cleanup.enabled = on")
-        .unwrap();
-    restored.batch_execute("SELECT pg_reload_conf()").unwrap();
+    common::alter_system(&mut restored, "pg_token_cleanup.enabled", "on");
     wait_for_count(
         &mut restored,
         "the restored rule to run",

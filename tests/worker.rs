@@ -151,9 +151,11 @@ fn assert_no_new_runs(db: &mut postgres::Client) -> i64 {
 
 /// `ALTER SYSTEM SET pg_token_cleanup.enabled` and reload.
 fn set_enabled_setting(db: &mut postgres::Client, on: bool) {
-    db.batch_execute(&format!("ALTER SYSTEM SET pg_token_cleanup.enabled = {on}"))
-        .unwrap();
-    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    common::alter_system(
+        db,
+        "pg_token_cleanup.enabled",
+        if on { "on" } else { "off" },
+    );
 }
 
 #[test]

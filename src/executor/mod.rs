@@ -304,8 +304,7 @@ impl Tally<'_> {
         let started = Instant::now();
         let (run_id, done, batches) = (self.run_id, self.rows_deleted, self.batches);
         let result = BackgroundWorker::transaction(|| {
-            relax_commit();
-            compress_wal(plan.wal_compression);
+            batch_settings(plan.wal_compression);
             let deleted = delete_batch(plan, &batch);
             if let Ok(d) = &deleted {
                 history::progress(run_id, done + d.rows, batches + 1);
@@ -347,20 +346,19 @@ impl Tally<'_> {
     }
 }
 
+/// The settings of a batch's transaction.
+///
 /// Batches commit without waiting for their WAL flush (one fsync per batch would dominate small
 /// batches). A crash can lose only the last few batches' deletes, and those rows still match and go
 /// in the next run; the run's `running` and final records commit synchronously.
-fn relax_commit() {
-    Spi::run("SET LOCAL synchronous_commit = off").expect("SET LOCAL synchronous_commit");
-}
-
+///
 /// The batches' full-page images are compressed (see pg_token_cleanup.wal_compression): less WAL
 /// to write, replicate and archive, and shorter WAL flushes for concurrent commits. Recovery reads
 /// compressed records whatever the server's own setting.
-fn compress_wal(method: Option<&str>) {
-    if let Some(method) = method {
-        Spi::run(&format!("SET LOCAL wal_compression = {method}"))
-            .expect("SET LOCAL wal_compression");
+fn batch_settings(wal_compression: Option<&str>) {
+    security::set_for_transaction("synchronous_commit", "off");
+    if let Some(method) = wal_compression {
+        security::set_for_transaction("wal_compression", method);
     }
 }
 

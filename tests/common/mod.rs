@@ -395,3 +395,12 @@ pub fn failed_run_error(client: &mut Client, rule: &str) -> String {
         },
     )
 }
+
+/// `ALTER SYSTEM SET setting = value` and a reload (each its own statement: ALTER SYSTEM cannot run
+/// in a transaction block). Processes started after the postmaster has reloaded see it.
+pub fn alter_system(client: &mut Client, setting: &str, value: &str) {
+    client
+        .batch_execute(&format!("ALTER SYSTEM SET {setting} = '{value}'"))
+        .unwrap();
+    client.batch_execute("SELECT pg_reload_conf()").unwrap();
+}
