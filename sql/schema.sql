@@ -2,6 +2,39 @@
 -- and the triggers that validate rules and wake the scheduler. Loaded by extension_sql_file! in
 -- src/lib.rs before the Rust functions it calls are created (they are resolved at run time).
 
+-- The schema must be ours. CREATE EXTENSION installs into an existing token_cleanup schema, and
+-- whoever owns a schema can drop and replace what is in it, or add functions and operators that
+-- would be found first. So it is accepted only if this CREATE EXTENSION created it (its row was
+-- written by this transaction), or if it is what an earlier DROP EXTENSION left behind: owned by a
+-- superuser, holding nothing (but the extension being created), and with CREATE granted to no other
+-- role.
+-- Everything here is schema-qualified: this runs before anything else of ours exists.
+DO $check_schema$
+DECLARE
+    foreign_owner pg_catalog.text;
+BEGIN
+    SELECT pg_catalog.pg_get_userbyid(n.nspowner) INTO foreign_owner
+      FROM pg_catalog.pg_namespace n
+     WHERE n.nspname OPERATOR(pg_catalog.=) 'token_cleanup'
+       AND pg_catalog.age(n.xmin) OPERATOR(pg_catalog.>) 0
+       AND NOT (
+               (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) n.nspowner)
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                            WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                              AND d.refobjid OPERATOR(pg_catalog.=) n.oid
+                              -- the extension being created already depends on its schema
+                              AND d.classid OPERATOR(pg_catalog.<>) 'pg_catalog.pg_extension'::pg_catalog.regclass)
+           AND NOT EXISTS (SELECT FROM pg_catalog.aclexplode(n.nspacl) a
+                            WHERE a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
+                              AND a.grantee OPERATOR(pg_catalog.<>) n.nspowner));
+    IF FOUND THEN
+        RAISE EXCEPTION 'schema "token_cleanup" already exists and was not created by pg_token_cleanup (owner: %)', foreign_owner
+            USING ERRCODE = 'duplicate_schema',
+                  HINT = 'pg_token_cleanup installs into a schema of its own. Move or drop what the existing token_cleanup schema holds, DROP SCHEMA token_cleanup, then CREATE EXTENSION pg_token_cleanup again.';
+    END IF;
+END
+$check_schema$;
+
 -- A rule: what to delete, from which table, on which schedule, as which role.
 CREATE TABLE token_cleanup.rules (
     id                bigserial PRIMARY KEY,
@@ -65,11 +98,13 @@ GRANT SELECT ON token_cleanup.runs TO PUBLIC;
 -- and token_cleanup.check_rule() (Rust), which refuses a bad field with a clear error and returns
 -- the table name in its canonical schema-qualified, quoted form.
 -- No SET search_path here: table_name is resolved with the caller's search_path, as regclass input
--- is; check_rule then stores the schema-qualified name. Everything this body calls is qualified.
+-- is; check_rule then stores the schema-qualified name. So nothing in this body may depend on the
+-- caller's search_path: every function, operator and type is schema-qualified (a caller with
+-- another role's schema before pg_catalog in its path must not run that role's code).
 CREATE FUNCTION token_cleanup.rules_before_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
+    IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
         NEW.owner := coalesce(NEW.owner, current_user);
         NEW.created_at := pg_catalog.now();
     ELSE
@@ -78,8 +113,10 @@ BEGIN
     END IF;
     NEW.updated_at := pg_catalog.now();
     NEW.table_name := token_cleanup.check_rule(
-        NEW.name, NEW.table_name, NEW.condition, NEW.schedule, NEW.batch_size, NEW.owner::text,
-        extract(epoch FROM NEW.lock_timeout)::float8, extract(epoch FROM NEW.statement_timeout)::float8,
+        NEW.name, NEW.table_name, NEW.condition, NEW.schedule, NEW.batch_size,
+        NEW.owner::pg_catalog.text,
+        pg_catalog.date_part('epoch', NEW.lock_timeout),
+        pg_catalog.date_part('epoch', NEW.statement_timeout),
         NEW.max_rows_per_second);
     RETURN NEW;
 END

@@ -4,8 +4,8 @@
 use crate::catalog;
 use crate::errors::refuse;
 use crate::gucs;
+use crate::owner;
 use crate::schedule::{Schedule, SCHEDULE_HINT};
-use crate::security;
 use crate::target;
 use crate::worker::{self, runner};
 use chrono::{DateTime, TimeZone, Utc};
@@ -19,7 +19,7 @@ const MAX_NEXT_RUNS: i32 = 10_000;
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 extern "C-unwind" {
-    // commands/sequence.h, not in pgrx's bindings.
+    // commands/sequence.h, not in pgrx's bindings; called through `guarded` (it raises ERRORs).
     fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
 }
 
@@ -46,7 +46,7 @@ fn parse_schedule(text: &str) -> Schedule {
 /// The next `n` fire times of `schedule` after `after`, evaluated in `pg_token_cleanup.timezone` —
 /// the same code the scheduler uses.
 #[pg_extern(stable, parallel_safe)]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn next_runs(
     schedule: &str,
     after: default!(TimestampWithTimeZone, "now()"),
@@ -71,7 +71,7 @@ fn next_runs(
 
 /// The next fire time of `schedule` after now (NULL if it never fires again); used by `rule_stats`.
 #[pg_extern(stable, parallel_safe)]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn next_run(schedule: &str) -> Option<TimestampWithTimeZone> {
     let schedule = Schedule::parse(schedule).ok()?;
     let now = Utc::now().with_timezone(&gucs::timezone());
@@ -82,7 +82,7 @@ fn next_run(schedule: &str) -> Option<TimestampWithTimeZone> {
 
 /// How many rows the rule would delete now, deleting nothing. Counts as the rule's owner.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn preview(
     rule_name: &str,
 ) -> TableIterator<
@@ -97,7 +97,7 @@ fn preview(
     ),
 > {
     let rule = catalog::visible_rule_by_name(rule_name);
-    let owner = security::role_oid(&rule.owner).unwrap_or_else(|| {
+    let owner = owner::role_oid(&rule.owner).unwrap_or_else(|| {
         refuse(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!(
@@ -115,14 +115,15 @@ fn preview(
             "Point the rule at the table again: UPDATE token_cleanup.rules SET table_name = … WHERE name = ….",
         ),
     };
+    let owner = owner::run_as(owner, table.oid);
     let sql = format!(
         "SELECT count(*) FROM ONLY {} WHERE {}",
         table.qualified_name,
-        target::embedded_condition(&rule.condition)
+        crate::condition::embedded(&rule.condition)
     );
     let limits = rule.limits();
-    let matching = security::as_owner(owner, limits, || {
-        security::timed(limits, || {
+    let matching = owner::as_owner(owner, limits, || {
+        owner::timed(limits, || {
             Spi::get_one::<i64>(&sql).ok().flatten().unwrap_or(0)
         })
     });
@@ -144,7 +145,7 @@ fn preview(
 // pgrx reads the column names from the signature itself, so the type cannot move into an alias.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn run(
     rule_name: &str,
 ) -> TableIterator<
@@ -230,7 +231,7 @@ fn allocate_run_id() -> i64 {
         .flatten()
         .expect("token_cleanup.runs_id_seq exists");
     // SAFETY: nextval on our own sequence; the caller need not hold USAGE on it.
-    unsafe { nextval_internal(seq.oid, false) }
+    unsafe { crate::errors::guarded(|| nextval_internal(seq.oid, false)) }
 }
 
 /// Raises the error a manual run recorded, with the SQLSTATE it carried where there was one.
@@ -268,7 +269,7 @@ static LAUNCHER_WAKE_PENDING: AtomicBool = AtomicBool::new(false);
 /// Wakes this database's scheduler when the current transaction commits, so it reloads the rules.
 /// Called by the rules table's statement trigger.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn wake_scheduler() {
     wake_at_commit(worker::SCHEDULER_TYPE, true, &SCHEDULER_WAKE_PENDING);
 }
@@ -276,7 +277,7 @@ fn wake_scheduler() {
 /// Wakes the launcher when the current transaction commits, so it starts a scheduler for this
 /// database now. Called at the end of CREATE EXTENSION.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn wake_launcher() {
     wake_at_commit(worker::LAUNCHER_TYPE, false, &LAUNCHER_WAKE_PENDING);
     wake_at_commit(worker::SCHEDULER_TYPE, true, &SCHEDULER_WAKE_PENDING);

@@ -1,10 +1,11 @@
 //! Rules: the [`Rule`] type, loading rules via SPI, and the validation that the rules table's
 //! BEFORE INSERT OR UPDATE trigger runs for every row (`token_cleanup.check_rule`).
 
+use crate::condition;
 use crate::errors::refuse;
 use crate::gucs;
+use crate::owner::{self, Limits};
 use crate::schedule::{Schedule, SCHEDULE_HINT};
-use crate::security::{self, Limits};
 use crate::target::{self, ResolvedTable};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -185,50 +186,26 @@ fn check_rule(
         table_name,
         "Name the table to clean, e.g. 'public.refresh_tokens' or 'dbo.\"ClientAccessTokens\"'.",
     );
-    let restoring = loading_with_copy();
-    let table = check_table(
-        name,
-        table_name,
-        owner.unwrap_or_default(),
-        owner_oid,
-        restoring,
-    );
+    let restoring = restoring();
+    let table = check_table(name, table_name, owner_oid, restoring);
     let condition = required(
         "condition",
         condition,
         "Give a boolean expression such as 'expires_at < now()'.",
     );
-    // A restore loads rules before it grants privileges, so the owner's may not be in place yet;
-    // every run re-checks them as the owner anyway.
-    let check_as = if restoring {
-        current_user_oid()
-    } else {
-        owner_oid
-    };
-    check_condition(name, &table, condition, check_as);
+    check_condition(name, &table, condition, owner_oid, restoring);
     table.qualified_name
 }
 
-/// Whether the current top-level statement is a COPY: how pg_dump's output and pg_restore load the
-/// rules (an extension configuration table) into a new database.
-fn loading_with_copy() -> bool {
-    // SAFETY: debug_query_string is the current top-level statement text, or NULL.
-    let query = unsafe {
-        let q = pg_sys::debug_query_string;
-        if q.is_null() {
-            return false;
-        }
-        CStr::from_ptr(q).to_string_lossy()
-    };
-    query
-        .trim_start()
-        .get(..4)
-        .is_some_and(|w| w.eq_ignore_ascii_case("copy"))
-}
-
-fn current_user_oid() -> pg_sys::Oid {
-    // SAFETY: always valid inside a transaction.
-    unsafe { pg_sys::GetUserId() }
+/// Whether rules are being restored (pg_dump's output, pg_restore): PostgreSQL's own signal for
+/// it, `check_function_bodies = off`, which every dump sets and under which CREATE FUNCTION checks
+/// syntax only. A restore loads the rules before it grants privileges, and whoever restores is
+/// usually a superuser: so the rule's syntax is checked but nothing of its owner's is evaluated, and
+/// its privileges are not checked yet. A role that sets it itself gains nothing: every run checks
+/// everything again as the role the rule runs as.
+fn restoring() -> bool {
+    // SAFETY: reading a GUC variable of this backend.
+    !unsafe { pg_sys::check_function_bodies }
 }
 
 fn required<'a>(field: &str, value: Option<&'a str>, hint: &str) -> &'a str {
@@ -257,7 +234,7 @@ fn check_owner(rule: &str, owner: Option<&str>) -> pg_sys::Oid {
             format!("Only a superuser may set another role as owner; leave owner unset to own the rule as \"{me}\"."),
         );
     }
-    security::role_oid(owner).unwrap_or_else(|| {
+    owner::role_oid(owner).unwrap_or_else(|| {
         refuse(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!("owner role \"{owner}\" of rule \"{rule}\" does not exist"),
@@ -325,7 +302,6 @@ fn check_timeout(rule: &str, field: &str, seconds: Option<f64>) {
 fn check_table(
     rule: &str,
     table_name: &str,
-    owner: &str,
     owner_oid: pg_sys::Oid,
     restoring: bool,
 ) -> ResolvedTable {
@@ -354,42 +330,68 @@ fn check_table(
             fix,
         );
     }
+    if restoring {
+        return table;
+    }
+    let role = owner::run_as(owner_oid, table.oid);
     // SAFETY: catalog privilege check.
     let can_delete = unsafe {
-        pg_sys::pg_class_aclcheck(table.oid, owner_oid, pg_sys::ACL_DELETE as pg_sys::AclMode)
+        pg_sys::pg_class_aclcheck(table.oid, role, pg_sys::ACL_DELETE as pg_sys::AclMode)
             == pg_sys::AclResult::ACLCHECK_OK
     };
-    if !can_delete && !restoring {
+    if !can_delete {
+        let role_name = owner::role_name(role);
+        let (who, fix) = if role == owner_oid {
+            (
+                format!("owner \"{role_name}\" of rule \"{rule}\""),
+                "or make a role that has them the rule's owner.",
+            )
+        } else {
+            (
+                format!("table owner \"{role_name}\", as whom superuser rule \"{rule}\" runs,"),
+                "a superuser's rule runs as the table's owner.",
+            )
+        };
         refuse(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!(
-                "owner \"{owner}\" of rule \"{rule}\" has no DELETE privilege on table {}",
+                "{who} has no DELETE privilege on table {}",
                 table.qualified_name
             ),
             format!(
-                "GRANT DELETE, SELECT ON {} TO {}; or make a role that has them the rule's owner.",
+                "GRANT DELETE, SELECT ON {} TO {}; {fix}",
                 table.qualified_name,
-                pgrx::spi::quote_identifier(owner)
+                pgrx::spi::quote_identifier(&role_name)
             ),
         );
     }
     table
 }
 
-fn check_condition(rule: &str, table: &ResolvedTable, condition: &str, owner_oid: pg_sys::Oid) {
-    if let Err(why) = target::check_single_expression(condition) {
-        target::refuse_condition(rule, condition, &why, &table.qualified_name);
+/// The condition's syntax always; its meaning (types, boolean, privileges) as the role the rule
+/// runs as, except while restoring, when nothing of the owner's is evaluated.
+fn check_condition(
+    rule: &str,
+    table: &ResolvedTable,
+    text: &str,
+    owner_oid: pg_sys::Oid,
+    restoring: bool,
+) {
+    if let Err(why) = condition::check_syntax(text) {
+        condition::refuse_condition(rule, text, &why, &table.qualified_name);
+    }
+    if restoring {
+        return;
     }
     let limits = Limits {
         lock_timeout_ms: gucs::lock_timeout_ms(),
         statement_timeout_ms: 10_000,
     };
-    let checked = security::as_owner(owner_oid, limits, || {
-        security::timed(limits, || {
-            target::check_condition_semantics(table, condition)
-        })
+    let role = owner::run_as(owner_oid, table.oid);
+    let checked = owner::as_owner(role, limits, || {
+        owner::timed(limits, || condition::check_semantics(table, text))
     });
     if let Err(why) = checked {
-        target::refuse_condition(rule, condition, &why, &table.qualified_name);
+        condition::refuse_condition(rule, text, &why, &table.qualified_name);
     }
 }

@@ -23,13 +23,14 @@ use pgrx::prelude::*;
 
 pub mod api;
 pub mod catalog;
+pub mod condition;
 pub mod errors;
 pub mod executor;
 pub mod gucs;
 pub mod history;
 pub mod hooks;
+pub mod owner;
 pub mod schedule;
-pub mod security;
 pub mod target;
 pub mod worker;
 

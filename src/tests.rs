@@ -10,7 +10,7 @@ mod tests {
 
     /// Runs `sql` in a subtransaction and returns the error message it raised ("no error" if none).
     fn error_of(sql: &str) -> String {
-        match crate::security::in_subtransaction(|| Spi::run(sql)) {
+        match crate::errors::in_subtransaction(|| Spi::run(sql)) {
             Ok(Ok(())) => "no error".into(),
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.message,

@@ -19,8 +19,9 @@ mod range_delete;
 mod sizer;
 
 use crate::catalog::Rule;
+use crate::errors::CaughtSqlError;
 use crate::history::{self, Outcome};
-use crate::security::{self, CaughtSqlError, Limits};
+use crate::owner::{self, Limits};
 use crate::target::{self, ResolvedTable};
 use method::Method;
 use pgrx::array::RawArray;
@@ -356,9 +357,9 @@ impl Tally<'_> {
 /// to write, replicate and archive, and shorter WAL flushes for concurrent commits. Recovery reads
 /// compressed records whatever the server's own setting.
 fn batch_settings(wal_compression: Option<&str>) {
-    security::set_for_transaction("synchronous_commit", "off");
+    owner::set_for_transaction("synchronous_commit", "off");
     if let Some(method) = wal_compression {
-        security::set_for_transaction("wal_compression", method);
+        owner::set_for_transaction("wal_compression", method);
     }
 }
 
@@ -389,7 +390,7 @@ fn interrupted() -> Outcome {
 /// Resolves the owner and the table as they are *now* (a dropped or renamed table, a dropped owner,
 /// a revoked privilege fail this run only), and chooses the run's [`Method`].
 fn prepare(rule: &Rule) -> Result<Plan, String> {
-    let owner = security::role_oid(&rule.owner).ok_or_else(|| {
+    let owner = owner::role_oid(&rule.owner).ok_or_else(|| {
         format!(
             "owner role \"{}\" of rule \"{}\" does not exist",
             rule.owner, rule.name
@@ -408,6 +409,8 @@ fn prepare(rule: &Rule) -> Result<Plan, String> {
     if let Some((what, _)) = target::unsupported_kind(table.oid) {
         return Err(format!("table {} {what}", table.qualified_name));
     }
+    // A superuser's rule on another role's table runs as that role (see owner::run_as).
+    let owner = owner::run_as(owner, table.oid);
     // SAFETY: catalog privilege check.
     let skip_locked = unsafe {
         pg_sys::pg_class_aclcheck(table.oid, owner, pg_sys::ACL_UPDATE as pg_sys::AclMode)
@@ -429,7 +432,7 @@ fn prepare(rule: &Rule) -> Result<Plan, String> {
     };
     plan.method = choose_method(rule, &plan).map_err(|e| format!("planning the run: {e}"))?;
     let name = &plan.table.qualified_name;
-    let condition = target::embedded_condition(&rule.condition);
+    let condition = crate::condition::embedded(&rule.condition);
     // A walk's batch returns the ctids it deleted: SPI stops the DELETE after batch_size of them,
     // and the last one is where the next batch resumes.
     let (limit, returning) = match plan.method {
@@ -454,12 +457,12 @@ fn choose_method(rule: &Rule, plan: &Plan) -> Result<Method, String> {
     let explain = format!(
         "EXPLAIN (FORMAT JSON) SELECT ctid FROM ONLY {} WHERE {}",
         plan.table.qualified_name,
-        target::embedded_condition(&rule.condition)
+        crate::condition::embedded(&rule.condition)
     );
     let top = owner_statement(plan, plan.limits, || {
         // The walk and the collection run without parallel workers; so must the plan that decides.
         // SAFETY: scoped to as_owner's GUC nest level.
-        unsafe { security::set_local("max_parallel_workers_per_gather", "0") };
+        unsafe { owner::set_local("max_parallel_workers_per_gather", "0") };
         Spi::get_one::<pgrx::Json>(&explain)
     })
     .map_err(|e| e.to_string())?
@@ -487,9 +490,9 @@ fn owner_statement<R>(
     limits: Limits,
     f: impl FnOnce() -> R,
 ) -> Result<R, CaughtSqlError> {
-    security::in_subtransaction(|| {
-        security::as_owner(plan.owner, limits, || {
-            security::timed(limits, || crate::worker::signals::cancellable(f))
+    crate::errors::in_subtransaction(|| {
+        owner::as_owner(plan.owner, limits, || {
+            owner::timed(limits, || crate::worker::signals::cancellable(f))
         })
     })
 }
@@ -501,7 +504,7 @@ fn collect(rule: &Rule, plan: &Plan) -> Result<Vec<pg_sys::ItemPointerData>, Str
     let sql = format!(
         "SELECT array_agg(ctid) FROM (SELECT ctid FROM ONLY {} WHERE {} LIMIT {COLLECT_LIMIT}) candidates",
         plan.table.qualified_name,
-        target::embedded_condition(&rule.condition)
+        crate::condition::embedded(&rule.condition)
     );
     let mut ctids = owner_statement(plan, plan.limits, || {
         Spi::connect(|client| {
@@ -583,7 +586,7 @@ fn run_delete(
                 "enable_bitmapscan",
                 "enable_indexonlyscan",
             ] {
-                security::set_local(scan, "off");
+                owner::set_local(scan, "off");
             }
         }
         match batch {

@@ -72,6 +72,11 @@ pub fn execute(sql: &str, limit: u64) -> (i64, Option<(u32, u16)>) {
         ..Default::default()
     };
     // SAFETY: a plain SPI call inside the caller's SPI connection; `receiver` outlives it.
-    unsafe { pg_sys::SPI_execute_extended(sql.as_ptr(), &options) };
+    let code = unsafe { pg_sys::SPI_execute_extended(sql.as_ptr(), &options) };
+    // SQL errors are raised, not returned; a negative code is SPI misuse (no connection, a
+    // statement that is not a DELETE … RETURNING), which must not pass as "0 rows deleted".
+    if code != pg_sys::SPI_OK_DELETE_RETURNING as i32 {
+        error!("pg_token_cleanup: a batch's DELETE returned SPI code {code}, expected SPI_OK_DELETE_RETURNING");
+    }
     (receiver.rows as i64, receiver.last)
 }

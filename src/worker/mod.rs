@@ -38,20 +38,35 @@ pub const RUNNER_TYPE: &str = "pg_token_cleanup runner";
 
 pub const LIBRARY: &str = "pg_token_cleanup";
 
-/// Connects a scheduler or runner to `database` and sets what every worker session needs.
+/// What every scheduler and runner session fixes when it starts, whatever the database
+/// (`ALTER DATABASE … SET`), the role (`ALTER ROLE … SET`) or postgresql.conf say: our statements
+/// must mean the same in every database, and a database owner must not be able to shadow what they
+/// call (`search_path`, including a `"$user"` schema named after the worker's role), stop them
+/// (timeouts, read-only transactions), or change how a rule's condition reads.
+const WORKER_SETTINGS: [(&str, &str); 12] = [
+    ("search_path", crate::owner::OWNER_SEARCH_PATH),
+    // Our statements are short, and a long-lived process that JIT-compiles (a reload of thousands
+    // of rules costs enough to trigger it) loads LLVM and keeps growing its memory.
+    ("jit", "off"),
+    ("statement_timeout", "0"),
+    ("lock_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
+    ("default_transaction_isolation", "read committed"),
+    ("default_transaction_read_only", "off"),
+    ("default_transaction_deferrable", "off"),
+    ("standard_conforming_strings", "on"),
+    ("transform_null_equals", "off"),
+    // Deletes fire the table's triggers as any other session's would.
+    ("session_replication_role", "origin"),
+    ("row_security", "on"),
+];
+
+/// Connects a scheduler or runner to `database` and pins [`WORKER_SETTINGS`].
 pub fn connect(database: pg_sys::Oid) {
     pgrx::bgworkers::BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
-    // No JIT: our statements are short, and a long-lived process that JIT-compiles (a reload of
-    // thousands of rules costs enough to trigger it) loads LLVM and keeps growing its memory.
-    // SAFETY: setting a session-level setting of this process.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"jit".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-        )
-    };
+    for (name, value) in WORKER_SETTINGS {
+        crate::owner::set_for_session(name, value);
+    }
     signals::reload_config_if_asked();
 }
 

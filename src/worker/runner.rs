@@ -18,9 +18,9 @@ pub const ALREADY_RUNNING: &str = "already running";
 pub fn spawn(rule_id: i64, run_id: i64, rule_name: &str) -> Option<DynamicBackgroundWorker> {
     // SAFETY: reading this backend's database OID and PID.
     let (database, my_pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::MyProcPid) };
-    let mut title = format!("pg_token_cleanup runner {rule_name}");
-    title.truncate(90);
-    BackgroundWorkerBuilder::new(&title)
+    let title = format!("pg_token_cleanup runner {rule_name}");
+    let title = truncated(&title, 90);
+    BackgroundWorkerBuilder::new(title)
         .set_type(RUNNER_TYPE)
         .set_library(LIBRARY)
         .set_function("pg_token_cleanup_runner_main")
@@ -31,6 +31,16 @@ pub fn spawn(rule_id: i64, run_id: i64, rule_name: &str) -> Option<DynamicBackgr
         .set_notify_pid(my_pid)
         .load_dynamic()
         .ok()
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary (a
+/// worker's name has at most 96 bytes; rule names may hold multi-byte characters).
+fn truncated(text: &str, max: usize) -> &str {
+    let end = (0..=max.min(text.len()))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    &text[..end]
 }
 
 #[pg_guard]
@@ -73,4 +83,19 @@ pub extern "C-unwind" fn pg_token_cleanup_runner_main(arg: pg_sys::Datum) {
     let report = executor::execute(&rule, run_id, &signals::stop_requested);
     BackgroundWorker::transaction(|| executor::unlock_rule(rule.id));
     super::log_run(&rule, run_id, Trigger::Manual, &report);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncated;
+
+    #[test]
+    fn titles_are_cut_on_a_character_boundary() {
+        assert_eq!(truncated("abc", 90), "abc");
+        assert_eq!(truncated("abcdef", 3), "abc");
+        // "é" is two bytes: byte 2 falls inside the second one.
+        assert_eq!(truncated("aéé", 2), "a");
+        assert_eq!(truncated("aéé", 3), "aé");
+        assert_eq!(truncated("日本", 4), "日");
+    }
 }

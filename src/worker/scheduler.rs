@@ -78,7 +78,7 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
     while !signals::stop_requested() {
         let step = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| scheduler.step()))
             .catch_others(|e| {
-                let e = crate::security::describe(e);
+                let e = crate::errors::describe(e);
                 // SAFETY: what PostgresMain does after an error: abort the transaction and go on.
                 unsafe { pg_sys::AbortCurrentTransaction() };
                 warning!(

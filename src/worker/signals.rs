@@ -28,6 +28,10 @@ pub fn install() {
 }
 
 unsafe extern "C-unwind" fn on_sigterm(_signal: i32) {
+    // SetLatch may change errno (a write to the self-pipe or a kill); the interrupted code may be
+    // about to read it. PostgreSQL's own handlers save and restore it the same way.
+    // SAFETY: errno is thread-local; reading and writing it is async-signal-safe.
+    let saved_errno = unsafe { *libc::__errno_location() };
     STOP.store(true, Ordering::SeqCst);
     // SAFETY: only sig_atomic_t stores and SetLatch, as PostgreSQL's own die() does.
     unsafe {
@@ -36,6 +40,7 @@ unsafe extern "C-unwind" fn on_sigterm(_signal: i32) {
             (&raw mut pg_sys::InterruptPending).write_volatile(1);
         }
         pg_sys::SetLatch(pg_sys::MyLatch);
+        *libc::__errno_location() = saved_errno;
     }
 }
 
