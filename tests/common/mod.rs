@@ -241,6 +241,15 @@ impl Cluster {
         }
     }
 
+    /// Connects to `database` as `role` (trust authentication).
+    pub fn connect_as(&self, database: &str, role: &str) -> Client {
+        let conn = format!(
+            "host=127.0.0.1 port={} user={role} dbname={database}",
+            self.port
+        );
+        Client::connect(&conn, NoTls).unwrap_or_else(|e| panic!("connecting as {role}: {e}"))
+    }
+
     /// Creates `database` with the extension installed.
     pub fn database_with_extension(&self, database: &str) -> Client {
         self.connect("postgres")
