@@ -13,9 +13,11 @@
 //!
 //! Where things are:
 //! - [`schedule`]: cron text → fire times (pure Rust); [`worker::agenda`]: due times (pure Rust).
-//! - [`catalog`]: rules, loading and validation; [`target`]: table resolution and the condition check.
-//! - [`executor`]: one run (batches); [`history`]: the runs table; [`security`]: owner context,
-//!   timeouts, subtransactions.
+//! - [`catalog`]: rules, loading and validation; [`target`]: table resolution; [`condition`]: the
+//!   proof that a condition is one expression, and the one place that embeds it.
+//! - [`executor`]: one run (batches); [`history`]: the runs table; [`owner`]: running code that is
+//!   not ours as the right role, leaving nothing behind, and timeouts; [`errors`]: raising and
+//!   catching errors.
 //! - [`worker`]: launcher, scheduler, runner, signals; [`hooks`]: DROP DATABASE support.
 //! - [`api`]: SQL functions; [`gucs`]: settings; `sql/`: tables, views, policies, triggers.
 

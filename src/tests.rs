@@ -140,19 +140,19 @@ mod tests {
         let cases = [
             (
                 "true; DROP TABLE public.refresh_tokens",
-                "it contains ';' (a condition is one expression, not statements)",
+                "it contains ';' at character 5 (a condition is one expression, not statements)",
             ),
             (
                 "true) FROM pg_class WHERE (true",
-                "it is not a single expression (it closes its parentheses and adds clauses)",
+                "the ')' at character 5 closes a parenthesis the condition did not open",
             ),
             (
                 "true) UNION SELECT (1",
-                "it is not a single expression (it closes its parentheses and adds clauses)",
+                "the ')' at character 5 closes a parenthesis the condition did not open",
             ),
             (
                 "true) ORDER BY (1",
-                "it is not a single expression (it closes its parentheses and adds clauses)",
+                "the ')' at character 5 closes a parenthesis the condition did not open",
             ),
             (
                 "user_id + 1",
@@ -164,21 +164,26 @@ mod tests {
             ),
             (
                 "expires_at < now() /*",
-                "unterminated /* comment at or near \"/*\n)\"",
+                "unterminated /* comment at or near \"/*\"",
             ),
             (
                 "expires_at < 'now",
-                "unterminated quoted string at or near \"'now\n)\"",
+                "unterminated quoted string at or near \"'now\"",
             ),
             (
                 "$$x",
-                "unterminated dollar-quoted string at or near \"$$x\n)\"",
+                "unterminated dollar-quoted string at or near \"$$x\"",
             ),
             (
                 "count(*) > 0",
                 "aggregate functions are not allowed in WHERE",
             ),
             ("", "it is empty"),
+            ("(revoked", "a '(' is never closed"),
+            (
+                "revoked) OR (true",
+                "the ')' at character 8 closes a parenthesis the condition did not open",
+            ),
         ];
         for (condition, message) in cases {
             assert_eq!(

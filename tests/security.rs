@@ -60,7 +60,9 @@ fn error_of(result: Result<impl Sized, postgres::Error>) -> String {
 /// Runs `COPY … TO STDOUT` and returns its output, or the error's message (raised when the COPY
 /// starts or while its rows are read).
 fn copy_out(client: &mut Client, sql: &str) -> Result<String, String> {
-    let mut reader = client.copy_out(sql).map_err(|e| error_of(Err::<(), _>(e)))?;
+    let mut reader = client
+        .copy_out(sql)
+        .map_err(|e| error_of(Err::<(), _>(e)))?;
     let mut out = String::new();
     std::io::Read::read_to_string(&mut reader, &mut out).map_err(|e| {
         e.get_ref()
@@ -150,7 +152,10 @@ fn settings_a_condition_changes_do_not_outlive_it() {
         ) > 0,
         "the condition's set_config did not run"
     );
-    assert_eq!(path_after, path_before, "preview() left alice's search_path");
+    assert_eq!(
+        path_after, path_before,
+        "preview() left alice's search_path"
+    );
     let conditions_in_preview = count(
         &mut admin,
         "SELECT count(*) FROM alice_s.calls WHERE what = 'condition'",
@@ -316,10 +321,12 @@ fn a_superusers_rule_runs_the_table_owners_code_as_the_table_owner() {
         ),
         20
     );
-    assert!(count(
-        &mut admin,
-        "SELECT count(*) FROM app.audit WHERE what = 'condition'"
-    ) >= 40);
+    assert!(
+        count(
+            &mut admin,
+            "SELECT count(*) FROM app.audit WHERE what = 'condition'"
+        ) >= 40
+    );
     let as_others: Vec<String> = admin
         .query(
             "SELECT DISTINCT who || ' ran the ' || what FROM app.audit WHERE who <> 'app'",
@@ -423,7 +430,9 @@ fn create_extension_refuses_a_schema_it_did_not_create() {
     admin.batch_execute("CREATE DATABASE app").unwrap();
     let mut admin = cluster.connect("app");
     let mut mallory = app_role(&cluster, &mut admin, "app", "mallory");
-    mallory.batch_execute("CREATE SCHEMA token_cleanup").unwrap();
+    mallory
+        .batch_execute("CREATE SCHEMA token_cleanup")
+        .unwrap();
     // Positive control: the schema is there, and mallory's.
     let owner: String = admin
         .query_one(
@@ -460,7 +469,9 @@ fn create_extension_refuses_a_schema_it_did_not_create() {
         "DROP EXTENSION pg_token_cleanup",
         "CREATE EXTENSION pg_token_cleanup",
     ] {
-        admin.batch_execute(step).unwrap_or_else(|e| panic!("{step}: {e}"));
+        admin
+            .batch_execute(step)
+            .unwrap_or_else(|e| panic!("{step}: {e}"));
     }
     // A schema a superuser left holding something else is not adopted either.
     admin
@@ -499,9 +510,7 @@ fn a_condition_cannot_close_a_parenthesis_it_did_not_open() {
     // Positive control: PostgreSQL itself reads the text as one expression, so a parse of
     // `SELECT (<condition>)` alone, the old proof, accepts it.
     alice
-        .batch_execute(&format!(
-            "SELECT ({escaping}\n) FROM alice_s.tokens"
-        ))
+        .batch_execute(&format!("SELECT ({escaping}\n) FROM alice_s.tokens"))
         .unwrap();
     assert_eq!(
         insert(&mut alice, escaping),
@@ -544,7 +553,10 @@ fn a_condition_cannot_close_a_parenthesis_it_did_not_open() {
         )
         .unwrap();
     assert_eq!(
-        count(&mut alice, "SELECT rows_deleted FROM token_cleanup.run('ok')"),
+        count(
+            &mut alice,
+            "SELECT rows_deleted FROM token_cleanup.run('ok')"
+        ),
         10
     );
     assert_eq!(count(&mut alice, "SELECT count(*) FROM alice_s.tokens"), 10);
