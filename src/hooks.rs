@@ -39,7 +39,10 @@ pub fn init() {
     }
 }
 
-#[pg_guard]
+/// The hook itself is deliberately not `#[pg_guard]`ed: it owns nothing with a destructor, so an
+/// ERROR raised by the statement longjmps across a plain frame, as RFC 2945 allows for "C-unwind",
+/// and reaches the client untouched (pgrx's guard would re-raise it without its context, position
+/// and object-name fields). Our own work runs in [`before_statement`], which is guarded.
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
@@ -51,18 +54,10 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    // SAFETY: PostgreSQL passes a valid planned utility statement.
+    // SAFETY: PostgreSQL passes a valid planned utility statement; the next hook is called with
+    // exactly the arguments we were given.
     unsafe {
-        let name = database_needing_sole_access((*pstmt).utilityStmt);
-        if !name.is_null() {
-            let database = pg_sys::get_database_oid(name, true);
-            if database != pg_sys::InvalidOid {
-                stop_workers_in(database);
-            }
-        }
-        // Call the next hook raw, not through pgrx's guarded binding: an error raised by the
-        // statement must reach the client untouched (pgrx would re-raise it without its context,
-        // position and object-name fields). Nothing owned by Rust is alive across this call.
+        before_statement(pstmt);
         let next = PREVIOUS.unwrap_or(standard_ProcessUtility);
         next(
             pstmt,
@@ -74,6 +69,21 @@ unsafe extern "C-unwind" fn process_utility(
             dest,
             qc,
         );
+    }
+}
+
+/// Stops this extension's workers in the database the statement needs to itself, if any.
+#[pg_guard]
+unsafe extern "C-unwind" fn before_statement(pstmt: *mut pg_sys::PlannedStmt) {
+    // SAFETY: PostgreSQL passes a valid planned utility statement.
+    unsafe {
+        let name = database_needing_sole_access((*pstmt).utilityStmt);
+        if !name.is_null() {
+            let database = pg_sys::get_database_oid(name, true);
+            if database != pg_sys::InvalidOid {
+                stop_workers_in(database);
+            }
+        }
     }
 }
 
