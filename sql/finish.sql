@@ -47,7 +47,8 @@ SELECT r.id                    AS rule_id,
 GRANT SELECT ON token_cleanup.rule_stats TO PUBLIC;
 
 -- Internal: only CREATE EXTENSION wakes the launcher (anyone could otherwise make it probe every
--- database over and over). wake_scheduler stays callable: the rules trigger runs as the user.
+-- database over and over), and only the rules trigger wakes the scheduler.
 REVOKE EXECUTE ON FUNCTION token_cleanup.wake_launcher() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION token_cleanup.wake_scheduler() FROM PUBLIC;
 
 SELECT token_cleanup.wake_launcher();

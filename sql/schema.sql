@@ -48,6 +48,8 @@ CREATE TABLE token_cleanup.rules (
     lock_timeout      interval,                      -- NULL: pg_token_cleanup.lock_timeout
     statement_timeout interval,                      -- NULL: pg_token_cleanup.statement_timeout
     max_rows_per_second integer,                     -- NULL: pg_token_cleanup.max_rows_per_second; 0: no limit
+    max_run_duration  interval,                      -- NULL: no limit; a run stops between batches after it
+    timezone          text,                          -- NULL: pg_token_cleanup.timezone
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT rules_name_key UNIQUE (name)
@@ -62,7 +64,7 @@ CREATE TABLE token_cleanup.runs (
     rule_name     text        NOT NULL,
     owner         name        NOT NULL,
     trigger       text        NOT NULL CHECK (trigger IN ('schedule', 'manual')),
-    status        text        NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted')),
+    status        text        NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted', 'stopped')),
     scheduled_for timestamptz,
     started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at   timestamptz,
@@ -71,7 +73,12 @@ CREATE TABLE token_cleanup.runs (
     longest_batch_ms integer,                        -- longest batch, start to commit
     method        text        CHECK (method IN ('table walk', 'index')), -- how rows were found
     error         text,
-    pid           integer
+    sqlstate      text,                              -- of the error
+    error_detail  text,
+    error_hint    text,
+    pid           integer,
+    -- how late a scheduled run started (no free slot, a busy table, a late scheduler)
+    start_delay   interval GENERATED ALWAYS AS (started_at - scheduled_for) STORED
 );
 CREATE INDEX runs_rule_started_idx ON token_cleanup.runs (rule_id, started_at DESC);
 CREATE INDEX runs_started_idx ON token_cleanup.runs (started_at);
@@ -117,7 +124,9 @@ BEGIN
         NEW.owner::pg_catalog.text,
         pg_catalog.date_part('epoch', NEW.lock_timeout),
         pg_catalog.date_part('epoch', NEW.statement_timeout),
-        NEW.max_rows_per_second);
+        NEW.max_rows_per_second,
+        pg_catalog.date_part('epoch', NEW.max_run_duration),
+        NEW.timezone);
     RETURN NEW;
 END
 $$;
@@ -125,10 +134,12 @@ $$;
 CREATE TRIGGER rules_validate BEFORE INSERT OR UPDATE ON token_cleanup.rules
     FOR EACH ROW EXECUTE FUNCTION token_cleanup.rules_before_write();
 
--- Any change to the rules wakes this database's scheduler when the transaction commits, so it
--- reloads at once instead of polling the table.
+-- Any change to the rules tells this database's scheduler, at commit, that the rules changed (a
+-- relcache invalidation of the rules table, which COMMIT PREPARED delivers too) and wakes it, so it
+-- reloads at once instead of polling the table. SECURITY DEFINER so that wake_scheduler() itself
+-- need not be callable by every role; a trigger function cannot be called directly.
 CREATE FUNCTION token_cleanup.rules_after_change() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM token_cleanup.wake_scheduler();
     RETURN NULL;

@@ -3,11 +3,15 @@
 
 use crate::catalog;
 use crate::errors::refuse;
+use crate::errors::Error;
 use crate::gucs;
+use crate::history::Trigger;
 use crate::owner;
 use crate::schedule::{Schedule, SCHEDULE_HINT};
 use crate::target;
-use crate::worker::{self, runner};
+use crate::worker::handoff::Handoff;
+use crate::worker::lifecycle::Job;
+use crate::worker::{registry, runner};
 use chrono::{DateTime, TimeZone, Utc};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -170,59 +174,88 @@ fn run(
     }
     let rule = catalog::visible_rule_by_name(rule_name);
     let run_id = allocate_run_id();
-    let Some(worker) = runner::spawn(rule.id, run_id, &rule.name) else {
+    let name = rule.name.clone();
+    let handoff = Handoff::create(&Job {
+        rule,
+        trigger: Trigger::Manual,
+        scheduled_for: None,
+        run_id: Some(run_id),
+    });
+    let Some(worker) = runner::spawn_manual(&handoff, &name) else {
         refuse(
             PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-            format!("could not start a background worker to run rule \"{}\"", rule.name),
+            format!("could not start a background worker to run rule \"{name}\""),
             "All background worker slots are in use: raise max_worker_processes (restart needed) or try again.",
         );
     };
     if worker.wait_for_shutdown().is_err() {
         refuse(
             PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
-            format!(
-                "the server shut down while rule \"{}\" was running",
-                rule.name
-            ),
+            format!("the server shut down while rule \"{name}\" was running"),
             format!("See run {run_id} in token_cleanup.runs."),
         );
     }
+    drop(handoff);
     // update() rather than select(): a read-write SPI call takes a fresh snapshot, which sees the
     // runner's commits (a read-only one would reuse this statement's snapshot).
     let row = Spi::connect_mut(|client| {
         let rows = client.update(
-            "SELECT status, rows_deleted, batches, started_at, finished_at, error FROM token_cleanup.runs WHERE id = $1",
+            "SELECT status, rows_deleted, batches, started_at, finished_at, error, sqlstate, error_detail, error_hint \
+               FROM token_cleanup.runs WHERE id = $1",
             Some(1),
             &[run_id.into()],
         )?;
         let Some(r) = rows.into_iter().next() else { return Ok(None) };
         Ok::<_, pgrx::spi::Error>(Some((
-            r.get::<String>(1)?.unwrap_or_default(),
-            r.get::<i64>(2)?.unwrap_or(0),
-            r.get::<i32>(3)?.unwrap_or(0),
-            r.get::<TimestampWithTimeZone>(4)?,
-            r.get::<TimestampWithTimeZone>(5)?,
-            r.get::<String>(6)?,
+            (
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<i64>(2)?.unwrap_or(0),
+                r.get::<i32>(3)?.unwrap_or(0),
+                r.get::<TimestampWithTimeZone>(4)?,
+                r.get::<TimestampWithTimeZone>(5)?,
+            ),
+            (
+                r.get::<String>(6)?,
+                r.get::<String>(7)?,
+                r.get::<String>(8)?,
+                r.get::<String>(9)?,
+            ),
         )))
     })
     .expect("reading token_cleanup.runs");
-    let Some((status, rows, batches, started, finished, error)) = row else {
+    let Some(((status, rows, batches, started, finished), (error, sqlstate, detail, hint))) = row
+    else {
         refuse(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("rule \"{}\" did not run", rule.name),
+            format!("rule \"{name}\" did not run"),
             "The rule was deleted, or it was created in this transaction and is not committed yet: commit, then run it.",
         );
     };
-    if status != "succeeded" {
-        raise_run_error(
-            &rule.name,
-            run_id,
-            &status,
-            error.as_deref().unwrap_or("no error recorded"),
+    if status != "succeeded" && status != "stopped" {
+        let recorded = Error::from_recorded(
+            sqlstate.as_deref(),
+            error.unwrap_or_else(|| "no error recorded".into()),
+            detail,
+            hint,
         );
+        let hint = recorded
+            .hint
+            .clone()
+            .unwrap_or_else(|| "Fix the cause and run the rule again.".into());
+        Error {
+            message: format!(
+                "run {run_id} of rule \"{name}\" {status}: {}",
+                recorded.message
+            ),
+            hint: Some(format!(
+                "{hint} The run is recorded in token_cleanup.runs (id {run_id})."
+            )),
+            ..recorded
+        }
+        .raise();
     }
     let started = started.expect("started_at is NOT NULL");
-    TableIterator::once((run_id, rule.name, status, rows, batches, started, finished))
+    TableIterator::once((run_id, name, status, rows, batches, started, finished))
 }
 
 fn allocate_run_id() -> i64 {
@@ -234,44 +267,23 @@ fn allocate_run_id() -> i64 {
     unsafe { crate::errors::guarded(|| nextval_internal(seq.oid, false)) }
 }
 
-/// Raises the error a manual run recorded, with the SQLSTATE it carried where there was one.
-fn raise_run_error(rule: &str, run_id: i64, status: &str, error: &str) -> ! {
-    let code = if error.starts_with(runner::ALREADY_RUNNING) {
-        PgSqlErrorCode::ERRCODE_OBJECT_IN_USE
-    } else if status == "interrupted" {
-        PgSqlErrorCode::ERRCODE_QUERY_CANCELED
-    } else {
-        recorded_sqlstate(error).unwrap_or(PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION)
-    };
-    refuse(
-        code,
-        format!("run {run_id} of rule \"{rule}\" {status}: {error}"),
-        format!("The run is recorded in token_cleanup.runs (id {run_id}); fix the cause and run the rule again."),
-    )
-}
-
-/// The SQLSTATE in a recorded error ending "(SQLSTATE xxxxx)".
-fn recorded_sqlstate(error: &str) -> Option<PgSqlErrorCode> {
-    let at = error.rfind("(SQLSTATE ")?;
-    let code = error.get(at + 10..at + 15)?;
-    if !code.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return None;
-    }
-    let packed = code.bytes().enumerate().fold(0i32, |acc, (i, b)| {
-        acc | ((i32::from(b - b'0') & 0x3F) << (6 * i))
-    });
-    Some(PgSqlErrorCode::from(packed))
-}
-
 static SCHEDULER_WAKE_PENDING: AtomicBool = AtomicBool::new(false);
 static LAUNCHER_WAKE_PENDING: AtomicBool = AtomicBool::new(false);
 
-/// Wakes this database's scheduler when the current transaction commits, so it reloads the rules.
-/// Called by the rules table's statement trigger.
+/// Tells this database's scheduler that the rules changed: a relcache invalidation of the rules
+/// table, delivered at commit (COMMIT PREPARED included), and its latch set at commit so that it
+/// reloads at once. Called by the rules table's statement trigger; not callable by PUBLIC.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn wake_scheduler() {
-    wake_at_commit(worker::SCHEDULER_TYPE, true, &SCHEDULER_WAKE_PENDING);
+    if let Ok(Some(rules)) = target::lookup_table("token_cleanup.rules") {
+        // SAFETY: queues an invalidation message in the current transaction.
+        unsafe { pg_sys::CacheInvalidateRelcacheByRelid(rules.oid) };
+    }
+    at_commit(&SCHEDULER_WAKE_PENDING, || {
+        // SAFETY: reading this backend's database.
+        registry::wake_scheduler(unsafe { pg_sys::MyDatabaseId })
+    });
 }
 
 /// Wakes the launcher when the current transaction commits, so it starts a scheduler for this
@@ -279,33 +291,18 @@ fn wake_scheduler() {
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn wake_launcher() {
-    wake_at_commit(worker::LAUNCHER_TYPE, false, &LAUNCHER_WAKE_PENDING);
-    wake_at_commit(worker::SCHEDULER_TYPE, true, &SCHEDULER_WAKE_PENDING);
+    at_commit(&LAUNCHER_WAKE_PENDING, registry::wake_launcher);
 }
 
-/// Finds the worker processes of `backend_type` (in this database only if `this_database`) and
-/// sends them SIGUSR1 after commit (sending earlier would let them read the rules before the change
-/// is visible). One wake per transaction however many statements ask for it.
-fn wake_at_commit(backend_type: &'static str, this_database: bool, pending: &'static AtomicBool) {
+/// Runs `wake` once when the current transaction commits, however many statements ask for it
+/// (waking earlier would let a worker read the rules before the change is visible).
+fn at_commit(pending: &'static AtomicBool, wake: fn()) {
     if pending.swap(true, Ordering::SeqCst) {
         return;
     }
-    let pids: Vec<i32> = Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = $1 \
-               AND (NOT $2 OR datid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))",
-            None,
-            &[backend_type.into(), this_database.into()],
-        )?;
-        rows.map(|r| r.get::<i32>(1).map(|p| p.unwrap_or(0))).collect::<Result<Vec<_>, _>>()
-    })
-    .unwrap_or_default();
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
         pending.store(false, Ordering::SeqCst);
-        for pid in pids.into_iter().filter(|p| *p > 0) {
-            // SAFETY: kill(2) of a PostgreSQL worker; SIGUSR1 only sets its latch.
-            unsafe { libc::kill(pid, libc::SIGUSR1) };
-        }
+        wake();
     });
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
         pending.store(false, Ordering::SeqCst);

@@ -14,8 +14,9 @@ use std::ffi::CStr;
 /// Longest rule name accepted.
 pub const MAX_NAME_LEN: usize = 200;
 
-/// A row of `token_cleanup.rules`, as the scheduler and the executor use it.
-#[derive(Debug, Clone, PartialEq)]
+/// A row of `token_cleanup.rules`, as the scheduler and the executor use it (and as a runner
+/// receives it, see `worker::handoff`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rule {
     pub id: i64,
     pub name: String,
@@ -28,6 +29,9 @@ pub struct Rule {
     pub lock_timeout_ms: Option<i64>,
     pub statement_timeout_ms: Option<i64>,
     pub max_rows_per_second: Option<i32>,
+    pub max_run_duration_ms: Option<i64>,
+    /// IANA time zone of the schedule; NULL: pg_token_cleanup.timezone.
+    pub timezone: Option<String>,
     /// Seconds since the epoch of the rule's last change.
     pub updated_at: f64,
 }
@@ -44,6 +48,21 @@ impl Rule {
         self.max_rows_per_second
             .unwrap_or_else(gucs::max_rows_per_second)
             .max(0) as u32
+    }
+
+    /// How long a run may go on before it stops between batches; `None`: no limit.
+    pub fn max_run_duration(&self) -> Option<std::time::Duration> {
+        self.max_run_duration_ms
+            .filter(|ms| *ms > 0)
+            .map(|ms| std::time::Duration::from_millis(ms as u64))
+    }
+
+    /// The time zone the rule's schedule is evaluated in: its own, else the setting.
+    pub fn timezone(&self) -> chrono_tz::Tz {
+        self.timezone
+            .as_deref()
+            .and_then(gucs::parse_timezone)
+            .unwrap_or_else(gucs::timezone)
     }
 
     /// Timeouts: the rule's own, else the settings.
@@ -65,7 +84,7 @@ impl Rule {
 const RULE_COLUMNS: &str = "r.id, r.name, r.table_name, r.condition, r.schedule, r.batch_size, r.enabled, \
      r.owner::text, (extract(epoch FROM r.lock_timeout) * 1000)::int8, \
      (extract(epoch FROM r.statement_timeout) * 1000)::int8, extract(epoch FROM r.updated_at)::float8, \
-     r.max_rows_per_second";
+     r.max_rows_per_second, (extract(epoch FROM r.max_run_duration) * 1000)::int8, r.timezone";
 
 fn rule_from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Rule> {
     Ok(Rule {
@@ -81,6 +100,8 @@ fn rule_from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Rule> {
         statement_timeout_ms: row.get(10)?,
         updated_at: row.get(11)?.unwrap_or_default(),
         max_rows_per_second: row.get(12)?,
+        max_run_duration_ms: row.get(13)?,
+        timezone: row.get(14)?,
     })
 }
 
@@ -161,6 +182,8 @@ fn check_rule(
     lock_timeout_s: Option<f64>,
     statement_timeout_s: Option<f64>,
     max_rows_per_second: Option<i32>,
+    max_run_duration_s: Option<f64>,
+    timezone: Option<&str>,
 ) -> String {
     let name = required(
         "name",
@@ -175,12 +198,14 @@ fn check_rule(
         );
     }
     let owner_oid = check_owner(name, owner);
+    let timezone = check_timezone(name, timezone);
     let schedule = required("schedule", schedule, SCHEDULE_HINT);
-    check_schedule(name, schedule);
+    check_schedule(name, schedule, timezone);
     check_batch_size(name, batch_size);
     check_timeout(name, "lock_timeout", lock_timeout_s);
     check_timeout(name, "statement_timeout", statement_timeout_s);
     check_max_rows_per_second(name, max_rows_per_second);
+    check_max_run_duration(name, max_run_duration_s);
     let table_name = required(
         "table_name",
         table_name,
@@ -243,8 +268,22 @@ fn check_owner(rule: &str, owner: Option<&str>) -> pg_sys::Oid {
     })
 }
 
-fn check_schedule(rule: &str, schedule: &str) {
-    let now = chrono::Utc::now().with_timezone(&gucs::timezone());
+/// The rule's own time zone, checked as the setting is; `None` when it has none.
+fn check_timezone(rule: &str, timezone: Option<&str>) -> chrono_tz::Tz {
+    match timezone {
+        None => gucs::timezone(),
+        Some(name) => gucs::parse_timezone(name).unwrap_or_else(|| {
+            refuse(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid timezone \"{name}\" for rule \"{rule}\""),
+                "Use an IANA time zone name such as UTC, Europe/Berlin or America/New_York, or NULL for pg_token_cleanup.timezone.",
+            )
+        }),
+    }
+}
+
+fn check_schedule(rule: &str, schedule: &str, timezone: chrono_tz::Tz) {
+    let now = chrono::Utc::now().with_timezone(&timezone);
     if let Err(e) = Schedule::parse_firing(schedule, &now) {
         refuse(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -281,6 +320,16 @@ fn check_max_rows_per_second(rule: &str, rate: Option<i32>) {
                 "Give the most rows a run may delete per second on average, 0 for no limit, or NULL to use pg_token_cleanup.max_rows_per_second (now {}).",
                 gucs::max_rows_per_second()
             ),
+        );
+    }
+}
+
+fn check_max_run_duration(rule: &str, seconds: Option<f64>) {
+    if let Some(s) = seconds.filter(|s| !(*s > 0.0 && *s <= 1e9)) {
+        refuse(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("max_run_duration of rule \"{rule}\" must be positive, got {s} seconds"),
+            "Give the longest a run may go on, e.g. '10 minutes' (it stops between batches and the rest goes in the next run), or NULL for no limit.",
         );
     }
 }

@@ -15,7 +15,7 @@
 //! [`check_semantics`] then plans and starts it as the owner (privileges, types, boolean), unless
 //! rules are being restored (see `catalog`), when nothing of the owner's is evaluated.
 
-use crate::errors::{describe, in_subtransaction, refuse};
+use crate::errors::{in_subtransaction, refuse, Error};
 use crate::owner;
 use crate::target::ResolvedTable;
 use pgrx::pg_sys;
@@ -127,7 +127,7 @@ fn scan(condition: &str) -> Result<Option<TokenProblem>, String> {
             Ok(problem)
         }
     })
-    .catch_others(|e| Err(describe(e).message))
+    .catch_others(|e| Err(Error::from_caught(e).message))
     .execute()
 }
 
@@ -143,7 +143,7 @@ fn check_single_expression(condition: &str) -> Result<(), String> {
             pg_sys::RawParseMode::RAW_PARSE_DEFAULT,
         ))
     })
-    .catch_others(|e| Err(describe(e).message))
+    .catch_others(|e| Err(Error::from_caught(e).message))
     .execute()?;
     // SAFETY: raw_parser returns a valid List of RawStmt.
     unsafe {

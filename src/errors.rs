@@ -7,12 +7,114 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
 
+/// An error as users read it, carried unchanged from where it is raised or caught to where it is
+/// raised again or recorded (`token_cleanup.runs.sqlstate`, `error`, `error_detail`, `error_hint`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub sqlstate: PgSqlErrorCode,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl Error {
+    pub fn new(sqlstate: PgSqlErrorCode, message: impl Into<String>) -> Error {
+        Error {
+            sqlstate,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Error {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Error {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// The same error, its message prefixed with where it happened: "deleting batch 3: …".
+    pub fn context(mut self, what: impl std::fmt::Display) -> Error {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+
+    /// The five-character SQLSTATE.
+    pub fn sqlstate_text(&self) -> String {
+        sqlstate_text(self.sqlstate as i32)
+    }
+
+    /// An error read back from its recorded form.
+    pub fn from_recorded(
+        sqlstate: Option<&str>,
+        message: impl Into<String>,
+        detail: Option<String>,
+        hint: Option<String>,
+    ) -> Error {
+        let code = sqlstate
+            .and_then(packed_sqlstate)
+            .map(PgSqlErrorCode::from)
+            .unwrap_or(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR);
+        Error {
+            sqlstate: code,
+            message: message.into(),
+            detail,
+            hint,
+        }
+    }
+
+    /// Raises this error as an ERROR; never returns.
+    pub fn raise(&self) -> ! {
+        let mut report = ErrorReport::new(self.sqlstate, self.message.clone(), "pg_token_cleanup");
+        if let Some(detail) = &self.detail {
+            report = report.set_detail(detail.clone());
+        }
+        if let Some(hint) = &self.hint {
+            report = report.set_hint(hint.clone());
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+
+    /// Any caught error (PostgreSQL ERROR, Rust error!() or panic).
+    pub fn from_caught(caught: pg_sys::panic::CaughtError) -> Error {
+        use pg_sys::panic::CaughtError;
+        match &caught {
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => Error {
+                sqlstate: r.sql_error_code(),
+                message: r.message().to_string(),
+                detail: r.detail().map(str::to_string),
+                hint: r.hint().map(str::to_string),
+            },
+            CaughtError::RustPanic { ereport, .. } => Error {
+                sqlstate: ereport.sql_error_code(),
+                message: ereport.message().to_string(),
+                detail: None,
+                hint: None,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.sqlstate_text())
+    }
+}
+
+impl From<pgrx::spi::Error> for Error {
+    fn from(e: pgrx::spi::Error) -> Error {
+        Error::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string())
+    }
+}
+
 /// Raises an ERROR with `code`, `message` and `hint`; never returns.
 pub fn refuse(code: PgSqlErrorCode, message: impl Into<String>, hint: impl Into<String>) -> ! {
-    ErrorReport::new(code, message.into(), "pg_token_cleanup")
-        .set_hint(hint.into())
-        .report(PgLogLevel::ERROR);
-    unreachable!("ERROR does not return")
+    Error::new(code, message).with_hint(hint).raise()
 }
 
 /// Calls `f`, a call into PostgreSQL through a declaration of ours (a function pgrx has no binding
@@ -26,23 +128,10 @@ pub unsafe fn guarded<T>(f: impl FnOnce() -> T) -> T {
     unsafe { pg_sys::ffi::pg_guard_ffi_boundary(f) }
 }
 
-/// An error caught inside [`in_subtransaction`]: its SQLSTATE and message.
-#[derive(Debug, Clone)]
-pub struct CaughtSqlError {
-    pub sqlstate: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for CaughtSqlError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (SQLSTATE {})", self.message, self.sqlstate)
-    }
-}
-
 /// Runs `f` in an internal subtransaction (as a PL/pgSQL EXCEPTION block does). On error the
 /// subtransaction is rolled back, memory context and resource owner are restored, and the error is
 /// returned so the caller can record it and carry on in the same transaction.
-pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtSqlError> {
+pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, Error> {
     // SAFETY: the standard BeginInternalSubTransaction / Release / Rollback protocol.
     unsafe {
         let old_context = pg_sys::CurrentMemoryContext;
@@ -61,22 +150,9 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtSqlError> 
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
             pg_sys::MemoryContextSwitchTo(old_context);
             pg_sys::CurrentResourceOwner = old_owner;
-            Err(describe(caught))
+            Err(Error::from_caught(caught))
         })
         .execute()
-    }
-}
-
-/// Message and SQLSTATE of any caught error (PostgreSQL ERROR, Rust error!() or panic).
-pub fn describe(caught: pg_sys::panic::CaughtError) -> CaughtSqlError {
-    use pg_sys::panic::CaughtError;
-    let report = match &caught {
-        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
-        CaughtError::RustPanic { ereport, .. } => ereport,
-    };
-    CaughtSqlError {
-        sqlstate: sqlstate_text(report.sql_error_code() as i32),
-        message: report.message().to_string(),
     }
 }
 
@@ -85,4 +161,43 @@ fn sqlstate_text(code: i32) -> String {
     (0..5)
         .map(|i| (((code >> (6 * i)) & 0x3F) as u8 + b'0') as char)
         .collect()
+}
+
+/// Five SQLSTATE characters packed as PostgreSQL packs them (PGSIXBIT); `None` if malformed.
+fn packed_sqlstate(code: &str) -> Option<i32> {
+    let bytes = code.as_bytes();
+    if bytes.len() != 5
+        || !bytes
+            .iter()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+    {
+        return None;
+    }
+    Some(bytes.iter().enumerate().fold(0, |acc, (i, b)| {
+        acc | ((i32::from(*b - b'0') & 0x3F) << (6 * i))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_round_trip_through_their_text() {
+        for code in [
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+        ] {
+            let text = sqlstate_text(code as i32);
+            assert_eq!(PgSqlErrorCode::from(packed_sqlstate(&text).unwrap()), code);
+        }
+        assert_eq!(
+            sqlstate_text(PgSqlErrorCode::ERRCODE_OBJECT_IN_USE as i32),
+            "55006"
+        );
+        assert_eq!(packed_sqlstate("5500"), None);
+        assert_eq!(packed_sqlstate("55o06"), None);
+    }
 }

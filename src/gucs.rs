@@ -48,6 +48,10 @@ static WAL_COMPRESSION: GucSetting<WalCompression> =
     GucSetting::<WalCompression>::new(WalCompression::Lz4);
 static MAX_ROWS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
 static DATABASE_PROBE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(60);
+/// Default and largest number of runs a database's scheduler has going at once.
+pub const DEFAULT_MAX_PARALLEL_RUNS: i32 = 4;
+const MAX_MAX_PARALLEL_RUNS: i32 = 64;
+static MAX_PARALLEL_RUNS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_PARALLEL_RUNS);
 
 /// Registers every setting; called from `_PG_init` in every process that loads the library.
 pub fn init() {
@@ -141,6 +145,16 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_int_guc(
+        c"pg_token_cleanup.max_parallel_runs",
+        c"Most scheduled runs going at once in one database, each in a runner worker.",
+        c"Each runner takes a background worker slot (max_worker_processes) while it lives.",
+        &MAX_PARALLEL_RUNS,
+        1,
+        MAX_MAX_PARALLEL_RUNS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     // SAFETY: called while loading the library, as PostgreSQL requires.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"pg_token_cleanup".as_ptr()) };
 }
@@ -213,4 +227,13 @@ pub fn statement_timeout_ms() -> i32 {
 
 pub fn database_probe_interval() -> std::time::Duration {
     std::time::Duration::from_secs(DATABASE_PROBE_INTERVAL_S.get() as u64)
+}
+
+pub fn max_parallel_runs() -> usize {
+    MAX_PARALLEL_RUNS.get().max(1) as usize
+}
+
+/// A time zone name as the setting takes it: an IANA name chrono-tz knows.
+pub fn parse_timezone(name: &str) -> Option<chrono_tz::Tz> {
+    name.parse().ok()
 }

@@ -2,10 +2,11 @@
 //! and the outcome, mark runs left `running` by a dead process as `interrupted`, and prune old history.
 //! Every function runs inside the caller's transaction, as the worker (no row-level security).
 
+use crate::errors::Error;
 use pgrx::prelude::*;
 
 /// Why a run was started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Trigger {
     Schedule,
     Manual,
@@ -24,8 +25,11 @@ impl Trigger {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Succeeded,
-    Failed(String),
-    Interrupted(String),
+    Failed(Error),
+    /// Stopped by SIGTERM (shutdown, DROP DATABASE, pg_terminate_backend) or a cancel.
+    Interrupted(Error),
+    /// Stopped between batches at the rule's max_run_duration; the rest goes in the next run.
+    Stopped(String),
 }
 
 impl Outcome {
@@ -34,13 +38,23 @@ impl Outcome {
             Outcome::Succeeded => "succeeded",
             Outcome::Failed(_) => "failed",
             Outcome::Interrupted(_) => "interrupted",
+            Outcome::Stopped(_) => "stopped",
         }
     }
 
-    pub fn error(&self) -> Option<&str> {
+    pub fn error(&self) -> Option<&Error> {
+        match self {
+            Outcome::Succeeded | Outcome::Stopped(_) => None,
+            Outcome::Failed(e) | Outcome::Interrupted(e) => Some(e),
+        }
+    }
+
+    /// What the `error` column says: the error's message, or why a run stopped.
+    pub fn message(&self) -> Option<&str> {
         match self {
             Outcome::Succeeded => None,
-            Outcome::Failed(e) | Outcome::Interrupted(e) => Some(e),
+            Outcome::Stopped(why) => Some(why),
+            Outcome::Failed(e) | Outcome::Interrupted(e) => Some(&e.message),
         }
     }
 }
@@ -93,17 +107,22 @@ pub struct Counts {
 
 /// Records the end of a run.
 pub fn finish(run_id: i64, outcome: &Outcome, counts: &Counts) {
+    let error = outcome.error();
     Spi::run_with_args(
         "UPDATE token_cleanup.runs SET status = $2, error = $3, rows_deleted = $4, batches = $5, \
-                longest_batch_ms = $6, method = $7, finished_at = clock_timestamp() WHERE id = $1",
+                longest_batch_ms = $6, method = $7, sqlstate = $8, error_detail = $9, error_hint = $10, \
+                finished_at = pg_catalog.clock_timestamp() WHERE id = $1",
         &[
             run_id.into(),
             outcome.status().into(),
-            outcome.error().into(),
+            outcome.message().into(),
             counts.rows_deleted.into(),
             counts.batches.into(),
             counts.longest_batch_ms.into(),
             counts.method.into(),
+            error.map(Error::sqlstate_text).into(),
+            error.and_then(|e| e.detail.clone()).into(),
+            error.and_then(|e| e.hint.clone()).into(),
         ],
     )
     .expect("updating token_cleanup.runs");

@@ -1,18 +1,26 @@
 //! The utility hook that keeps our workers out of the way of statements that need a database to
 //! themselves: a worker connected to a database makes a plain `DROP DATABASE`, `ALTER DATABASE …
-//! RENAME` or `CREATE DATABASE … TEMPLATE` of it fail with "being accessed by other users". Before
-//! such a statement runs, the hook sends SIGTERM to this extension's workers in that database and
-//! waits (up to [`STOP_WAIT`]) for them to exit. A scheduler stopped this way records its current run
-//! as `interrupted`; the launcher starts it again after `pg_token_cleanup.database_probe_interval`
-//! if the database is still there.
+//! RENAME`, `ALTER DATABASE … SET TABLESPACE` or `CREATE DATABASE … TEMPLATE` of it fail with "being
+//! accessed by other users". Before such a statement runs, the hook finds this extension's workers in
+//! that database in the registry, sends them SIGTERM and waits (up to [`STOP_WAIT`]) for them to
+//! exit, and asks the launcher to start none there for [`HOLD`]; once the statement has succeeded
+//! the launcher may start the scheduler again at once. A run stopped this way is recorded
+//! `interrupted`.
+//!
+//! Only for a statement that will pass its own permission check: by a superuser or the database's
+//! owner (with CREATEDB where the statement needs it). Another role's refused `DROP DATABASE` stops
+//! nothing.
 
-use crate::worker;
+use crate::worker::registry;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::time::{Duration, Instant};
 
 const STOP_WAIT: Duration = Duration::from_secs(5);
+/// How long the launcher keeps away from a database whose workers the hook stopped, unless the
+/// statement ends first.
+const HOLD: Duration = Duration::from_secs(10);
 
 static mut PREVIOUS: pg_sys::ProcessUtility_hook_type = None;
 
@@ -42,7 +50,8 @@ pub fn init() {
 /// The hook itself is deliberately not `#[pg_guard]`ed: it owns nothing with a destructor, so an
 /// ERROR raised by the statement longjmps across a plain frame, as RFC 2945 allows for "C-unwind",
 /// and reaches the client untouched (pgrx's guard would re-raise it without its context, position
-/// and object-name fields). Our own work runs in [`before_statement`], which is guarded.
+/// and object-name fields). Our own work runs in [`before_statement`] and [`after_statement`], which
+/// are guarded.
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
@@ -57,7 +66,7 @@ unsafe extern "C-unwind" fn process_utility(
     // SAFETY: PostgreSQL passes a valid planned utility statement; the next hook is called with
     // exactly the arguments we were given.
     unsafe {
-        before_statement(pstmt);
+        let stopped = before_statement(pstmt);
         let next = PREVIOUS.unwrap_or(standard_ProcessUtility);
         next(
             pstmt,
@@ -69,76 +78,124 @@ unsafe extern "C-unwind" fn process_utility(
             dest,
             qc,
         );
+        if stopped != pg_sys::InvalidOid {
+            after_statement(stopped);
+        }
     }
 }
 
-/// Stops this extension's workers in the database the statement needs to itself, if any.
+/// Stops this extension's workers in the database the statement needs to itself, if any and if
+/// the statement will be allowed. Returns that database (InvalidOid if none was stopped).
 #[pg_guard]
-unsafe extern "C-unwind" fn before_statement(pstmt: *mut pg_sys::PlannedStmt) {
+unsafe extern "C-unwind" fn before_statement(pstmt: *mut pg_sys::PlannedStmt) -> pg_sys::Oid {
     // SAFETY: PostgreSQL passes a valid planned utility statement.
     unsafe {
-        let name = database_needing_sole_access((*pstmt).utilityStmt);
-        if !name.is_null() {
-            let database = pg_sys::get_database_oid(name, true);
-            if database != pg_sys::InvalidOid {
-                stop_workers_in(database);
-            }
+        let Some(needed) = database_needing_sole_access((*pstmt).utilityStmt) else {
+            return pg_sys::InvalidOid;
+        };
+        let database = pg_sys::get_database_oid(needed.name, true);
+        if database == pg_sys::InvalidOid || !will_be_allowed(database, needed.needs_createdb) {
+            return pg_sys::InvalidOid;
         }
+        let workers = registry::workers_in(database);
+        if workers.is_empty() {
+            return pg_sys::InvalidOid;
+        }
+        let hold = i64::try_from(HOLD.as_micros()).unwrap_or(i64::MAX);
+        registry::hold(database, pg_sys::GetCurrentTimestamp().saturating_add(hold));
+        stop(&workers);
+        database
     }
+}
+
+/// The statement succeeded: the launcher need not keep away any longer.
+#[pg_guard]
+unsafe extern "C-unwind" fn after_statement(database: pg_sys::Oid) {
+    registry::hold(database, 0);
+    registry::wake_launcher();
+}
+
+/// Whether the current user passes the statement's own permission check: a superuser, or the
+/// database's owner (holding CREATEDB when the statement needs it).
+fn will_be_allowed(database: pg_sys::Oid, needs_createdb: bool) -> bool {
+    // SAFETY: catalog checks of the current user.
+    unsafe {
+        if pg_sys::superuser() {
+            return true;
+        }
+        let user = pg_sys::GetUserId();
+        pg_sys::pg_database_ownercheck(database, user)
+            && (!needs_createdb || pg_sys::have_createdb_privilege())
+    }
+}
+
+/// The database a statement needs to itself, and whether the statement requires CREATEDB.
+struct SoleAccess {
+    name: *const std::ffi::c_char,
+    needs_createdb: bool,
 }
 
 /// The database a statement needs no other session in: the one dropped (`DROP DATABASE`), renamed
-/// (`ALTER DATABASE … RENAME`), or copied as a template (`CREATE DATABASE … TEMPLATE`). Null if none.
-unsafe fn database_needing_sole_access(stmt: *mut pg_sys::Node) -> *const std::ffi::c_char {
+/// (`ALTER DATABASE … RENAME`), moved (`ALTER DATABASE … SET TABLESPACE`) or copied as a template
+/// (`CREATE DATABASE … TEMPLATE`).
+unsafe fn database_needing_sole_access(stmt: *mut pg_sys::Node) -> Option<SoleAccess> {
     // SAFETY: the caller passes a valid utility statement node (or null).
     unsafe {
         if stmt.is_null() {
-            return std::ptr::null();
+            return None;
         }
+        let access = |name, needs_createdb| {
+            Some(SoleAccess {
+                name,
+                needs_createdb,
+            })
+        };
         match (*stmt).type_ {
-            pg_sys::NodeTag::T_DropdbStmt => (*(stmt as *mut pg_sys::DropdbStmt)).dbname,
+            pg_sys::NodeTag::T_DropdbStmt => {
+                access((*(stmt as *mut pg_sys::DropdbStmt)).dbname, false)
+            }
             pg_sys::NodeTag::T_RenameStmt => {
                 let rename = stmt as *mut pg_sys::RenameStmt;
-                if (*rename).renameType == pg_sys::ObjectType::OBJECT_DATABASE {
-                    (*rename).subname
-                } else {
-                    std::ptr::null()
-                }
+                ((*rename).renameType == pg_sys::ObjectType::OBJECT_DATABASE)
+                    .then_some(())
+                    .and_then(|()| access((*rename).subname, true))
             }
             pg_sys::NodeTag::T_CreatedbStmt => {
-                let options = (*(stmt as *mut pg_sys::CreatedbStmt)).options;
-                let count = if options.is_null() {
-                    0
-                } else {
-                    (*options).length
-                };
-                for i in 0..count as usize {
-                    let def = (*(*options).elements.add(i)).ptr_value as *mut pg_sys::DefElem;
-                    if CStr::from_ptr((*def).defname).to_bytes() == b"template" {
-                        return pg_sys::defGetString(def);
-                    }
-                }
-                std::ptr::null()
+                option((*(stmt as *mut pg_sys::CreatedbStmt)).options, b"template")
+                    .and_then(|name| access(name, true))
             }
-            _ => std::ptr::null(),
+            pg_sys::NodeTag::T_AlterDatabaseStmt => {
+                let alter = stmt as *mut pg_sys::AlterDatabaseStmt;
+                option((*alter).options, b"tablespace").and_then(|_| access((*alter).dbname, false))
+            }
+            _ => None,
         }
     }
 }
 
-/// SIGTERMs our schedulers and runners connected to `database` and waits for them to exit.
-fn stop_workers_in(database: pg_sys::Oid) {
-    let pids: Vec<i32> = Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datid = $1 AND backend_type IN ($2, $3)",
-            None,
-            &[database.into(), worker::SCHEDULER_TYPE.into(), worker::RUNNER_TYPE.into()],
-        )?;
-        rows.map(|r| r.get::<i32>(1).map(|p| p.unwrap_or(0))).collect::<Result<Vec<_>, _>>()
-    })
-    .unwrap_or_default();
-    let pids: Vec<i32> = pids.into_iter().filter(|p| *p > 0).collect();
-    for &pid in &pids {
-        // SAFETY: kill(2) of our own worker process.
+/// The string value of the DefElem named `name` in `options`.
+unsafe fn option(options: *mut pg_sys::List, name: &[u8]) -> Option<*const std::ffi::c_char> {
+    // SAFETY: `options` is a valid List of DefElem (or null).
+    unsafe {
+        let count = if options.is_null() {
+            0
+        } else {
+            (*options).length
+        };
+        for i in 0..count as usize {
+            let def = (*(*options).elements.add(i)).ptr_value as *mut pg_sys::DefElem;
+            if CStr::from_ptr((*def).defname).to_bytes() == name {
+                return Some(pg_sys::defGetString(def));
+            }
+        }
+        None
+    }
+}
+
+/// SIGTERMs the given workers and waits for them to exit.
+fn stop(pids: &[i32]) {
+    for &pid in pids {
+        // SAFETY: kill(2) of our own worker process (a pid from the registry).
         unsafe { libc::kill(pid, libc::SIGTERM) };
     }
     let deadline = Instant::now() + STOP_WAIT;

@@ -56,6 +56,7 @@ pub extern "C-unwind" fn _PG_init() {
              (ALTER SYSTEM SET shared_preload_libraries = 'pg_token_cleanup') and restart the server.",
         );
     }
+    worker::registry::init();
     hooks::init();
     worker::launcher::register();
 }

@@ -30,7 +30,7 @@ pub fn lookup_table(name: &str) -> Result<Option<ResolvedTable>, String> {
         );
         Ok(oid)
     })
-    .catch_others(|e| Err(crate::errors::describe(e).message))
+    .catch_others(|e| Err(crate::errors::Error::from_caught(e).message))
     .execute()?;
     if caught == pg_sys::InvalidOid {
         return Ok(None);

@@ -19,7 +19,7 @@ mod range_delete;
 mod sizer;
 
 use crate::catalog::Rule;
-use crate::errors::CaughtSqlError;
+use crate::errors::Error;
 use crate::history::{self, Outcome};
 use crate::owner::{self, Limits};
 use crate::target::{self, ResolvedTable};
@@ -36,10 +36,6 @@ use std::time::{Duration, Instant};
 pub const COLLECT_LIMIT: usize = 1_000_000;
 /// How long a batch's plain DELETE waits for a row lock before the batch is redone with SKIP LOCKED.
 const OPTIMISTIC_LOCK_WAIT_MS: i32 = 1;
-/// SQLSTATE of a lock timeout.
-const LOCK_NOT_AVAILABLE: &str = "55P03";
-/// First key of the advisory locks that keep a rule from running twice at once ("tknc").
-const RULE_LOCK_CLASS: i32 = 0x746b_6e63;
 
 /// What a run did.
 #[derive(Debug, Clone)]
@@ -122,40 +118,13 @@ struct Deleted {
     last: Option<(u32, u16)>,
 }
 
-/// Takes the rule's run lock for this session; false when another session holds it.
-pub fn try_lock_rule(rule_id: i64) -> bool {
-    Spi::get_one_with_args::<bool>(
-        "SELECT pg_try_advisory_lock($1, $2)",
-        &[RULE_LOCK_CLASS.into(), rule_key(rule_id).into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
-}
-
-pub fn unlock_rule(rule_id: i64) {
-    let _ = Spi::get_one_with_args::<bool>(
-        "SELECT pg_advisory_unlock($1, $2)",
-        &[RULE_LOCK_CLASS.into(), rule_key(rule_id).into()],
-    );
-}
-
-/// Whether another session holds a lock on the rule's table that a DELETE would wait for. The
-/// scheduler asks before starting a run, so a rule whose table is locked waits (up to its
-/// lock_timeout) without holding up the other rules. A missing table is "not locked": the run then
-/// fails with a clear error.
-pub fn table_locked_by_others(rule: &Rule) -> bool {
-    let Ok(Some(table)) = target::lookup_table(&rule.table_name) else {
-        return false;
-    };
+/// Whether another session holds a lock on `table` that a DELETE would wait for. A run asks before
+/// it starts, and waits (up to its lock_timeout) without holding a lock itself.
+pub fn table_locked_by_others(table: pg_sys::Oid) -> bool {
     // SAFETY: a conditional lock in the current (short) transaction, released at its end.
     !unsafe {
-        pg_sys::ConditionalLockRelationOid(table.oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE)
+        pg_sys::ConditionalLockRelationOid(table, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE)
     }
-}
-
-fn rule_key(rule_id: i64) -> i32 {
-    (rule_id % i64::from(i32::MAX)) as i32
 }
 
 /// A run's running totals, recorded after every batch.
@@ -163,6 +132,8 @@ struct Tally<'a> {
     run_id: i64,
     started: Instant,
     stop_requested: &'a dyn Fn() -> bool,
+    /// The rule's max_run_duration: the run stops between batches once it has run this long.
+    max_duration: Option<Duration>,
     rows_deleted: i64,
     batches: i32,
     scan_ms: u128,
@@ -180,6 +151,7 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
         run_id,
         started,
         stop_requested,
+        max_duration: rule.max_run_duration(),
         rows_deleted: 0,
         batches: 0,
         scan_ms: 0,
@@ -260,16 +232,14 @@ fn walk_table(
 /// deletes them in batches sized by a [`BatchSizer`] (never more than the rule's batch_size).
 fn delete_through_index(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<Outcome, Outcome> {
     loop {
-        if (tally.stop_requested)() {
-            return Err(interrupted());
-        }
+        tally.check_stop()?;
         let scan_started = Instant::now();
         let collected = BackgroundWorker::transaction(|| collect(rule, plan));
         tally.scan_ms += scan_started.elapsed().as_millis();
         let candidates = match collected {
             Ok(c) => c,
             Err(_) if (tally.stop_requested)() => return Err(interrupted()),
-            Err(e) => return Err(Outcome::Failed(format!("finding rows to delete: {e}"))),
+            Err(e) => return Err(Outcome::Failed(e.context("finding rows to delete"))),
         };
         let full_scan = candidates.len() >= COLLECT_LIMIT;
         let mut sizer = BatchSizer::new(
@@ -299,9 +269,7 @@ impl Tally<'_> {
     /// long it took (ms, start to commit); `Err` ends the run (stop requested, or a failure).
     fn batch(&mut self, plan: &Plan, batch: Batch) -> Result<(Deleted, f64), Outcome> {
         self.keep_pace(plan.max_rows_per_second);
-        if (self.stop_requested)() {
-            return Err(interrupted());
-        }
+        self.check_stop()?;
         let started = Instant::now();
         let (run_id, done, batches) = (self.run_id, self.rows_deleted, self.batches);
         let result = BackgroundWorker::transaction(|| {
@@ -322,10 +290,24 @@ impl Tally<'_> {
                 Ok((deleted, elapsed.as_secs_f64() * 1000.0))
             }
             Err(_) if (self.stop_requested)() => Err(interrupted()),
-            Err(e) => Err(Outcome::Failed(format!(
-                "deleting batch {}: {e}",
-                self.batches + 1
+            Err(e) => Err(Outcome::Failed(
+                e.context(format!("deleting batch {}", self.batches + 1)),
+            )),
+        }
+    }
+
+    /// Ends the run between batches: interrupted on SIGTERM, stopped at max_run_duration.
+    fn check_stop(&self) -> Result<(), Outcome> {
+        if (self.stop_requested)() {
+            return Err(interrupted());
+        }
+        match self.max_duration {
+            Some(max) if self.started.elapsed() >= max => Err(Outcome::Stopped(format!(
+                "stopped after max_run_duration ({} s) with {} rows deleted; the rest go in the next run",
+                max.as_secs_f64(),
+                self.rows_deleted
             ))),
+            _ => Ok(()),
         }
     }
 
@@ -338,7 +320,7 @@ impl Tally<'_> {
         }
         let due =
             Duration::from_secs_f64(self.rows_deleted as f64 / f64::from(max_rows_per_second));
-        while !(self.stop_requested)() {
+        while self.check_stop().is_ok() {
             let Some(ahead) = due.checked_sub(self.started.elapsed()) else {
                 return;
             };
@@ -380,34 +362,51 @@ fn supported_wal_compression() -> Option<&'static str> {
 }
 
 fn interrupted() -> Outcome {
-    Outcome::Interrupted(
+    Outcome::Interrupted(Error::new(
+        PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
         "stopped by SIGTERM (server shutdown, DROP DATABASE or pg_terminate_backend); \
-         committed batches stay deleted, the rest go in the next run"
-            .into(),
-    )
+         committed batches stay deleted, the rest go in the next run",
+    ))
 }
 
 /// Resolves the owner and the table as they are *now* (a dropped or renamed table, a dropped owner,
 /// a revoked privilege fail this run only), and chooses the run's [`Method`].
-fn prepare(rule: &Rule) -> Result<Plan, String> {
+fn prepare(rule: &Rule) -> Result<Plan, Error> {
     let owner = owner::role_oid(&rule.owner).ok_or_else(|| {
-        format!(
-            "owner role \"{}\" of rule \"{}\" does not exist",
-            rule.owner, rule.name
+        Error::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!(
+                "owner role \"{}\" of rule \"{}\" does not exist",
+                rule.owner, rule.name
+            ),
         )
+        .with_hint("Make an existing role the rule's owner (as a superuser).")
     })?;
     let table = match target::lookup_table(&rule.table_name) {
         Ok(Some(t)) => t,
         Ok(None) => {
-            return Err(format!(
-                "table {} of rule \"{}\" does not exist (dropped or renamed?)",
-                rule.table_name, rule.name
+            return Err(Error::new(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!(
+                    "table {} of rule \"{}\" does not exist (dropped or renamed?)",
+                    rule.table_name, rule.name
+                ),
+            )
+            .with_hint("Point the rule at the table again: UPDATE token_cleanup.rules SET table_name = … WHERE name = …."))
+        }
+        Err(why) => {
+            return Err(Error::new(
+                PgSqlErrorCode::ERRCODE_INVALID_NAME,
+                format!("invalid table name {}: {why}", rule.table_name),
             ))
         }
-        Err(why) => return Err(format!("invalid table name {}: {why}", rule.table_name)),
     };
-    if let Some((what, _)) = target::unsupported_kind(table.oid) {
-        return Err(format!("table {} {what}", table.qualified_name));
+    if let Some((what, fix)) = target::unsupported_kind(table.oid) {
+        return Err(Error::new(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("table {} {what}", table.qualified_name),
+        )
+        .with_hint(fix));
     }
     // A superuser's rule on another role's table runs as that role (see owner::run_as).
     let owner = owner::run_as(owner, table.oid);
@@ -430,7 +429,7 @@ fn prepare(rule: &Rule) -> Result<Plan, String> {
         skip_locked_sql: None,
         table,
     };
-    plan.method = choose_method(rule, &plan).map_err(|e| format!("planning the run: {e}"))?;
+    plan.method = choose_method(rule, &plan).map_err(|e| e.context("planning the run"))?;
     let name = &plan.table.qualified_name;
     let condition = crate::condition::embedded(&rule.condition);
     // A walk's batch returns the ctids it deleted: SPI stops the DELETE after batch_size of them,
@@ -453,7 +452,7 @@ fn prepare(rule: &Rule) -> Result<Plan, String> {
 }
 
 /// Asks the planner, as the owner, how it would find the matching rows (see [`method`]).
-fn choose_method(rule: &Rule, plan: &Plan) -> Result<Method, String> {
+fn choose_method(rule: &Rule, plan: &Plan) -> Result<Method, Error> {
     let explain = format!(
         "EXPLAIN (FORMAT JSON) SELECT ctid FROM ONLY {} WHERE {}",
         plan.table.qualified_name,
@@ -464,18 +463,20 @@ fn choose_method(rule: &Rule, plan: &Plan) -> Result<Method, String> {
         // SAFETY: scoped to as_owner's GUC nest level.
         unsafe { owner::set_local("max_parallel_workers_per_gather", "0") };
         Spi::get_one::<pgrx::Json>(&explain)
-    })
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?
-    .ok_or("EXPLAIN returned no plan")?;
+    })??
+    .ok_or_else(|| {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "EXPLAIN returned no plan",
+        )
+    })?;
     let node = &top.0[0]["Plan"];
     let node_type = node["Node Type"].as_str().unwrap_or("");
     let estimated_rows = node["Plan Rows"].as_f64().unwrap_or(0.0);
     let blocks = Spi::get_one_with_args::<i64>(
         "SELECT pg_relation_size($1) / current_setting('block_size')::bigint",
         &[plan.table.oid.into()],
-    )
-    .map_err(|e| e.to_string())?
+    )?
     .unwrap_or(0);
     Ok(Method::from_plan(
         node_type,
@@ -485,11 +486,7 @@ fn choose_method(rule: &Rule, plan: &Plan) -> Result<Method, String> {
     ))
 }
 
-fn owner_statement<R>(
-    plan: &Plan,
-    limits: Limits,
-    f: impl FnOnce() -> R,
-) -> Result<R, CaughtSqlError> {
+fn owner_statement<R>(plan: &Plan, limits: Limits, f: impl FnOnce() -> R) -> Result<R, Error> {
     crate::errors::in_subtransaction(|| {
         owner::as_owner(plan.owner, limits, || {
             owner::timed(limits, || crate::worker::signals::cancellable(f))
@@ -498,7 +495,7 @@ fn owner_statement<R>(
 }
 
 /// One scan: the ctids of up to COLLECT_LIMIT rows matching the condition now, in physical order.
-fn collect(rule: &Rule, plan: &Plan) -> Result<Vec<pg_sys::ItemPointerData>, String> {
+fn collect(rule: &Rule, plan: &Plan) -> Result<Vec<pg_sys::ItemPointerData>, Error> {
     // One array datum, copied out as raw bytes: a million rows through SPI tuples, or through
     // per-element conversion, costs several times the scan itself.
     let sql = format!(
@@ -522,9 +519,7 @@ fn collect(rule: &Rule, plan: &Plan) -> Result<Vec<pg_sys::ItemPointerData>, Str
             };
             Ok(ctids)
         })
-    })
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    })??;
     ctids.sort_unstable_by_key(|t| (block_number(t), t.ip_posid));
     Ok(ctids)
 }
@@ -550,21 +545,19 @@ fn tid(block: u32, offset: u16) -> pg_sys::ItemPointerData {
 /// first tries a plain DELETE that gives up on the first row lock within [`OPTIMISTIC_LOCK_WAIT_MS`];
 /// only a batch that meets a locked row is redone with SKIP LOCKED. Owners without UPDATE (which row
 /// locks require) get the plain DELETE with the rule's lock timeout.
-fn delete_batch(plan: &Plan, batch: &Batch) -> Result<Deleted, String> {
+fn delete_batch(plan: &Plan, batch: &Batch) -> Result<Deleted, Error> {
     let Some(skipping) = &plan.skip_locked_sql else {
-        return run_delete(plan, plan.limits, &plan.delete_sql, batch).map_err(|e| e.to_string());
+        return run_delete(plan, plan.limits, &plan.delete_sql, batch);
     };
     let optimistic = Limits {
         lock_timeout_ms: OPTIMISTIC_LOCK_WAIT_MS,
         ..plan.limits
     };
     match run_delete(plan, optimistic, &plan.delete_sql, batch) {
-        Err(e) if e.sqlstate == LOCK_NOT_AVAILABLE => {
-            run_delete(plan, plan.limits, skipping, batch)
-                .map(|d| Deleted { redone: true, ..d })
-                .map_err(|e| e.to_string())
+        Err(e) if e.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => {
+            run_delete(plan, plan.limits, skipping, batch).map(|d| Deleted { redone: true, ..d })
         }
-        other => other.map_err(|e| e.to_string()),
+        other => other,
     }
 }
 
@@ -573,7 +566,7 @@ fn run_delete(
     limits: Limits,
     sql: &BatchSql,
     batch: &Batch,
-) -> Result<Deleted, CaughtSqlError> {
+) -> Result<Deleted, Error> {
     owner_statement(plan, limits, || {
         // Fetch exactly the batch's rows by ctid (a TID or TID range scan). Left to itself the
         // planner may prefer an index on the condition's columns and walk every matching row of the
@@ -622,8 +615,5 @@ fn run_delete(
             }
         }
     })?
-    .map_err(|e| CaughtSqlError {
-        sqlstate: "XX000".into(),
-        message: e.to_string(),
-    })
+    .map_err(Error::from)
 }

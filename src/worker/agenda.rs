@@ -19,6 +19,8 @@ use std::rc::Rc;
 pub struct AgendaRule {
     pub id: i64,
     pub schedule: String,
+    /// The rule's own time zone; `None`: the agenda's (the setting).
+    pub timezone: Option<String>,
     /// Epoch seconds of the rule's last change.
     pub updated_at: f64,
     /// Epoch seconds of the start of its last scheduled run.
@@ -28,6 +30,8 @@ pub struct AgendaRule {
 #[derive(Debug)]
 struct Entry {
     updated_at: f64,
+    /// The time zone the schedule is evaluated in.
+    tz: chrono_tz::Tz,
     /// Shared by every rule with the same schedule text: a parsed schedule holds a few kB of
     /// ordinal sets, which 10,000 rules would otherwise multiply.
     schedule: Rc<Schedule>,
@@ -79,9 +83,23 @@ impl Agenda {
         let mut fresh = HashMap::with_capacity(rules.len());
         let mut parsed: HashMap<&str, Rc<Schedule>> = HashMap::new();
         for rule in rules {
+            let rule_tz = match rule.timezone.as_deref() {
+                None => self.tz,
+                Some(name) => match name.parse::<chrono_tz::Tz>() {
+                    Ok(tz) => tz,
+                    Err(_) => {
+                        rejected.push(Rejected {
+                            id: rule.id,
+                            reason: format!("unknown time zone \"{name}\""),
+                        });
+                        continue;
+                    }
+                },
+            };
             if let Some(old) = self.entries.remove(&rule.id) {
                 if old.schedule.source() == rule.schedule.trim()
                     && old.updated_at == rule.updated_at
+                    && old.tz == rule_tz
                 {
                     parsed
                         .entry(&rule.schedule)
@@ -113,12 +131,13 @@ impl Agenda {
             };
             let base = from_epoch(base).min(now);
             let next_due = schedule
-                .next_after(&base.with_timezone(&self.tz))
+                .next_after(&base.with_timezone(&rule_tz))
                 .map(|t| t.with_timezone(&Utc));
             fresh.insert(
                 rule.id,
                 Entry {
                     updated_at: rule.updated_at,
+                    tz: rule_tz,
                     schedule,
                     next_due,
                 },
@@ -142,11 +161,10 @@ impl Agenda {
     /// Records that `id` ran (or was skipped) and finished at `now`: its next due time is the first
     /// fire time after `now`.
     pub fn done(&mut self, id: i64, now: DateTime<Utc>) {
-        let tz = self.tz;
         if let Some(e) = self.entries.get_mut(&id) {
             e.next_due = e
                 .schedule
-                .next_after(&now.with_timezone(&tz))
+                .next_after(&now.with_timezone(&e.tz))
                 .map(|t| t.with_timezone(&Utc));
         }
     }
@@ -190,6 +208,7 @@ mod tests {
         AgendaRule {
             id,
             schedule: schedule.into(),
+            timezone: None,
             updated_at: t(updated).timestamp() as f64,
             last_scheduled: last.map(|l| t(l).timestamp() as f64),
         }

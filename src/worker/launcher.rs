@@ -1,6 +1,7 @@
 //! The launcher: the one static worker that finds databases and keeps a scheduler running in each
 //! database that has the extension (see the design note in `worker/mod.rs`).
 
+use super::registry::{self, Kind};
 use super::{signals, LIBRARY, SCHEDULER_TYPE};
 use crate::gucs;
 use pgrx::bgworkers::{
@@ -19,8 +20,9 @@ pub const TICK: Duration = Duration::from_secs(5);
 const STARTS_PER_TICK: usize = 4;
 /// A database is not probed twice within this time, however often the launcher is woken.
 const MIN_PROBE_GAP: Duration = Duration::from_secs(1);
-/// A scheduler alive this long after it was started is serving its database, not probing it.
-const PROBE_SETTLED: Duration = Duration::from_secs(5);
+/// A scheduler that left while the extension was there (pg_terminate_backend, an error) is started
+/// again after this.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// Registers the launcher; called from `_PG_init` while preloading.
 pub fn register() {
@@ -36,8 +38,8 @@ pub fn register() {
 struct Database {
     name: String,
     scheduler: Option<DynamicBackgroundWorker>,
-    next_probe: Instant,
-    last_probe: Option<Instant>,
+    next_start: Instant,
+    last_start: Option<Instant>,
     /// CREATE EXTENSION somewhere woke the launcher: probe again soon, even if a probe was in
     /// flight (it may have looked before the extension was committed).
     wake_requested: bool,
@@ -51,6 +53,10 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
     // the way of DROP DATABASE.
     BackgroundWorker::connect_worker_to_spi(None, None);
     signals::reload_config_if_asked();
+    if registry::register(Kind::Launcher, pg_sys::InvalidOid, 0).is_err() {
+        warning!("pg_token_cleanup: launcher not starting: the registry of workers is full");
+        return;
+    }
     log!("pg_token_cleanup: launcher started");
 
     let mut databases: HashMap<pg_sys::Oid, Database> = HashMap::new();
@@ -60,52 +66,68 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
         let now = Instant::now();
         let listed = list_databases();
         databases.retain(|oid, _| listed.iter().any(|(o, _)| o == oid));
+        registry::retain_databases(|oid| listed.iter().any(|(o, _)| *o == oid));
         let mut started = 0;
         for (oid, name) in listed {
             let db = databases.entry(oid).or_insert_with(|| Database {
                 name: name.clone(),
                 scheduler: None,
-                next_probe: now,
-                last_probe: None,
+                next_start: now,
+                last_start: None,
                 wake_requested: false,
             });
             db.wake_requested |= woken;
-            if db.scheduler.as_ref().is_some_and(is_alive) {
-                if db.last_probe.is_some_and(|t| t.elapsed() >= PROBE_SETTLED) {
-                    // Serving: a wake-up is not for this database.
-                    db.wake_requested = false;
-                }
+            if registry::scheduler_serves(oid) {
+                db.wake_requested = false;
                 continue;
             }
+            if db.scheduler.as_ref().is_some_and(is_alive) {
+                continue;
+            }
+            let (no_extension, hold_until) = registry::database_view(oid);
             if db.scheduler.take().is_some() {
-                // It exited: extension absent or dropped, SIGTERM, or another scheduler serves it.
-                db.next_probe = now + gucs::database_probe_interval();
+                // It left: the extension is absent (probe later), or it was stopped (start again).
+                db.next_start = now
+                    + if no_extension {
+                        gucs::database_probe_interval()
+                    } else {
+                        RESTART_DELAY
+                    };
             }
             if std::mem::take(&mut db.wake_requested) {
-                let soonest = db.last_probe.map_or(now, |t| t + MIN_PROBE_GAP).max(now);
-                db.next_probe = db.next_probe.min(soonest);
+                let soonest = db.last_start.map_or(now, |t| t + MIN_PROBE_GAP).max(now);
+                db.next_start = db.next_start.min(soonest);
             }
-            if now < db.next_probe || started >= STARTS_PER_TICK {
+            // A utility statement (DROP DATABASE, …) asked the workers to stay away meanwhile.
+            db.next_start = db.next_start.max(now + until(hold_until));
+            if now < db.next_start || started >= STARTS_PER_TICK {
                 continue;
             }
             started += 1;
-            db.last_probe = Some(now);
-            db.next_probe = now + gucs::database_probe_interval();
+            db.last_start = Some(now);
+            db.next_start = now + gucs::database_probe_interval();
             db.scheduler = start_scheduler(oid, &db.name);
         }
-        let next_probe = databases
+        let next = databases
             .values()
             .filter(|d| d.scheduler.is_none())
-            .map(|d| d.next_probe.saturating_duration_since(Instant::now()))
+            .map(|d| d.next_start.saturating_duration_since(Instant::now()))
             .min()
             .unwrap_or(TICK);
-        woken = signals::wait(next_probe.clamp(Duration::from_millis(100), TICK));
+        woken = signals::wait(next.clamp(Duration::from_millis(100), TICK));
     }
     log!("pg_token_cleanup: launcher stopped");
     // Exit 1 so that the postmaster restarts a launcher ended by pg_terminate_backend (it does not
     // restart anything during shutdown).
     // SAFETY: ends this process, as a worker may.
     unsafe { pg_sys::proc_exit(1) };
+}
+
+/// Time from now until a PostgreSQL timestamp (zero if it is past).
+fn until(at: pg_sys::TimestampTz) -> Duration {
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    Duration::from_micros(at.saturating_sub(now).max(0) as u64)
 }
 
 fn is_alive(worker: &DynamicBackgroundWorker) -> bool {

@@ -3,31 +3,40 @@
 //! - **launcher** (static, one per cluster, registered in `_PG_init`): connects to no database, reads
 //!   `pg_database` every [`launcher::TICK`], and keeps one **scheduler** running per database that
 //!   has the extension. It cannot see `pg_extension` of other databases, so it *probes*: it starts a
-//!   scheduler, which exits at once where the extension is absent; such databases are probed again
-//!   after `pg_token_cleanup.database_probe_interval`, or at once when `CREATE EXTENSION` wakes the
-//!   launcher (SIGUSR1 at commit).
+//!   scheduler, which exits at once where the extension is absent (and says so in the registry);
+//!   such databases are probed again after `pg_token_cleanup.database_probe_interval`, or at once
+//!   when `CREATE EXTENSION` wakes the launcher. A scheduler that left for any other reason
+//!   (`pg_terminate_backend`, an error) is started again within a few seconds.
 //! - **scheduler** (dynamic, one per database): loads enabled rules, sleeps until the next due time,
-//!   runs due rules one after another, records runs, prunes history. A change to the rules wakes it
-//!   (SIGUSR1 sent at commit by the rules trigger) and only then does it reload. It exits on SIGTERM
-//!   (server shutdown, `DROP DATABASE` via our utility hook, `pg_terminate_backend`) and when the
-//!   extension is dropped.
-//! - **runner** (dynamic, one per `token_cleanup.run()` call): runs one rule now, exactly as the
-//!   scheduler would, while the calling session waits for it.
+//!   hands due rules to **runners** (at most `pg_token_cleanup.max_parallel_runs`, round-robin by
+//!   owner), prunes history. A committed rule change (relcache invalidation of the rules table, and a
+//!   latch set at commit) makes it reload.
+//! - **runner** (dynamic): performs runs. Pooled runners serve their scheduler; a manual runner
+//!   performs the one run of a `token_cleanup.run()` call while the caller waits.
+//!
+//! They meet in the [`registry`] in shared memory, not in `pg_stat_activity` (which hides other
+//! roles' sessions) nor through advisory locks (which any role can take): which worker serves which
+//! database, their latches, and which rule and table each runner is running. A rule never runs twice
+//! at once, and two rules on one table never run together: every run claims both in the registry.
+//! A scheduled slot that finds its rule claimed by a manual run is skipped; a manual run that finds
+//! it claimed fails with 55006.
 //!
 //! All workers start only after recovery (`BgWorkerStart_RecoveryFinished`): a hot standby runs
-//! nothing, and a promoted standby starts working at once. A rule never runs twice at once: every
-//! run holds a session advisory lock on the rule; a scheduled run finding it taken skips that slot,
-//! a manual run fails with a clear error.
+//! nothing, and a promoted standby starts working at once.
 
 pub mod agenda;
+pub mod dispatch;
+pub mod handoff;
 pub mod launcher;
+pub mod lifecycle;
+pub mod registry;
 pub mod runner;
 pub mod scheduler;
 pub mod signals;
 
 use crate::catalog::Rule;
 use crate::executor::RunReport;
-use crate::history::{Outcome, Trigger};
+use crate::history::Trigger;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -49,6 +58,8 @@ const WORKER_SETTINGS: [(&str, &str); 12] = [
     // of rules costs enough to trigger it) loads LLVM and keeps growing its memory.
     ("jit", "off"),
     ("statement_timeout", "0"),
+    // The scheduler's own statements set a short lock_timeout where they could wait; the owner's
+    // statements set the rule's.
     ("lock_timeout", "0"),
     ("idle_in_transaction_session_timeout", "0"),
     ("default_transaction_isolation", "read committed"),
@@ -93,8 +104,8 @@ pub fn log_run(rule: &Rule, run_id: i64, trigger: Trigger, report: &RunReport) {
         report.longest_batch_ms,
         report.batches_redone
     );
-    match &report.outcome {
-        Outcome::Succeeded => log!("{what}"),
-        Outcome::Failed(e) | Outcome::Interrupted(e) => log!("{what}: {e}"),
+    match report.outcome.message() {
+        None => log!("{what}"),
+        Some(why) => log!("{what}: {why}"),
     }
 }

@@ -1,33 +1,60 @@
-//! The runner: a dynamic worker that performs one manual run (`token_cleanup.run()`), so that a
-//! manual run has exactly the behaviour of a scheduled one (batches in their own transactions, as the
-//! owner, recorded before work starts) while the calling session waits for it.
+//! Runners: dynamic workers that perform runs, so that a long purge never holds up other rules.
+//! - A **pooled** runner serves its database's scheduler: it waits for a job handed over in the
+//!   registry, performs it, reports the run it recorded, and waits for the next; it leaves when idle
+//!   for [`IDLE_EXIT`] or when its scheduler is gone. A scheduler keeps at most
+//!   `pg_token_cleanup.max_parallel_runs` of them.
+//! - A **manual** runner performs the one run of a `token_cleanup.run()` call while the calling
+//!   session waits for it.
+//!
+//! Both go through the same [`lifecycle::perform`].
 
+use super::handoff::{self, Handoff};
+use super::lifecycle::{self, Job};
+use super::registry::{self, Kind};
 use super::{signals, LIBRARY, RUNNER_TYPE};
-use crate::catalog;
-use crate::executor;
-use crate::history::{self, Outcome, Trigger};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use std::time::{Duration, Instant};
 
-/// Text the runner records when the rule is already running; `run()` recognises it.
-pub const ALREADY_RUNNING: &str = "already running";
+/// A pooled runner idle this long exits (it is started again when needed).
+const IDLE_EXIT: Duration = Duration::from_secs(30);
+/// How often an idle pooled runner checks that its scheduler is still there.
+const POLL: Duration = Duration::from_secs(1);
 
-/// Starts a runner for `rule_id` as run `run_id` in the current database, notifying this backend
-/// when it stops. `None` when no worker slot is free.
-pub fn spawn(rule_id: i64, run_id: i64, rule_name: &str) -> Option<DynamicBackgroundWorker> {
-    // SAFETY: reading this backend's database OID and PID.
-    let (database, my_pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::MyProcPid) };
-    let title = format!("pg_token_cleanup runner {rule_name}");
-    let title = truncated(&title, 90);
-    BackgroundWorkerBuilder::new(title)
+/// Starts a pooled runner for the calling scheduler. `None` when no worker slot is free.
+pub fn spawn_pooled(database: pg_sys::Oid, database_name: &str) -> Option<DynamicBackgroundWorker> {
+    // SAFETY: reading this process's pid.
+    let scheduler_pid = unsafe { pg_sys::MyProcPid };
+    start(
+        &format!("pg_token_cleanup runner {database_name}"),
+        database,
+        &format!("pool {scheduler_pid}"),
+    )
+}
+
+/// Starts a runner for one manual run, the job in `handoff`, notifying this backend when it stops.
+pub fn spawn_manual(handoff: &Handoff, rule_name: &str) -> Option<DynamicBackgroundWorker> {
+    // SAFETY: reading this backend's database OID.
+    let database = unsafe { pg_sys::MyDatabaseId };
+    start(
+        &format!("pg_token_cleanup runner {rule_name}"),
+        database,
+        &format!("manual {}", handoff.handle()),
+    )
+}
+
+fn start(title: &str, database: pg_sys::Oid, extra: &str) -> Option<DynamicBackgroundWorker> {
+    // SAFETY: reading this process's pid.
+    let my_pid = unsafe { pg_sys::MyProcPid };
+    BackgroundWorkerBuilder::new(truncated(title, 90))
         .set_type(RUNNER_TYPE)
         .set_library(LIBRARY)
         .set_function("pg_token_cleanup_runner_main")
         .enable_spi_access()
         .set_restart_time(None)
         .set_argument(database.into_datum())
-        .set_extra(&format!("{rule_id} {run_id}"))
+        .set_extra(extra)
         .set_notify_pid(my_pid)
         .load_dynamic()
         .ok()
@@ -47,42 +74,66 @@ fn truncated(text: &str, max: usize) -> &str {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_token_cleanup_runner_main(arg: pg_sys::Datum) {
     signals::install();
-    // SAFETY: spawn() passes an OID datum.
+    // SAFETY: the spawner passes an OID datum.
     let database = unsafe { pg_sys::Oid::from_datum(arg, false) }.expect("database OID argument");
-    let mut ids = BackgroundWorker::get_extra()
-        .split_whitespace()
-        .map(|s| s.parse::<i64>());
-    let (Some(Ok(rule_id)), Some(Ok(run_id))) = (ids.next(), ids.next()) else {
-        warning!("pg_token_cleanup: runner started without rule and run ids");
+    let extra = BackgroundWorker::get_extra().to_string();
+    let mut words = extra.split_whitespace();
+    let (mode, number) = (
+        words.next(),
+        words.next().and_then(|n| n.parse::<u32>().ok()),
+    );
+    let Some(number) = number else {
+        warning!("pg_token_cleanup: runner started without its job ({extra:?})");
         return;
     };
     super::connect(database);
-
-    // Record the run first, then take the rule's lock; a busy rule gets a failed run that says so.
-    let started = BackgroundWorker::transaction(|| {
-        let rule = catalog::load_rule_by_id(rule_id)?;
-        history::begin(
-            Some(run_id),
-            rule.id,
-            &rule.name,
-            &rule.owner,
-            Trigger::Manual,
-            None,
-        );
-        if executor::try_lock_rule(rule.id) {
-            return Some(Ok(rule));
+    match mode {
+        Some("manual") => {
+            if registry::register(Kind::Runner, database, 0).is_err() {
+                warning!(
+                    "pg_token_cleanup: no registry slot for a runner; raise nothing, retry later"
+                );
+                return;
+            }
+            match handoff::read::<Job>(number) {
+                Some(job) => {
+                    lifecycle::perform(&job, &signals::stop_requested);
+                }
+                None => {
+                    warning!("pg_token_cleanup: the caller of run() left before its runner started")
+                }
+            }
         }
-        let other = history::running_elsewhere(rule.id)
-            .map(|id| format!(" as run {id}"))
-            .unwrap_or_default();
-        let why = format!("{ALREADY_RUNNING}{other}: rule \"{}\" is being run by another session; this manual run did not start", rule.name);
-        history::finish(run_id, &Outcome::Failed(why), &history::Counts::default());
-        Some(Err(()))
-    });
-    let Some(Ok(rule)) = started else { return };
-    let report = executor::execute(&rule, run_id, &signals::stop_requested);
-    BackgroundWorker::transaction(|| executor::unlock_rule(rule.id));
-    super::log_run(&rule, run_id, Trigger::Manual, &report);
+        Some("pool") => serve(database, number as i32),
+        _ => warning!("pg_token_cleanup: runner started with an unknown job ({extra:?})"),
+    }
+}
+
+/// A pooled runner's loop: take a job, perform it, report, wait for the next.
+fn serve(database: pg_sys::Oid, scheduler_pid: i32) {
+    if registry::register(Kind::Runner, database, scheduler_pid).is_err() {
+        warning!("pg_token_cleanup: no registry slot for a runner");
+        return;
+    }
+    let mut idle_since = Instant::now();
+    while !signals::stop_requested() {
+        signals::reload_config_if_asked();
+        if let Some(handle) = registry::take() {
+            let run_id = match handoff::read::<Job>(handle) {
+                Some(job) => lifecycle::perform(&job, &signals::stop_requested),
+                None => 0,
+            };
+            registry::done(run_id);
+            idle_since = Instant::now();
+            continue;
+        }
+        let idle_too_long = idle_since.elapsed() >= IDLE_EXIT;
+        if (idle_too_long || !registry::scheduler_alive(scheduler_pid)) && registry::leave_if_idle()
+        {
+            break;
+        }
+        signals::wait(POLL);
+    }
 }
 
 #[cfg(test)]

@@ -1,40 +1,82 @@
 //! The scheduler: one dynamic worker per database with the extension. Its loop reads like a table of
-//! contents: reload rules if told to → run what is due → prune history → sleep until the next due
-//! time or a signal.
+//! contents: notice rule changes → collect finished runs → reload rules if they changed → hand due
+//! rules to runners → prune history → sleep until the next due time, a runner's end, or a signal.
+//!
+//! It runs no rule itself: due rules go to pooled runners (see `runner`), at most
+//! `pg_token_cleanup.max_parallel_runs` at once, round-robin by owner (see `dispatch`). So a long
+//! purge delays no other rule beyond the slot limit, and nothing a rule does (a lock it waits for, a
+//! statement that never ends) stalls the scheduler.
+//!
+//! Rule changes arrive as a relcache invalidation of the rules table, sent at commit (COMMIT
+//! PREPARED included) by the rules trigger, which also sets this process's latch. The scheduler
+//! reads invalidations at least every [`POLL`], so a change made without the latch (two-phase
+//! commit) still takes effect within it. Reloads are coalesced: at most one per [`RELOAD_GAP`],
+//! whatever the number of wake-ups. Its own statements wait at most [`OWN_LOCK_TIMEOUT`] for a
+//! lock: when it cannot read the rules (a role holds `LOCK TABLE token_cleanup.rules`), it keeps
+//! serving the rules it has and tries again.
 
 use super::agenda::{Agenda, AgendaRule};
-use super::{extension_present, signals};
+use super::dispatch::{self, Candidate, RoundRobin};
+use super::handoff::Handoff;
+use super::lifecycle::Job;
+use super::registry::{self, Assignment, Kind, Refused};
+use super::{extension_present, runner, signals};
 use crate::catalog::{self, Rule};
-use crate::executor;
+use crate::errors::{in_subtransaction, Error};
 use crate::gucs;
 use crate::history::{self, Trigger};
 use chrono::{DateTime, Utc};
-use pgrx::bgworkers::BackgroundWorker;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerStatus, DynamicBackgroundWorker};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Longest sleep even with nothing due: guards against clock jumps and lost signals.
-const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// Longest sleep: invalidations (rule changes committed by two-phase commit) are read this often.
+const POLL: Duration = Duration::from_secs(1);
+/// At most one reload of the rules per this much time, however many wake-ups arrive.
+const RELOAD_GAP: Duration = Duration::from_millis(250);
+/// How long the scheduler's own statements wait for a lock.
+const OWN_LOCK_TIMEOUT: &str = "500ms";
 /// Pause after an unexpected error in the loop before trying again.
-const ERROR_BACKOFF: Duration = Duration::from_secs(5);
+const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 /// History is pruned every tenth of the retention, within these bounds.
 const PRUNE_EVERY_MIN: Duration = Duration::from_secs(10);
 const PRUNE_EVERY_MAX: Duration = Duration::from_secs(600);
-/// How often a rule whose table is locked by another session is tried again.
-const LOCK_RETRY: Duration = Duration::from_millis(100);
-/// Advisory lock class that keeps a second scheduler out of a database ("tkns").
-const SCHEDULER_LOCK_CLASS: i32 = 0x746b_6e73;
+/// A runner started this long ago that has not registered is no longer waited for.
+const SPAWN_PATIENCE: Duration = Duration::from_secs(5);
+/// The same warning (no worker slot, rules unreadable) at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Set by the relcache callback when the rules table is invalidated (a committed rule change).
+static RULES_CHANGED: AtomicBool = AtomicBool::new(false);
+/// The rules table's OID, for the callback to recognise it.
+static RULES_OID: AtomicU32 = AtomicU32::new(0);
+
+/// A run handed to a runner and not yet finished.
+struct InFlight {
+    runner_slot: usize,
+    runner_pid: i32,
+    table: String,
+    /// Kept mapped until the runner is done with it.
+    _handoff: Handoff,
+}
 
 struct Scheduler {
+    database: pg_sys::Oid,
+    database_name: String,
     agenda: Agenda,
     rules: HashMap<i64, Rule>,
-    /// Due rules whose table another session has locked, with the time of the first attempt: they
-    /// are retried every [`LOCK_RETRY`] until their lock_timeout, while other rules run on time.
-    waiting: HashMap<i64, Instant>,
-    reload: bool,
+    reload_due: bool,
+    last_reload: Option<Instant>,
+    in_flight: HashMap<i64, InFlight>,
+    turn: RoundRobin,
+    /// Runners started and not yet registered.
+    starting: Vec<(DynamicBackgroundWorker, Instant)>,
     last_prune: Option<Instant>,
+    last_warning: Option<(String, Instant)>,
 }
 
 /// Entry point of a scheduler; the argument is the database OID.
@@ -46,109 +88,173 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
     let database = unsafe { pg_sys::Oid::from_datum(arg, false) }.expect("database OID argument");
     super::connect(database);
 
-    let start = BackgroundWorker::transaction(|| {
-        if !extension_present() {
-            return Err("extension not installed");
+    if !BackgroundWorker::transaction(extension_present) {
+        registry::set_no_extension(database, true);
+        debug1!("pg_token_cleanup: scheduler not starting: extension not installed");
+        return;
+    }
+    match registry::register(Kind::Scheduler, database, 0) {
+        Ok(()) => {}
+        Err(Refused::AlreadyServed) => {
+            debug1!(
+                "pg_token_cleanup: scheduler not starting: another scheduler serves this database"
+            );
+            return;
         }
-        if !try_lock_scheduler() {
-            return Err("another scheduler serves this database");
-        }
-        Ok(history::mark_interrupted())
-    });
-    match start {
-        Ok(marked) => {
-            if marked > 0 {
-                log!("pg_token_cleanup: marked {marked} unfinished run(s) as interrupted");
-            }
-            log!("pg_token_cleanup: scheduler started");
-        }
-        Err(why) => {
-            debug1!("pg_token_cleanup: scheduler not starting: {why}");
+        Err(Refused::Full) => {
+            warning!("pg_token_cleanup: scheduler not starting: the registry of workers is full");
             return;
         }
     }
+    // SAFETY: registering a callback that only sets a flag and the latch.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(rules_invalidated), pg_sys::Datum::from(0))
+    };
+    let marked = BackgroundWorker::transaction(history::mark_interrupted);
+    if marked > 0 {
+        log!("pg_token_cleanup: marked {marked} unfinished run(s) as interrupted");
+    }
+    log!("pg_token_cleanup: scheduler started");
 
     let mut scheduler = Scheduler {
+        database,
+        database_name: database_name(database),
         agenda: Agenda::new(gucs::timezone()),
         rules: HashMap::new(),
-        waiting: HashMap::new(),
-        reload: true,
+        reload_due: true,
+        last_reload: None,
+        in_flight: HashMap::new(),
+        turn: RoundRobin::default(),
+        starting: Vec::new(),
         last_prune: None,
+        last_warning: None,
     };
     while !signals::stop_requested() {
-        let step = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| scheduler.step()))
+        let step = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(scheduler.step())))
             .catch_others(|e| {
-                let e = crate::errors::describe(e);
                 // SAFETY: what PostgresMain does after an error: abort the transaction and go on.
                 unsafe { pg_sys::AbortCurrentTransaction() };
-                warning!(
-                    "pg_token_cleanup: scheduler error: {e}; retrying in {}s",
-                    ERROR_BACKOFF.as_secs()
-                );
-                // Session advisory locks survive the abort: drop a rule lock the error may have left.
-                if !BackgroundWorker::transaction(relock_scheduler_only) {
-                    return None;
-                }
-                Some(ERROR_BACKOFF)
+                Err(Error::from_caught(e))
             })
             .execute();
-        match step {
-            Some(sleep) => {
-                if signals::wait(sleep) {
-                    scheduler.reload = true;
-                }
+        let sleep = match step {
+            Ok(sleep) => sleep,
+            Err(_) if !BackgroundWorker::transaction(extension_present) => None,
+            Err(e) => {
+                scheduler.warn(&format!("pg_token_cleanup: scheduler error: {e}; retrying"));
+                Some(ERROR_BACKOFF)
             }
-            None => break,
+        };
+        match sleep {
+            Some(sleep) => {
+                signals::wait(sleep);
+            }
+            None => {
+                registry::set_no_extension(database, true);
+                log!("pg_token_cleanup: extension dropped from this database; scheduler exiting");
+                break;
+            }
         }
     }
+    scheduler.stop_runners();
     log!("pg_token_cleanup: scheduler stopped");
+}
+
+/// Relcache invalidation callback: only a flag and the latch (no catalog access is allowed here).
+#[pg_guard]
+unsafe extern "C-unwind" fn rules_invalidated(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let rules = RULES_OID.load(Ordering::SeqCst);
+    if relid == pg_sys::InvalidOid || rules == 0 || u32::from(relid) == rules {
+        RULES_CHANGED.store(true, Ordering::SeqCst);
+        // SAFETY: setting this process's own latch.
+        unsafe { pg_sys::SetLatch(pg_sys::MyLatch) };
+    }
+}
+
+fn database_name(database: pg_sys::Oid) -> String {
+    BackgroundWorker::transaction(|| {
+        // SAFETY: syscache lookup; NULL if the database is gone.
+        let name = unsafe { pg_sys::get_database_name(database) };
+        if name.is_null() {
+            String::new()
+        } else {
+            // SAFETY: a palloc'd C string.
+            unsafe { CStr::from_ptr(name) }
+                .to_string_lossy()
+                .into_owned()
+        }
+    })
 }
 
 impl Scheduler {
     /// One pass of the loop; returns how long to sleep, or `None` to exit (extension dropped).
     fn step(&mut self) -> Option<Duration> {
         signals::reload_config_if_asked();
-        if self.reload {
-            self.reload = false;
-            if !self.reload_rules() {
-                log!("pg_token_cleanup: extension dropped from this database; scheduler exiting");
-                return None;
+        // SAFETY: reads pending invalidation messages; our callback only sets a flag.
+        unsafe { pg_sys::AcceptInvalidationMessages() };
+        if RULES_CHANGED.swap(false, Ordering::SeqCst) {
+            self.reload_due = true;
+        }
+        self.collect_finished();
+        if self.reload_due && self.last_reload.is_none_or(|t| t.elapsed() >= RELOAD_GAP) {
+            if !self.reload_rules()? {
+                return Some(POLL);
             }
         }
         if gucs::enabled() {
-            self.run_due();
+            self.dispatch_due();
         }
         self.prune_if_due();
-        if !gucs::enabled() {
-            return Some(MAX_SLEEP);
-        }
-        let waiting = &self.waiting;
-        let sleep = match self.agenda.next_wake_where(|id| !waiting.contains_key(&id)) {
+        let in_flight = &self.in_flight;
+        let next = self
+            .agenda
+            .next_wake_where(|id| !in_flight.contains_key(&id));
+        let mut sleep = match next {
             Some(t) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO),
-            None => MAX_SLEEP,
+            None => POLL,
         };
-        let sleep = if self.waiting.is_empty() {
-            sleep
-        } else {
-            sleep.min(LOCK_RETRY)
-        };
-        Some(sleep.min(MAX_SLEEP))
+        if self.reload_due {
+            sleep = sleep.min(RELOAD_GAP);
+        }
+        // A due rule that waits for a slot or a busy table is retried when a runner ends (which sets
+        // the latch) or after POLL, not in a busy loop.
+        if sleep.is_zero() {
+            sleep = POLL;
+        }
+        Some(sleep.min(POLL))
     }
 
-    /// Reloads the enabled rules; false when the extension is gone.
-    fn reload_rules(&mut self) -> bool {
+    /// Reloads the enabled rules. `None`: the extension is gone. `Some(false)`: the rules could not
+    /// be read (a lock held on them, say); the ones already loaded stay in service.
+    fn reload_rules(&mut self) -> Option<bool> {
+        self.last_reload = Some(Instant::now());
         let loaded = BackgroundWorker::transaction(|| {
             if !extension_present() {
                 return None;
             }
-            Some(catalog::load_enabled_rules())
-        });
-        let Some(loaded) = loaded else { return false };
+            crate::owner::set_for_transaction("lock_timeout", OWN_LOCK_TIMEOUT);
+            if let Ok(Some(t)) = crate::target::lookup_table("token_cleanup.rules") {
+                RULES_OID.store(u32::from(t.oid), Ordering::SeqCst);
+            }
+            Some(in_subtransaction(catalog::load_enabled_rules))
+        })?;
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.warn(&format!(
+                    "pg_token_cleanup: could not read token_cleanup.rules ({e}); serving the {} rule(s) loaded before, trying again",
+                    self.rules.len()
+                ));
+                return Some(false);
+            }
+        };
+        self.reload_due = false;
         let agenda_rules: Vec<AgendaRule> = loaded
             .iter()
             .map(|(r, last)| AgendaRule {
                 id: r.id,
                 schedule: r.schedule.clone(),
+                timezone: r.timezone.clone(),
                 updated_at: r.updated_at,
                 last_scheduled: *last,
             })
@@ -164,8 +270,6 @@ impl Scheduler {
             );
         }
         self.rules = loaded.into_iter().map(|(r, _)| (r.id, r)).collect();
-        let rules = &self.rules;
-        self.waiting.retain(|id, _| rules.contains_key(id));
         debug1!(
             "pg_token_cleanup: loaded {} enabled rule(s)",
             self.rules.len()
@@ -174,26 +278,156 @@ impl Scheduler {
         // memory back to the system so the worker's footprint follows its live data.
         // SAFETY: glibc's malloc_trim only releases free heap memory.
         unsafe { libc::malloc_trim(0) };
-        true
+        Some(true)
     }
 
-    /// Runs every due rule once, earliest first, stopping early on SIGTERM. A rule whose table is
-    /// locked stays due and is tried again on the next pass.
-    fn run_due(&mut self) {
-        for (id, due_at) in self.agenda.due(Utc::now()) {
-            if signals::stop_requested() {
-                return;
-            }
-            if let Some(rule) = self.rules.get(&id).cloned() {
-                if run_scheduled(&rule, due_at, self.waiting.get(&id).copied())
-                    == Attempt::TableLocked
-                {
-                    self.waiting.entry(id).or_insert_with(Instant::now);
-                    continue;
+    /// Collects runs that ended: the rule's next due time is the first slot after the end.
+    fn collect_finished(&mut self) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        // SAFETY: reading this process's pid.
+        let runners = registry::runners_of(unsafe { pg_sys::MyProcPid });
+        let mut ended = Vec::new();
+        let mut lost_runner = false;
+        for (id, flight) in &self.in_flight {
+            match runners
+                .iter()
+                .find(|r| r.slot == flight.runner_slot && r.pid == flight.runner_pid)
+            {
+                Some(r) if r.assignment == Assignment::Done => {
+                    registry::acknowledge(r.slot, r.pid);
+                    ended.push(*id);
+                }
+                Some(_) => {}
+                None => {
+                    // The runner died mid-run (a crash restart ends everything else too; this is
+                    // a runner killed alone): its run is marked interrupted below.
+                    lost_runner = true;
+                    ended.push(*id);
                 }
             }
-            self.waiting.remove(&id);
-            self.agenda.done(id, Utc::now());
+        }
+        if lost_runner {
+            BackgroundWorker::transaction(history::mark_interrupted);
+        }
+        let now = Utc::now();
+        for id in ended {
+            self.in_flight.remove(&id);
+            self.agenda.done(id, now);
+        }
+    }
+
+    /// Hands due rules to idle runners, starting runners up to max_parallel_runs.
+    fn dispatch_due(&mut self) {
+        let now = Utc::now();
+        let due: Vec<(i64, DateTime<Utc>)> = self
+            .agenda
+            .due(now)
+            .into_iter()
+            .filter(|(id, _)| !self.in_flight.contains_key(id))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        // A rule a manual run holds is skipped for this slot, as before.
+        let claimed: HashSet<i64> = registry::claims_in(self.database)
+            .into_iter()
+            .map(|(rule, _)| rule)
+            .collect();
+        let mut candidates = Vec::new();
+        for (id, due_at) in due {
+            let Some(rule) = self.rules.get(&id) else {
+                self.agenda.done(id, now);
+                continue;
+            };
+            if claimed.contains(&id) {
+                log!("pg_token_cleanup: rule \"{}\" is already running in another session; skipping the run due at {due_at}", rule.name);
+                self.agenda.done(id, now);
+                continue;
+            }
+            candidates.push(Candidate {
+                id,
+                due_at,
+                owner: rule.owner.clone(),
+                table: rule.table_name.clone(),
+            });
+        }
+        let free = gucs::max_parallel_runs().saturating_sub(self.in_flight.len());
+        let busy_tables: HashSet<String> =
+            self.in_flight.values().map(|f| f.table.clone()).collect();
+        let chosen = dispatch::choose(&candidates, &busy_tables, free, &mut self.turn);
+        if chosen.is_empty() {
+            return;
+        }
+        // SAFETY: reading this process's pid.
+        let my_pid = unsafe { pg_sys::MyProcPid };
+        let runners = registry::runners_of(my_pid);
+        let busy_slots: HashSet<usize> = self.in_flight.values().map(|f| f.runner_slot).collect();
+        let mut idle = runners
+            .into_iter()
+            .filter(|r| r.assignment == Assignment::Idle && !busy_slots.contains(&r.slot));
+        let due_at: HashMap<i64, DateTime<Utc>> =
+            candidates.iter().map(|c| (c.id, c.due_at)).collect();
+        let mut wanted = 0;
+        for id in chosen {
+            let Some(runner) = idle.next() else {
+                wanted += 1;
+                continue;
+            };
+            let rule = self.rules[&id].clone();
+            let job = Job {
+                rule,
+                trigger: Trigger::Schedule,
+                scheduled_for: Some(due_at[&id].timestamp_micros() as f64 / 1e6),
+                run_id: None,
+            };
+            let table = job.rule.table_name.clone();
+            let handoff = Handoff::create(&job);
+            if registry::give(runner.slot, runner.pid, handoff.handle()) {
+                self.in_flight.insert(
+                    id,
+                    InFlight {
+                        runner_slot: runner.slot,
+                        runner_pid: runner.pid,
+                        table,
+                        _handoff: handoff,
+                    },
+                );
+            }
+        }
+        self.start_runners(wanted);
+    }
+
+    /// Starts up to `wanted` more runners, within max_parallel_runs; runners started and not yet
+    /// registered count against both.
+    fn start_runners(&mut self, wanted: usize) {
+        // SAFETY: reading this process's pid.
+        let registered: Vec<i32> = registry::runners_of(unsafe { pg_sys::MyProcPid })
+            .iter()
+            .map(|r| r.pid)
+            .collect();
+        self.starting.retain(|(worker, since)| {
+            since.elapsed() < SPAWN_PATIENCE
+                && match worker.pid() {
+                    Err(BackgroundWorkerStatus::NotYetStarted) => true,
+                    Ok(pid) => !registered.contains(&pid),
+                    Err(_) => false,
+                }
+        });
+        let pending = self.starting.len();
+        let room = gucs::max_parallel_runs().saturating_sub(registered.len() + pending);
+        for _ in 0..wanted.saturating_sub(pending).min(room) {
+            match runner::spawn_pooled(self.database, &self.database_name) {
+                Some(worker) => self.starting.push((worker, Instant::now())),
+                None => {
+                    self.warn(
+                        "pg_token_cleanup: could not start a runner: no free background worker slot; \
+                         due rules wait for one (raise max_worker_processes)",
+                    );
+                    break;
+                }
+            }
         }
     }
 
@@ -204,91 +438,38 @@ impl Scheduler {
             return;
         }
         self.last_prune = Some(Instant::now());
-        let pruned =
-            BackgroundWorker::transaction(|| history::prune(gucs::history_retention_seconds()));
-        if pruned > 0 {
-            log!("pg_token_cleanup: pruned {pruned} run(s) older than pg_token_cleanup.history_retention");
+        let pruned = BackgroundWorker::transaction(|| {
+            crate::owner::set_for_transaction("lock_timeout", OWN_LOCK_TIMEOUT);
+            in_subtransaction(|| history::prune(gucs::history_retention_seconds()))
+        });
+        match pruned {
+            Ok(n) if n > 0 => log!(
+                "pg_token_cleanup: pruned {n} run(s) older than pg_token_cleanup.history_retention"
+            ),
+            Ok(_) => {}
+            Err(e) => self.warn(&format!("pg_token_cleanup: could not prune history: {e}")),
         }
     }
-}
 
-#[derive(Debug, PartialEq, Eq)]
-enum Attempt {
-    /// Ran, failed, or was skipped: the rule is done with this due time.
-    Done,
-    /// Its table is locked by another session and its lock_timeout has not passed: try again.
-    TableLocked,
-}
-
-/// Runs one due rule, unless another session (a manual run) is running it or its table is locked.
-/// `waiting_since` is the first attempt of a rule whose table was locked.
-fn run_scheduled(rule: &Rule, due_at: DateTime<Utc>, waiting_since: Option<Instant>) -> Attempt {
-    let scheduled_for = due_at.timestamp_micros() as f64 / 1e6;
-    let begin = |id| {
-        history::begin(
-            id,
-            rule.id,
-            &rule.name,
-            &rule.owner,
-            Trigger::Schedule,
-            Some(scheduled_for),
-        )
-    };
-    let started = BackgroundWorker::transaction(|| {
-        if !executor::try_lock_rule(rule.id) {
-            return None;
+    /// Logs a warning, but the same one at most every [`WARN_EVERY`].
+    fn warn(&mut self, message: &str) {
+        if self
+            .last_warning
+            .as_ref()
+            .is_some_and(|(m, at)| m == message && at.elapsed() < WARN_EVERY)
+        {
+            return;
         }
-        if executor::table_locked_by_others(rule) {
-            let lock_timeout = rule.limits().lock_timeout_ms;
-            let waited = waiting_since.map_or(0, |t| t.elapsed().as_millis());
-            if lock_timeout <= 0 || waited < lock_timeout as u128 {
-                executor::unlock_rule(rule.id);
-                return Some(Err(Attempt::TableLocked));
-            }
-            let run_id = begin(None);
-            let why = format!(
-                "could not lock table {} within lock_timeout ({lock_timeout} ms): another session holds a conflicting lock (SQLSTATE 55P03)",
-                rule.table_name
-            );
-            history::finish(
-                run_id,
-                &history::Outcome::Failed(why.clone()),
-                &history::Counts::default(),
-            );
-            executor::unlock_rule(rule.id);
-            log!(
-                "pg_token_cleanup: rule \"{}\" run {run_id} (schedule) failed: {why}",
-                rule.name
-            );
-            return Some(Err(Attempt::Done));
-        }
-        Some(Ok(begin(None)))
-    });
-    let run_id = match started {
-        None => {
-            log!("pg_token_cleanup: rule \"{}\" is already running in another session; skipping the run due at {due_at}", rule.name);
-            return Attempt::Done;
-        }
-        Some(Err(attempt)) => return attempt,
-        Some(Ok(run_id)) => run_id,
-    };
-    let report = executor::execute(rule, run_id, &signals::stop_requested);
-    BackgroundWorker::transaction(|| executor::unlock_rule(rule.id));
-    // A failure is recorded and logged like any outcome; the loop goes on with the other rules.
-    super::log_run(rule, run_id, Trigger::Schedule, &report);
-    Attempt::Done
-}
+        warning!("{message}");
+        self.last_warning = Some((message.to_string(), Instant::now()));
+    }
 
-/// Takes this database's scheduler lock (session level); false if another scheduler holds it.
-fn try_lock_scheduler() -> bool {
-    Spi::get_one_with_args::<bool>(
-        "SELECT pg_try_advisory_lock($1, 0)",
-        &[SCHEDULER_LOCK_CLASS.into()],
-    ) == Ok(Some(true))
-}
-
-/// Releases every advisory lock of this session and takes the scheduler lock again.
-fn relock_scheduler_only() -> bool {
-    let _ = Spi::run("SELECT pg_advisory_unlock_all()");
-    try_lock_scheduler()
+    /// On exit, the runs going on stop too (recorded interrupted), as they did when the scheduler
+    /// ran them itself: `pg_terminate_backend()` of the scheduler stops its database's purges.
+    fn stop_runners(&self) {
+        // SAFETY: reading this process's pid; SIGTERM to our own runner processes.
+        for r in registry::runners_of(unsafe { pg_sys::MyProcPid }) {
+            unsafe { libc::kill(r.pid, libc::SIGTERM) };
+        }
+    }
 }

@@ -1,0 +1,493 @@
+//! The registry: this extension's workers in shared memory, where they find each other without
+//! `pg_stat_activity` (which hides other roles' sessions), signals to pids, or advisory locks (which
+//! any role can take or fake).
+//!
+//! One slot per worker: its kind, pid, PGPROC number (for its latch) and database; for a runner, the
+//! scheduler it serves, its current assignment, and the **claim** of the rule and table it is
+//! running. One entry per database for what the launcher must know when a scheduler has left: the
+//! extension was absent, or a utility statement asked the workers to stay away for a while.
+//!
+//! A slot is released by its process at exit (`before_shmem_exit`); a crash restart re-creates the
+//! registry. Slots of processes that died without releasing them are recognised (their pid no longer
+//! matches their PGPROC) and reused.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Most workers of this extension at once (launcher, schedulers, runners), cluster-wide.
+pub const MAX_WORKERS: usize = 512;
+/// Most databases the launcher keeps state for.
+const MAX_DATABASES: usize = 512;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum Kind {
+    Free = 0,
+    Launcher = 1,
+    Scheduler = 2,
+    Runner = 3,
+}
+
+/// A runner's assignment, as the scheduler and the runner hand it over.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum Assignment {
+    /// Waiting for work.
+    Idle = 0,
+    /// The scheduler handed over a job (`handoff`); the runner has not taken it yet.
+    Given = 1,
+    /// The runner is performing it.
+    Taken = 2,
+    /// Done: `run_id` is the run it recorded (0: it recorded none, the slot was skipped).
+    Done = 3,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Slot {
+    kind: Kind,
+    pid: i32,
+    procno: i32,
+    database: u32,
+    /// Runner: the pid of the scheduler it serves; 0 for a runner of `token_cleanup.run()`.
+    scheduler_pid: i32,
+    assignment: Assignment,
+    /// The DSM handle of the job handed over.
+    handoff: u32,
+    /// The run recorded for the assignment.
+    run_id: i64,
+    /// The claim: the rule being run and its table (0: none).
+    rule_id: i64,
+    table: u32,
+}
+
+impl Slot {
+    const FREE: Slot = Slot {
+        kind: Kind::Free,
+        pid: 0,
+        procno: -1,
+        database: 0,
+        scheduler_pid: 0,
+        assignment: Assignment::Idle,
+        handoff: 0,
+        run_id: 0,
+        rule_id: 0,
+        table: 0,
+    };
+
+    /// Whether the process that took this slot still lives (its PGPROC still carries its pid).
+    fn alive(&self) -> bool {
+        if self.kind == Kind::Free || self.procno < 0 {
+            return false;
+        }
+        // SAFETY: ProcGlobal->allProcs has MaxBackends + auxiliary entries; procno came from MyProc.
+        unsafe { (*proc_of(self.procno)).pid == self.pid }
+    }
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct DatabaseState {
+    database: u32,
+    /// The scheduler found no extension here: probe again only after the probe interval.
+    no_extension: bool,
+    /// A utility statement (DROP DATABASE, …) stopped the workers: start none before this time
+    /// (PostgreSQL timestamp, µs).
+    hold_until: i64,
+}
+
+impl DatabaseState {
+    const NONE: DatabaseState = DatabaseState {
+        database: 0,
+        no_extension: false,
+        hold_until: 0,
+    };
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Registry {
+    slots: [Slot; MAX_WORKERS],
+    databases: [DatabaseState; MAX_DATABASES],
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            slots: [Slot::FREE; MAX_WORKERS],
+            databases: [DatabaseState::NONE; MAX_DATABASES],
+        }
+    }
+}
+
+// SAFETY: plain data of fixed size, no pointers into process memory.
+unsafe impl PGRXSharedMemory for Registry {}
+
+// SAFETY: the name is ours alone.
+static REGISTRY: PgLwLock<Registry> = unsafe { PgLwLock::new(c"pg_token_cleanup registry") };
+
+/// This process's slot, once registered.
+static MY_SLOT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Requests the shared memory; called from `_PG_init` while preloading.
+pub fn init() {
+    pg_shmem_init!(REGISTRY);
+}
+
+/// # Safety
+/// `procno` must be a PGPROC number of this cluster.
+unsafe fn proc_of(procno: i32) -> *mut pg_sys::PGPROC {
+    // SAFETY: the caller's promise.
+    unsafe { (*pg_sys::ProcGlobal).allProcs.add(procno as usize) }
+}
+
+fn my_identity() -> (i32, i32) {
+    // SAFETY: MyProc is set in every worker that registers.
+    unsafe { (pg_sys::MyProcPid, (*pg_sys::MyProc).pgprocno) }
+}
+
+/// Why a worker could not register.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Another live scheduler serves this database.
+    AlreadyServed,
+    /// Every slot is taken.
+    Full,
+}
+
+/// Registers this process as a worker of `kind` in `database` (0 for the launcher). A second
+/// scheduler for a database is refused. The slot is released when the process exits.
+pub fn register(kind: Kind, database: pg_sys::Oid, scheduler_pid: i32) -> Result<(), Refused> {
+    let (pid, procno) = my_identity();
+    let database = u32::from(database);
+    let index = {
+        let mut registry = REGISTRY.exclusive();
+        if kind == Kind::Scheduler
+            && registry
+                .slots
+                .iter()
+                .any(|s| s.kind == Kind::Scheduler && s.database == database && s.alive())
+        {
+            return Err(Refused::AlreadyServed);
+        }
+        let index = registry
+            .slots
+            .iter()
+            .position(|s| !s.alive())
+            .ok_or(Refused::Full)?;
+        registry.slots[index] = Slot {
+            kind,
+            pid,
+            procno,
+            database,
+            scheduler_pid,
+            ..Slot::FREE
+        };
+        if kind == Kind::Scheduler {
+            if let Some(state) = registry
+                .databases
+                .iter_mut()
+                .find(|d| d.database == database)
+            {
+                state.no_extension = false;
+            }
+        }
+        index
+    };
+    MY_SLOT.store(index, Ordering::SeqCst);
+    // SAFETY: registering a plain callback for this process's exit.
+    unsafe { pg_sys::before_shmem_exit(Some(release_at_exit), pg_sys::Datum::from(0)) };
+    Ok(())
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn release_at_exit(_code: i32, _arg: pg_sys::Datum) {
+    let index = MY_SLOT.swap(usize::MAX, Ordering::SeqCst);
+    if index < MAX_WORKERS {
+        let pid = my_identity().0;
+        let mut registry = REGISTRY.exclusive();
+        if registry.slots[index].pid == pid {
+            registry.slots[index] = Slot::FREE;
+        }
+    }
+}
+
+fn with_my_slot<R>(f: impl FnOnce(&mut Slot) -> R) -> Option<R> {
+    let index = MY_SLOT.load(Ordering::SeqCst);
+    if index >= MAX_WORKERS {
+        return None;
+    }
+    let mut registry = REGISTRY.exclusive();
+    Some(f(&mut registry.slots[index]))
+}
+
+/// Sets the latch of the process in `slot` if it is still the one registered there.
+fn set_latch(slot: &Slot) {
+    if slot.alive() {
+        // SAFETY: the PGPROC belongs to a live process (checked just above, under the registry's
+        // lock); SetLatch on another process's latch is how PostgreSQL wakes it.
+        unsafe { pg_sys::SetLatch(&raw mut (*proc_of(slot.procno)).procLatch) };
+    }
+}
+
+/// Wakes the scheduler of `database`, if one runs.
+pub fn wake_scheduler(database: pg_sys::Oid) {
+    let database = u32::from(database);
+    let registry = REGISTRY.share();
+    for slot in registry
+        .slots
+        .iter()
+        .filter(|s| s.kind == Kind::Scheduler && s.database == database)
+    {
+        set_latch(slot);
+    }
+}
+
+/// Wakes the launcher.
+pub fn wake_launcher() {
+    let registry = REGISTRY.share();
+    for slot in registry.slots.iter().filter(|s| s.kind == Kind::Launcher) {
+        set_latch(slot);
+    }
+}
+
+/// Whether a live scheduler is registered for `database`.
+pub fn scheduler_serves(database: pg_sys::Oid) -> bool {
+    let database = u32::from(database);
+    REGISTRY
+        .share()
+        .slots
+        .iter()
+        .any(|s| s.kind == Kind::Scheduler && s.database == database && s.alive())
+}
+
+/// Pids of this extension's schedulers and runners connected to `database`.
+pub fn workers_in(database: pg_sys::Oid) -> Vec<i32> {
+    let database = u32::from(database);
+    REGISTRY
+        .share()
+        .slots
+        .iter()
+        .filter(|s| matches!(s.kind, Kind::Scheduler | Kind::Runner))
+        .filter(|s| s.database == database && s.alive())
+        .map(|s| s.pid)
+        .collect()
+}
+
+fn database_state<R>(database: pg_sys::Oid, f: impl FnOnce(&mut DatabaseState) -> R) -> Option<R> {
+    let database = u32::from(database);
+    let mut registry = REGISTRY.exclusive();
+    let index = registry
+        .databases
+        .iter()
+        .position(|d| d.database == database)
+        .or_else(|| registry.databases.iter().position(|d| d.database == 0))?;
+    let state = &mut registry.databases[index];
+    state.database = database;
+    Some(f(state))
+}
+
+/// Records whether the extension was found in `database` (by its scheduler).
+pub fn set_no_extension(database: pg_sys::Oid, absent: bool) {
+    database_state(database, |d| d.no_extension = absent);
+}
+
+/// Asks the launcher to start no worker in `database` before `until` (PostgreSQL timestamp).
+pub fn hold(database: pg_sys::Oid, until: pg_sys::TimestampTz) {
+    database_state(database, |d| d.hold_until = until);
+}
+
+/// What the launcher knows of `database`: (extension found absent, held until).
+pub fn database_view(database: pg_sys::Oid) -> (bool, pg_sys::TimestampTz) {
+    let database = u32::from(database);
+    REGISTRY
+        .share()
+        .databases
+        .iter()
+        .find(|d| d.database == database)
+        .map_or((false, 0), |d| (d.no_extension, d.hold_until))
+}
+
+/// Forgets databases that no longer exist.
+pub fn retain_databases(exists: impl Fn(pg_sys::Oid) -> bool) {
+    let mut registry = REGISTRY.exclusive();
+    for d in registry.databases.iter_mut() {
+        if d.database != 0 && !exists(pg_sys::Oid::from(d.database)) {
+            *d = DatabaseState::NONE;
+        }
+    }
+}
+
+/// Who holds a claim that conflicts with the one asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy {
+    pub rule_id: i64,
+    pub run_id: i64,
+    /// The same rule, rather than another rule on the same table.
+    pub same_rule: bool,
+}
+
+/// A claim of a rule and its table in this database; released when dropped.
+pub struct Claim(());
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        with_my_slot(|slot| {
+            slot.rule_id = 0;
+            slot.table = 0;
+        });
+    }
+}
+
+/// Claims `rule_id` (and `table`, unless 0) for this process: no other worker of this database
+/// runs the same rule, or another rule on the same table, until the claim is dropped.
+pub fn claim(rule_id: i64, table: pg_sys::Oid, run_id: i64) -> Result<Claim, Busy> {
+    let index = MY_SLOT.load(Ordering::SeqCst);
+    assert!(index < MAX_WORKERS, "claim by an unregistered process");
+    let table = u32::from(table);
+    let mut registry = REGISTRY.exclusive();
+    let database = registry.slots[index].database;
+    if let Some(other) = registry.slots.iter().enumerate().find(|(i, s)| {
+        *i != index
+            && s.database == database
+            && s.rule_id != 0
+            && (s.rule_id == rule_id || (table != 0 && s.table == table))
+            && s.alive()
+    }) {
+        return Err(Busy {
+            rule_id: other.1.rule_id,
+            run_id: other.1.run_id,
+            same_rule: other.1.rule_id == rule_id,
+        });
+    }
+    let slot = &mut registry.slots[index];
+    slot.rule_id = rule_id;
+    slot.table = table;
+    slot.run_id = run_id;
+    Ok(Claim(()))
+}
+
+/// Records the run this process is performing (visible to conflicting claimers).
+pub fn set_claimed_run(run_id: i64) {
+    with_my_slot(|slot| slot.run_id = run_id);
+}
+
+/// The rules claimed in `database` by any worker, and the tables they claimed.
+pub fn claims_in(database: pg_sys::Oid) -> Vec<(i64, u32)> {
+    let database = u32::from(database);
+    REGISTRY
+        .share()
+        .slots
+        .iter()
+        .filter(|s| s.database == database && s.rule_id != 0 && s.alive())
+        .map(|s| (s.rule_id, s.table))
+        .collect()
+}
+
+/// A runner as its scheduler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunnerView {
+    pub slot: usize,
+    pub pid: i32,
+    pub assignment: Assignment,
+    pub run_id: i64,
+}
+
+/// The live runners serving the scheduler `scheduler_pid`.
+pub fn runners_of(scheduler_pid: i32) -> Vec<RunnerView> {
+    REGISTRY
+        .share()
+        .slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.kind == Kind::Runner && s.scheduler_pid == scheduler_pid && s.alive())
+        .map(|(i, s)| RunnerView {
+            slot: i,
+            pid: s.pid,
+            assignment: s.assignment,
+            run_id: s.run_id,
+        })
+        .collect()
+}
+
+/// Hands the job in DSM segment `handoff` to the idle runner in `slot` (still `pid`) and wakes it.
+/// False if that runner is gone or busy.
+pub fn give(slot: usize, pid: i32, handoff: u32) -> bool {
+    let mut registry = REGISTRY.exclusive();
+    let s = &mut registry.slots[slot];
+    if s.pid != pid || !s.alive() || s.assignment != Assignment::Idle {
+        return false;
+    }
+    s.assignment = Assignment::Given;
+    s.handoff = handoff;
+    s.run_id = 0;
+    set_latch(s);
+    true
+}
+
+/// The scheduler takes back a finished assignment: the runner is idle again.
+pub fn acknowledge(slot: usize, pid: i32) {
+    let mut registry = REGISTRY.exclusive();
+    let s = &mut registry.slots[slot];
+    if s.pid == pid && s.assignment == Assignment::Done {
+        s.assignment = Assignment::Idle;
+        s.run_id = 0;
+    }
+}
+
+/// The runner's side: the handle of a job given to it, now taken.
+pub fn take() -> Option<u32> {
+    with_my_slot(|slot| {
+        (slot.assignment == Assignment::Given).then(|| {
+            slot.assignment = Assignment::Taken;
+            slot.handoff
+        })
+    })
+    .flatten()
+}
+
+/// The runner's side: the job is done (`run_id` 0: no run was recorded); wakes its scheduler.
+pub fn done(run_id: i64) {
+    let scheduler = with_my_slot(|slot| {
+        slot.assignment = Assignment::Done;
+        slot.run_id = run_id;
+        slot.scheduler_pid
+    });
+    if let Some(scheduler_pid) = scheduler.filter(|p| *p != 0) {
+        let registry = REGISTRY.share();
+        if let Some(s) = registry
+            .slots
+            .iter()
+            .find(|s| s.kind == Kind::Scheduler && s.pid == scheduler_pid)
+        {
+            set_latch(s);
+        }
+    }
+}
+
+/// A pooled runner leaves: its slot is freed at once, unless a job was given to it meanwhile (then
+/// it must take it first). True when it may exit.
+pub fn leave_if_idle() -> bool {
+    let left = with_my_slot(|slot| {
+        let idle = slot.assignment == Assignment::Idle;
+        if idle {
+            *slot = Slot::FREE;
+        }
+        idle
+    });
+    if left == Some(true) {
+        MY_SLOT.store(usize::MAX, Ordering::SeqCst);
+    }
+    left.unwrap_or(true)
+}
+
+/// Whether the scheduler `pid` is still registered (a pooled runner leaves when it is not).
+pub fn scheduler_alive(pid: i32) -> bool {
+    REGISTRY
+        .share()
+        .slots
+        .iter()
+        .any(|s| s.kind == Kind::Scheduler && s.pid == pid && s.alive())
+}
