@@ -191,8 +191,8 @@ fn a_condition_that_runs_for_ever_is_stopped_by_the_statement_timeout() {
     .unwrap();
     let (error, took): (String, f64) = wait_for("the failed run", Duration::from_secs(20), || {
         db.query_opt(
-            "SELECT error, extract(epoch FROM finished_at - started_at)::float8 FROM token_cleanup.runs
-              WHERE rule_name = 'slow' AND status = 'failed' LIMIT 1",
+            "SELECT error || ' (SQLSTATE ' || sqlstate || ')', extract(epoch FROM finished_at - started_at)::float8
+               FROM token_cleanup.runs WHERE rule_name = 'slow' AND status = 'failed' LIMIT 1",
             &[],
         )
         .unwrap()
@@ -231,7 +231,7 @@ fn a_table_renamed_or_a_privilege_revoked_fails_only_that_rule() {
     .unwrap();
     assert_eq!(
         failed_run_error(&mut db, "renamed"),
-        "table public.renamed of rule \"renamed\" does not exist (dropped or renamed?)"
+        "table public.renamed of rule \"renamed\" does not exist (dropped or renamed?) (SQLSTATE 42P01)"
     );
     assert_eq!(
         failed_run_error(&mut db, "revoked"),

@@ -388,7 +388,8 @@ pub fn scheduler_pid(client: &mut Client, database: &str) -> i32 {
     })
 }
 
-/// Waits (up to 20 s) for a failed run of `rule` and returns its recorded error.
+/// Waits (up to 20 s) for a failed run of `rule` and returns its recorded error, as
+/// "<error> (SQLSTATE <sqlstate>)" from the two columns.
 pub fn failed_run_error(client: &mut Client, rule: &str) -> String {
     wait_for(
         &format!("a failed run of rule {rule}"),
@@ -396,7 +397,8 @@ pub fn failed_run_error(client: &mut Client, rule: &str) -> String {
         || {
             client
             .query_opt(
-                "SELECT error FROM token_cleanup.runs WHERE rule_name = $1 AND status = 'failed' LIMIT 1",
+                "SELECT error || ' (SQLSTATE ' || coalesce(sqlstate, 'none') || ')' FROM token_cleanup.runs \
+                  WHERE rule_name = $1 AND status = 'failed' LIMIT 1",
                 &[&rule],
             )
             .unwrap()
