@@ -21,7 +21,7 @@
 //! expands each field to the set of values it allows, and hands the crate explicit lists (weekdays as
 //! names). For the OR rule it builds two crate schedules and merges their fire times.
 
-use chrono::{DateTime, TimeZone};
+use chrono::{DateTime, Offset, TimeZone};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
@@ -161,8 +161,12 @@ struct Expanded {
 #[derive(Clone, Debug)]
 pub struct Schedule {
     source: String,
-    /// One crate schedule, or two whose fire times are merged (day-of-month OR day-of-week).
+    /// One crate schedule, or two whose fire times are merged (day-of-month OR day-of-week). They
+    /// list wall-clock times; [`Schedule::next_after`] maps those to instants.
     plans: Vec<cron::Schedule>,
+    /// It fires in every hour of the day (hourly or more often): across a daylight-saving change
+    /// it keeps its real spacing. Otherwise it is a fixed-time schedule. As in cronie.
+    frequent: bool,
 }
 
 impl Schedule {
@@ -245,6 +249,7 @@ impl Schedule {
         Ok(Schedule {
             source: trimmed.to_string(),
             plans,
+            frequent: hour.values.len() == 24,
         })
     }
 
@@ -266,11 +271,80 @@ impl Schedule {
     }
 
     /// The first fire time strictly after `after`, in `after`'s time zone.
+    ///
+    /// Fire times are wall-clock times in that zone; across a daylight-saving change they map to
+    /// instants as cronie maps them:
+    /// - a fixed-time slot in the spring-forward gap (`30 2 * * *` on a night without 02:30) runs
+    ///   at the first instant after the gap; a schedule that fires every hour or more often skips
+    ///   the missing wall times and keeps its real spacing;
+    /// - in the repeated autumn hour a fixed-time slot runs once (its first occurrence); a schedule
+    ///   that fires every hour or more often runs in both occurrences (`0 * * * *` runs at 01:00
+    ///   summer time, 01:00 winter time, 02:00), keeping its real spacing.
     pub fn next_after<Z: TimeZone>(&self, after: &DateTime<Z>) -> Option<DateTime<Z>> {
-        self.plans
+        let tz = after.timezone();
+        let local = after.naive_local();
+        // How far the wall clock jumps near `after`: walls up to that much before it can map to
+        // instants after it (the repeated hour), and mapped instants are out of order by at most it.
+        let utc = after.naive_utc();
+        let window = chrono::Duration::hours(3);
+        let offset_at = |t: chrono::NaiveDateTime| {
+            i64::from(tz.offset_from_utc_datetime(&t).fix().local_minus_utc())
+        };
+        let jump =
+            chrono::Duration::seconds((offset_at(utc + window) - offset_at(utc - window)).abs());
+        let mut walls = self.walls_after(local - jump);
+        let mut best: Option<DateTime<Z>> = None;
+        for wall in walls.by_ref().take(MAX_WALLS_SCANNED) {
+            if best.as_ref().is_some_and(|b| wall > b.naive_local() + jump) {
+                break;
+            }
+            for t in self.instants(&tz, wall) {
+                if t > *after && best.as_ref().is_none_or(|b| t < *b) {
+                    best = Some(t);
+                }
+            }
+        }
+        best
+    }
+
+    /// The wall-clock fire times strictly after `start`, in order (the crate's schedules are
+    /// evaluated in UTC, which has no daylight saving: a plain calendar).
+    fn walls_after(
+        &self,
+        start: chrono::NaiveDateTime,
+    ) -> impl Iterator<Item = chrono::NaiveDateTime> + '_ {
+        let start = chrono::Utc.from_utc_datetime(&start);
+        let mut heads: Vec<_> = self
+            .plans
             .iter()
-            .filter_map(|p| p.after(after).next())
-            .min()
+            .map(|p| p.after(&start).peekable())
+            .collect();
+        std::iter::from_fn(move || {
+            let (i, _) = heads
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, h)| h.peek().map(|t| (i, *t)))
+                .min_by_key(|(_, t)| *t)?;
+            let next = heads[i].next()?;
+            // Both plans may list the same time (a day matching both day fields): once.
+            for h in heads.iter_mut() {
+                while h.peek() == Some(&next) {
+                    h.next();
+                }
+            }
+            Some(next.naive_utc())
+        })
+    }
+
+    /// The instants a wall-clock fire time stands for in `tz` (see [`Schedule::next_after`]).
+    fn instants<Z: TimeZone>(&self, tz: &Z, wall: chrono::NaiveDateTime) -> Vec<DateTime<Z>> {
+        match tz.from_local_datetime(&wall) {
+            chrono::LocalResult::Single(t) => vec![t],
+            chrono::LocalResult::Ambiguous(a, b) if self.frequent => vec![a, b],
+            chrono::LocalResult::Ambiguous(a, b) => vec![if a < b { a } else { b }],
+            chrono::LocalResult::None if self.frequent => Vec::new(),
+            chrono::LocalResult::None => first_instant_after_gap(tz, wall).into_iter().collect(),
+        }
     }
 
     /// The next `n` fire times strictly after `after`.
@@ -288,6 +362,35 @@ impl Schedule {
         }
         out
     }
+}
+
+/// Most wall-clock times looked at for one next fire time (a once-a-second schedule across a
+/// one-hour daylight-saving change looks at 3,600).
+const MAX_WALLS_SCANNED: usize = 100_000;
+
+/// The first instant whose wall-clock time in `tz` is at or after `wall`, a time that does not
+/// exist (it falls in a spring-forward gap): the instant the clocks jumped.
+fn first_instant_after_gap<Z: TimeZone>(
+    tz: &Z,
+    wall: chrono::NaiveDateTime,
+) -> Option<DateTime<Z>> {
+    // Every offset in use lies within ±15 hours: the instant is in this window. Binary search to
+    // the second on "its wall-clock time has reached `wall`", which only grows here (a gap).
+    let mut low = wall - chrono::Duration::hours(15);
+    let mut high = wall + chrono::Duration::hours(15);
+    let reached = |utc: chrono::NaiveDateTime| tz.from_utc_datetime(&utc).naive_local() >= wall;
+    if !reached(high) {
+        return None;
+    }
+    while high - low > chrono::Duration::seconds(1) {
+        let mid = low + (high - low) / 2;
+        if reached(mid) {
+            high = mid;
+        } else {
+            low = mid;
+        }
+    }
+    Some(tz.from_utc_datetime(&high))
 }
 
 fn expand_macro(text: &str) -> Result<String, ScheduleError> {

@@ -323,3 +323,187 @@ fn never_firing_schedules_are_refused() {
     let leap = Schedule::parse_firing("0 0 29 2 *", &now).unwrap();
     assert_eq!(leap.next_after(&now).unwrap().year(), 2028);
 }
+
+/// Fire times in a zone, printed in that zone with their offset.
+fn next_in(text: &str, tz: chrono_tz::Tz, after: &str, n: usize) -> Vec<String> {
+    Schedule::parse(text)
+        .unwrap()
+        .upcoming(&at(after).with_timezone(&tz), n)
+        .iter()
+        .map(|t| t.format("%Y-%m-%d %H:%M %z").to_string())
+        .collect()
+}
+
+#[test]
+fn spring_forward_runs_a_fixed_slot_in_the_gap_right_after_it() {
+    // New York, 2027-03-14: 02:00 EST jumps to 03:00 EDT; 02:30 does not exist.
+    assert_eq!(
+        next_in(
+            "30 2 * * *",
+            chrono_tz::America::New_York,
+            "2027-03-13T12:00:00Z",
+            3
+        ),
+        [
+            "2027-03-14 03:00 -0400",
+            "2027-03-15 02:30 -0400",
+            "2027-03-16 02:30 -0400"
+        ]
+    );
+    // Two fixed slots in the same gap run once.
+    assert_eq!(
+        next_in(
+            "0,30 2 * * *",
+            chrono_tz::America::New_York,
+            "2027-03-14T06:00:00Z",
+            2
+        ),
+        ["2027-03-14 03:00 -0400", "2027-03-15 02:00 -0400"]
+    );
+}
+
+#[test]
+fn spring_forward_keeps_the_real_spacing_of_frequent_schedules() {
+    assert_eq!(
+        next_in(
+            "0 * * * *",
+            chrono_tz::America::New_York,
+            "2027-03-14T05:30:00Z",
+            3
+        ),
+        [
+            "2027-03-14 01:00 -0500",
+            "2027-03-14 03:00 -0400",
+            "2027-03-14 04:00 -0400"
+        ]
+    );
+    assert_eq!(
+        next_in(
+            "*/30 * * * *",
+            chrono_tz::America::New_York,
+            "2027-03-14T06:20:00Z",
+            2
+        ),
+        ["2027-03-14 01:30 -0500", "2027-03-14 03:00 -0400"]
+    );
+}
+
+#[test]
+fn fall_back_runs_hourly_schedules_in_both_repeated_hours() {
+    // New York, 2027-11-07: 02:00 EDT falls back to 01:00 EST; 01:00-01:59 happens twice.
+    assert_eq!(
+        next_in(
+            "0 * * * *",
+            chrono_tz::America::New_York,
+            "2027-11-07T04:30:00Z",
+            4
+        ),
+        [
+            "2027-11-07 01:00 -0400",
+            "2027-11-07 01:00 -0500",
+            "2027-11-07 02:00 -0500",
+            "2027-11-07 03:00 -0500"
+        ]
+    );
+}
+
+#[test]
+fn fall_back_runs_a_fixed_slot_once() {
+    assert_eq!(
+        next_in(
+            "30 1 * * *",
+            chrono_tz::America::New_York,
+            "2027-11-06T12:00:00Z",
+            2
+        ),
+        ["2027-11-07 01:30 -0400", "2027-11-08 01:30 -0500"]
+    );
+}
+
+#[test]
+fn in_the_repeated_hour_the_next_time_is_strictly_after_the_time_asked_from() {
+    let schedule = Schedule::parse("30 1 * * *").unwrap();
+    let tz = chrono_tz::America::New_York;
+    // Asked from 01:45 EST (the second 01:xx): the next is tomorrow, not 01:30 EDT (earlier).
+    for after in [
+        "2027-11-07T05:45:00Z",
+        "2027-11-07T06:15:00Z",
+        "2027-11-07T06:30:00Z",
+        "2027-11-07T06:45:00Z",
+    ] {
+        let from = at(after).with_timezone(&tz);
+        let next = schedule.next_after(&from).unwrap();
+        assert!(next > from, "{next} after {from}");
+        assert_eq!(
+            next.format("%Y-%m-%d %H:%M").to_string(),
+            "2027-11-08 01:30"
+        );
+    }
+    // Every second of the change, for a frequent schedule too.
+    let every_minute = Schedule::parse("* * * * *").unwrap();
+    let mut t = at("2027-11-07T04:50:00Z").with_timezone(&tz);
+    for _ in 0..200 {
+        let next = every_minute.next_after(&t).unwrap();
+        assert!(next > t);
+        assert!(
+            (next.clone() - t.clone()).num_seconds() <= 60,
+            "{t} -> {next}"
+        );
+        t = next;
+    }
+}
+
+#[test]
+fn london_changes_follow_the_same_rules() {
+    // Europe/London, 2027-03-28 01:00 GMT -> 02:00 BST; 2027-10-31 02:00 BST -> 01:00 GMT.
+    assert_eq!(
+        next_in(
+            "30 1 * * *",
+            chrono_tz::Europe::London,
+            "2027-03-27T12:00:00Z",
+            2
+        ),
+        ["2027-03-28 02:00 +0100", "2027-03-29 01:30 +0100"]
+    );
+    assert_eq!(
+        next_in(
+            "15 * * * *",
+            chrono_tz::Europe::London,
+            "2027-10-31T00:00:00Z",
+            3
+        ),
+        [
+            "2027-10-31 01:15 +0100",
+            "2027-10-31 01:15 +0000",
+            "2027-10-31 02:15 +0000"
+        ]
+    );
+}
+
+#[test]
+fn lord_howe_shifts_by_half_an_hour() {
+    // Australia/Lord_Howe, 2027-10-03: 02:00 +1030 jumps to 02:30 +1100.
+    assert_eq!(
+        next_in(
+            "15 2 * * *",
+            chrono_tz::Australia::Lord_Howe,
+            "2027-10-02T00:00:00Z",
+            2
+        ),
+        ["2027-10-03 02:30 +1100", "2027-10-04 02:15 +1100"]
+    );
+    // 2027-04-04: 02:00 +1100 falls back to 01:30 +1030; 01:30-01:59 happens twice.
+    assert_eq!(
+        next_in(
+            "45 * * * *",
+            chrono_tz::Australia::Lord_Howe,
+            "2027-04-03T14:00:00Z",
+            3
+        ),
+        [
+            "2027-04-04 01:45 +1100",
+            "2027-04-04 01:45 +1030",
+            "2027-04-04 02:45 +1030"
+        ]
+    );
+}
