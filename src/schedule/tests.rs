@@ -446,7 +446,7 @@ fn in_the_repeated_hour_the_next_time_is_strictly_after_the_time_asked_from() {
         let next = every_minute.next_after(&t).unwrap();
         assert!(next > t);
         assert!(
-            (next.clone() - t.clone()).num_seconds() <= 60,
+            (next - t).num_seconds() <= 60,
             "{t} -> {next}"
         );
         t = next;

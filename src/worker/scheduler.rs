@@ -196,10 +196,10 @@ impl Scheduler {
             self.reload_due = true;
         }
         self.collect_finished();
-        if self.reload_due && self.last_reload.is_none_or(|t| t.elapsed() >= RELOAD_GAP) {
-            if !self.reload_rules()? {
-                return Some(POLL);
-            }
+        let reload_now =
+            self.reload_due && self.last_reload.is_none_or(|t| t.elapsed() >= RELOAD_GAP);
+        if reload_now && !self.reload_rules()? {
+            return Some(POLL);
         }
         if gucs::enabled() {
             self.dispatch_due();
