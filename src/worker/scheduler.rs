@@ -198,8 +198,9 @@ impl Scheduler {
         self.collect_finished();
         let reload_now =
             self.reload_due && self.last_reload.is_none_or(|t| t.elapsed() >= RELOAD_GAP);
-        if reload_now && !self.reload_rules()? {
-            return Some(POLL);
+        if reload_now {
+            // Unreadable rules (a lock held on them) keep the loaded ones in service below.
+            self.reload_rules()?;
         }
         if gucs::enabled() {
             self.dispatch_due();
