@@ -445,10 +445,7 @@ fn in_the_repeated_hour_the_next_time_is_strictly_after_the_time_asked_from() {
     for _ in 0..200 {
         let next = every_minute.next_after(&t).unwrap();
         assert!(next > t);
-        assert!(
-            (next - t).num_seconds() <= 60,
-            "{t} -> {next}"
-        );
+        assert!((next - t).num_seconds() <= 60, "{t} -> {next}");
         t = next;
     }
 }

@@ -183,6 +183,21 @@ impl Agenda {
             .min()
     }
 
+    /// The earliest due time after `now` of the rules `include` accepts (rules already due are
+    /// waiting for something that wakes the scheduler itself: a free slot, a table).
+    pub fn next_wake_after(
+        &self,
+        now: DateTime<Utc>,
+        include: impl Fn(i64) -> bool,
+    ) -> Option<DateTime<Utc>> {
+        self.entries
+            .iter()
+            .filter(|(id, _)| include(**id))
+            .filter_map(|(_, e)| e.next_due)
+            .filter(|t| *t > now)
+            .min()
+    }
+
     pub fn next_due(&self, id: i64) -> Option<DateTime<Utc>> {
         self.entries.get(&id).and_then(|e| e.next_due)
     }

@@ -114,7 +114,8 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
             .map(|d| d.next_start.saturating_duration_since(Instant::now()))
             .min()
             .unwrap_or(TICK);
-        woken = signals::wait(next.clamp(Duration::from_millis(100), TICK));
+        signals::wait(next.clamp(Duration::from_millis(100), TICK));
+        woken = registry::take_launcher_wake();
     }
     log!("pg_token_cleanup: launcher stopped");
     // Exit 1 so that the postmaster restarts a launcher ended by pg_terminate_backend (it does not
@@ -145,6 +146,9 @@ fn start_scheduler(database: pg_sys::Oid, name: &str) -> Option<DynamicBackgroun
         .enable_spi_access()
         .set_restart_time(None)
         .set_argument(database.into_datum())
+        // Its exit wakes the launcher, which starts it again unless the extension is gone.
+        // SAFETY: reading this process's pid.
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
         .load_dynamic();
     match worker {
         Ok(w) => Some(w),

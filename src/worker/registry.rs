@@ -111,6 +111,9 @@ impl DatabaseState {
 pub struct Registry {
     slots: [Slot; MAX_WORKERS],
     databases: [DatabaseState; MAX_DATABASES],
+    /// CREATE EXTENSION asked the launcher to look again (its latch is also set when its children
+    /// start and stop, which must not count as that).
+    launcher_wake: bool,
 }
 
 impl Default for Registry {
@@ -118,6 +121,7 @@ impl Default for Registry {
         Registry {
             slots: [Slot::FREE; MAX_WORKERS],
             databases: [DatabaseState::NONE; MAX_DATABASES],
+            launcher_wake: false,
         }
     }
 }
@@ -245,12 +249,18 @@ pub fn wake_scheduler(database: pg_sys::Oid) {
     }
 }
 
-/// Wakes the launcher.
+/// Wakes the launcher: CREATE EXTENSION happened somewhere, look again.
 pub fn wake_launcher() {
-    let registry = REGISTRY.share();
+    let mut registry = REGISTRY.exclusive();
+    registry.launcher_wake = true;
     for slot in registry.slots.iter().filter(|s| s.kind == Kind::Launcher) {
         set_latch(slot);
     }
+}
+
+/// The launcher's side: whether it was asked to look again since it last asked (and forget it).
+pub fn take_launcher_wake() -> bool {
+    std::mem::take(&mut REGISTRY.exclusive().launcher_wake)
 }
 
 /// Whether a live scheduler is registered for `database`.

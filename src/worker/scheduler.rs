@@ -207,20 +207,16 @@ impl Scheduler {
         }
         self.prune_if_due();
         let in_flight = &self.in_flight;
+        let now = Utc::now();
         let next = self
             .agenda
-            .next_wake_where(|id| !in_flight.contains_key(&id));
+            .next_wake_after(now, |id| !in_flight.contains_key(&id));
         let mut sleep = match next {
-            Some(t) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+            Some(t) => (t - now).to_std().unwrap_or(Duration::ZERO),
             None => POLL,
         };
         if self.reload_due {
             sleep = sleep.min(RELOAD_GAP);
-        }
-        // A due rule that waits for a slot or a busy table is retried when a runner ends (which sets
-        // the latch) or after POLL, not in a busy loop.
-        if sleep.is_zero() {
-            sleep = POLL;
         }
         Some(sleep.min(POLL))
     }
