@@ -173,6 +173,13 @@ fn run(
         );
     }
     let rule = catalog::visible_rule_by_name(rule_name);
+    if changed_in_this_transaction(rule.id) {
+        refuse(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("rule \"{}\" has changes this transaction has not committed", rule.name),
+            "Commit, then run it: a run commits in transactions of its own, and must run the rule as everyone sees it.",
+        );
+    }
     let run_id = allocate_run_id();
     let name = rule.name.clone();
     let handoff = Handoff::create(&Job {
@@ -256,6 +263,20 @@ fn run(
     }
     let started = started.expect("started_at is NOT NULL");
     TableIterator::once((run_id, name, status, rows, batches, started, finished))
+}
+
+/// Whether the rule's row was written by this (uncommitted) transaction.
+fn changed_in_this_transaction(rule_id: i64) -> bool {
+    Spi::get_one_with_args::<i64>(
+        "SELECT xmin::text::int8 FROM token_cleanup.rules WHERE id = $1",
+        &[rule_id.into()],
+    )
+    .ok()
+    .flatten()
+    // SAFETY: a transaction id read from the row; the check reads this backend's state.
+    .is_some_and(|xmin| unsafe {
+        pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(xmin as u32))
+    })
 }
 
 fn allocate_run_id() -> i64 {

@@ -466,10 +466,10 @@ mod tests {
         );
         fixtures();
         run(&insert("r", "public.refresh_tokens", "revoked", "@daily"));
-        // The runner cannot see a rule this transaction has not committed.
+        // A run commits in its own transactions: a rule this transaction has not committed is refused.
         assert_eq!(
             error_of("SELECT * FROM token_cleanup.run('r')"),
-            "rule \"r\" did not run"
+            "rule \"r\" has changes this transaction has not committed"
         );
     }
 }
