@@ -498,7 +498,7 @@ fn a_run_waiting_for_a_slot_starts_when_one_frees_and_records_its_delay() {
     );
     let waited: f64 = admin
         .query_one(
-            "SELECT extract(epoch FROM min(start_delay))::float8 FROM token_cleanup.runs WHERE rule_name = 'quick'",
+            "SELECT extract(epoch FROM start_delay)::float8 FROM token_cleanup.runs WHERE rule_name = 'quick' ORDER BY id LIMIT 1",
             &[],
         )
         .unwrap()
