@@ -174,7 +174,7 @@ fn a_rule_on_a_dropped_table_fails_alone() {
     let error = failed_run_error(&mut db, "doomed");
     assert_eq!(
         error,
-        "table public.doomed of rule \"doomed\" does not exist (dropped or renamed?)"
+        "table public.doomed of rule \"doomed\" does not exist (dropped or renamed?) (SQLSTATE 42P01)"
     );
     // The other rule keeps being served: fresh expired rows keep disappearing.
     for round in 0..2 {
