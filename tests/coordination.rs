@@ -106,8 +106,8 @@ fn scheduler_pid(client: &mut Client, database: &str) -> Option<i32> {
 fn start_delays(client: &mut Client, rule: &str, since: &str) -> Vec<f64> {
     let mut delays: Vec<f64> = client
         .query(
-            "SELECT extract(epoch FROM start_delay)::float8 FROM token_cleanup.runs
-              WHERE rule_name = $1 AND started_at >= $2::text::timestamptz AND start_delay IS NOT NULL",
+            "SELECT extract(epoch FROM started_at - scheduled_for)::float8 FROM token_cleanup.runs
+              WHERE rule_name = $1 AND started_at >= $2::text::timestamptz AND scheduled_for IS NOT NULL",
             &[&rule, &since],
         )
         .unwrap()
@@ -265,7 +265,11 @@ fn a_non_superuser_owner_can_drop_rename_move_and_copy_its_database() {
 /// only after 64 s, and not at all while any role held its advisory-lock key.
 #[test]
 fn a_terminated_scheduler_is_back_within_five_seconds_whatever_locks_roles_hold() {
-    let cluster = Cluster::start("coord_restart", &[]);
+    // The default probe interval: 0.1's launcher took that long to restart a terminated scheduler.
+    let cluster = Cluster::start(
+        "coord_restart",
+        &["pg_token_cleanup.database_probe_interval = '60s'"],
+    );
     let mut admin = cluster.database_with_extension("app");
     let mut alice = app_role(&cluster, "app", "alice", 0, 10);
     add_rule(&mut alice, "steady", "alice.tokens", EVERY_SECOND);
@@ -277,22 +281,22 @@ fn a_terminated_scheduler_is_back_within_five_seconds_whatever_locks_roles_hold(
         )
         .unwrap()
         .get(0);
-    // Another role takes the advisory-lock keys 0.1 used ("tkns" for the scheduler, "tknc" per rule).
-    let mut mallory = cluster.connect("app");
-    mallory.batch_execute("CREATE ROLE mallory LOGIN").unwrap();
+    admin.batch_execute("CREATE ROLE mallory LOGIN").unwrap();
     let mut mallory = cluster.connect_as("app", "mallory");
+
+    // A DBA's script ends the scheduler; another role takes, as soon as it is free, the
+    // advisory-lock keys 0.1 used ("tkns" for the scheduler, "tknc" for the rule).
+    let old = scheduler_pid(&mut admin, "app").expect("a scheduler");
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&old])
+        .unwrap();
+    let started = Instant::now();
     mallory
         .execute(
             "SELECT pg_advisory_lock(1953394291, 0), pg_advisory_lock(1953394275, $1::int)",
             &[&(rule_id as i32)],
         )
         .unwrap();
-
-    let old = scheduler_pid(&mut admin, "app").expect("a scheduler");
-    admin
-        .execute("SELECT pg_terminate_backend($1)", &[&old])
-        .unwrap();
-    let started = Instant::now();
     let new = wait_for("a new scheduler", Duration::from_secs(5), || {
         scheduler_pid(&mut admin, "app").filter(|pid| *pid != old)
     });

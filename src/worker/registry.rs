@@ -465,15 +465,23 @@ pub fn done(run_id: i64) {
         slot.run_id = run_id;
         slot.scheduler_pid
     });
-    if let Some(scheduler_pid) = scheduler.filter(|p| *p != 0) {
-        let registry = REGISTRY.share();
-        if let Some(s) = registry
-            .slots
-            .iter()
-            .find(|s| s.kind == Kind::Scheduler && s.pid == scheduler_pid)
-        {
-            set_latch(s);
-        }
+    if let Some(scheduler_pid) = scheduler {
+        wake_scheduler_pid(scheduler_pid);
+    }
+}
+
+/// Sets the latch of the scheduler `pid` (a runner that has registered or finished tells it so).
+pub fn wake_scheduler_pid(pid: i32) {
+    if pid == 0 {
+        return;
+    }
+    let registry = REGISTRY.share();
+    if let Some(s) = registry
+        .slots
+        .iter()
+        .find(|s| s.kind == Kind::Scheduler && s.pid == pid)
+    {
+        set_latch(s);
     }
 }
 

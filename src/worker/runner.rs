@@ -115,6 +115,8 @@ fn serve(database: pg_sys::Oid, scheduler_pid: i32) {
         warning!("pg_token_cleanup: no registry slot for a runner");
         return;
     }
+    // The scheduler started this runner for a due rule: it can hand it over now.
+    registry::wake_scheduler_pid(scheduler_pid);
     let mut idle_since = Instant::now();
     while !signals::stop_requested() {
         signals::reload_config_if_asked();

@@ -237,6 +237,8 @@ impl Scheduler {
         })?;
         let loaded = match loaded {
             Ok(loaded) => loaded,
+            // Read while DROP EXTENSION was committing.
+            Err(_) if !BackgroundWorker::transaction(extension_present) => return None,
             Err(e) => {
                 self.warn(&format!(
                     "pg_token_cleanup: could not read token_cleanup.rules ({e}); serving the {} rule(s) loaded before, trying again",
@@ -444,6 +446,7 @@ impl Scheduler {
                 "pg_token_cleanup: pruned {n} run(s) older than pg_token_cleanup.history_retention"
             ),
             Ok(_) => {}
+            Err(_) if !BackgroundWorker::transaction(extension_present) => {}
             Err(e) => self.warn(&format!("pg_token_cleanup: could not prune history: {e}")),
         }
     }
