@@ -16,7 +16,7 @@ SELECT r.id                    AS rule_id,
        last.finished_at - last.started_at AS last_duration,
        last.error              AS last_error,
        CASE WHEN r.enabled AND pg_catalog.current_setting('pg_token_cleanup.enabled')::boolean
-            THEN token_cleanup.next_run(r.schedule) END AS next_run_at,
+            THEN token_cleanup.next_run(r.schedule, r.timezone) END AS next_run_at,
        coalesce(totals.runs, 0)          AS runs,
        coalesce(totals.succeeded, 0)     AS succeeded,
        coalesce(totals.failed, 0)        AS failed,

@@ -73,12 +73,19 @@ fn next_runs(
     SetOfIterator::new(times)
 }
 
-/// The next fire time of `schedule` after now (NULL if it never fires again); used by `rule_stats`.
+/// The next fire time of `schedule` after now, in `timezone` (NULL: pg_token_cleanup.timezone);
+/// NULL if it never fires again. Used by `rule_stats`.
 #[pg_extern(stable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
-fn next_run(schedule: &str) -> Option<TimestampWithTimeZone> {
+fn next_run(
+    schedule: &str,
+    timezone: default!(Option<&str>, "NULL"),
+) -> Option<TimestampWithTimeZone> {
     let schedule = Schedule::parse(schedule).ok()?;
-    let now = Utc::now().with_timezone(&gucs::timezone());
+    let tz = timezone
+        .and_then(gucs::parse_timezone)
+        .unwrap_or_else(gucs::timezone);
+    let now = Utc::now().with_timezone(&tz);
     schedule
         .next_after(&now)
         .map(|t| to_pg(t.with_timezone(&Utc)))

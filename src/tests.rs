@@ -251,9 +251,28 @@ mod tests {
                       VALUES ('r', 'public.refresh_tokens', 'true', '@daily', -1)"),
             "max_rows_per_second -1 of rule \"r\" is negative"
         );
+        assert_eq!(
+            error_of("INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, max_run_duration) \
+                      VALUES ('r', 'public.refresh_tokens', 'true', '@daily', '0 s')"),
+            "max_run_duration of rule \"r\" must be positive, got 0 seconds"
+        );
+        assert_eq!(
+            error_of("INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, timezone) \
+                      VALUES ('r', 'public.refresh_tokens', 'true', '@daily', 'Mars/Olympus')"),
+            "invalid timezone \"Mars/Olympus\" for rule \"r\""
+        );
         run(
-            "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size, max_rows_per_second) \
-             VALUES ('ok', 'public.refresh_tokens', 'true', '@daily', 100, 0)",
+            "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size, max_rows_per_second, \
+                                              max_run_duration, timezone) \
+             VALUES ('ok', 'public.refresh_tokens', 'true', '@daily', 100, 0, '10 minutes', 'America/New_York')",
+        );
+        // rule_stats evaluates the schedule in the rule's time zone: midnight in New York.
+        assert_eq!(
+            one::<String>(
+                "SELECT to_char(next_run_at AT TIME ZONE 'America/New_York', 'HH24:MI') \
+                   FROM token_cleanup.rule_stats WHERE rule = 'ok'"
+            ),
+            Some("00:00".into())
         );
     }
 

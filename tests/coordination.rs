@@ -11,6 +11,14 @@ use std::time::{Duration, Instant};
 
 const EVERY_SECOND: &str = "* * * * * *";
 
+/// These tests measure start delays to the tenth of a second: they run one at a time, so that eight
+/// clusters starting at once on two cores do not measure each other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// An application role with CREATE on `database` (for its own schema) and a token table in it.
 fn app_role(cluster: &Cluster, database: &str, role: &str, expired: i64, live: i64) -> Client {
     cluster
@@ -127,6 +135,7 @@ fn p99(sorted: &[f64]) -> f64 {
 /// pg_stat_activity, which hides other roles' sessions).
 #[test]
 fn an_ordinary_roles_rule_changes_take_effect_within_two_seconds() {
+    let _serial = one_at_a_time();
     let cluster = Cluster::start("coord_changes", &["max_prepared_transactions = 4"]);
     drop(cluster.database_with_extension("app"));
     let mut alice = app_role(&cluster, "app", "alice", 10, 10);
@@ -187,6 +196,7 @@ fn an_ordinary_roles_rule_changes_take_effect_within_two_seconds() {
 /// dropped, renamed or copied by its owner.
 #[test]
 fn a_non_superuser_owner_can_drop_rename_move_and_copy_its_database() {
+    let _serial = one_at_a_time();
     let cluster = Cluster::start("coord_dbowner", &[]);
     let mut admin = cluster.connect("postgres");
     let tablespace = cluster.dir.join("ts");
@@ -265,6 +275,7 @@ fn a_non_superuser_owner_can_drop_rename_move_and_copy_its_database() {
 /// only after 64 s, and not at all while any role held its advisory-lock key.
 #[test]
 fn a_terminated_scheduler_is_back_within_five_seconds_whatever_locks_roles_hold() {
+    let _serial = one_at_a_time();
     // The default probe interval: 0.1's launcher took that long to restart a terminated scheduler.
     let cluster = Cluster::start(
         "coord_restart",
@@ -323,6 +334,7 @@ fn a_terminated_scheduler_is_back_within_five_seconds_whatever_locks_roles_hold(
 /// table, or waking the scheduler as often as it likes, stalled every rule of the database.
 #[test]
 fn no_role_can_stall_the_scheduler() {
+    let _serial = one_at_a_time();
     let cluster = Cluster::start("coord_stall", &["log_min_messages = debug1"]);
     drop(cluster.database_with_extension("app"));
     let mut alice = app_role(&cluster, "app", "alice", 0, 10);
@@ -400,6 +412,7 @@ fn no_role_can_stall_the_scheduler() {
 /// rules on one table still never run at once.
 #[test]
 fn a_long_purge_runs_beside_short_rules() {
+    let _serial = one_at_a_time();
     let cluster = Cluster::start("coord_parallel", &[]);
     let mut admin = cluster.database_with_extension("app");
     let mut alice = app_role(&cluster, "app", "alice", 0, 10);
@@ -475,6 +488,7 @@ fn a_long_purge_runs_beside_short_rules() {
 /// it is never lost or doubled.
 #[test]
 fn a_run_waiting_for_a_slot_starts_when_one_frees_and_records_its_delay() {
+    let _serial = one_at_a_time();
     let cluster = Cluster::start("coord_oneslot", &["pg_token_cleanup.max_parallel_runs = 1"]);
     let mut admin = cluster.database_with_extension("app");
     let mut alice = app_role(&cluster, "app", "alice", 0, 10);
@@ -529,6 +543,7 @@ fn a_run_waiting_for_a_slot_starts_when_one_frees_and_records_its_delay() {
 /// recorded `stopped`; the next runs finish the job, deleting every matching row once and no other.
 #[test]
 fn max_run_duration_stops_a_run_and_the_next_runs_finish_the_job() {
+    let _serial = one_at_a_time();
     let cluster = Cluster::start("coord_duration", &[]);
     let mut admin = cluster.database_with_extension("app");
     let mut alice = app_role(&cluster, "app", "alice", 10_000, 1_000);
@@ -604,6 +619,7 @@ fn max_run_duration_stops_a_run_and_the_next_runs_finish_the_job() {
 /// Finding 4: a lone DROP EXTENSION left a scheduler that logged a warning every few seconds.
 #[test]
 fn a_lone_drop_extension_ends_the_scheduler_quietly() {
+    let _serial = one_at_a_time();
     let cluster = Cluster::start("coord_dropext", &[]);
     let mut admin = cluster.database_with_extension("app");
     wait_for("a scheduler", Duration::from_secs(10), || {
