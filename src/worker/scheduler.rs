@@ -202,17 +202,22 @@ impl Scheduler {
             // Unreadable rules (a lock held on them) keep the loaded ones in service below.
             self.reload_rules()?;
         }
+        // Rules due at `now` and not started wait for a slot or a table (a runner's end wakes us);
+        // rules that fall due after `now`, even while this pass goes on, end the sleep.
+        let now = Utc::now();
         if gucs::enabled() {
-            self.dispatch_due();
+            self.dispatch_due(now);
         }
         self.prune_if_due();
         let in_flight = &self.in_flight;
-        let now = Utc::now();
         let next = self
             .agenda
             .next_wake_after(now, |id| !in_flight.contains_key(&id));
         let mut sleep = match next {
-            Some(t) => (t - now).to_std().unwrap_or(Duration::ZERO),
+            // Rounded up to the millisecond: waking a hair early would find nothing due.
+            Some(t) => (t - Utc::now())
+                .to_std()
+                .map_or(Duration::ZERO, |d| d + Duration::from_micros(999)),
             None => POLL,
         };
         if self.reload_due {
@@ -318,8 +323,7 @@ impl Scheduler {
     }
 
     /// Hands due rules to idle runners, starting runners up to max_parallel_runs.
-    fn dispatch_due(&mut self) {
-        let now = Utc::now();
+    fn dispatch_due(&mut self, now: DateTime<Utc>) {
         let due: Vec<(i64, DateTime<Utc>)> = self
             .agenda
             .due(now)
