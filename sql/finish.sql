@@ -1,8 +1,9 @@
 -- Runs last in CREATE EXTENSION, after the Rust functions exist: the statistics view, and the wake-up
 -- that makes the launcher start this database's scheduler at commit, without a restart.
 
--- Per rule: last run, its status, next fire time, totals over the history kept
--- (pg_token_cleanup.history_retention). security_invoker: row-level security applies to the caller.
+-- Per rule: last run, its status, next fire time, and lifetime totals (token_cleanup.rule_totals,
+-- which pruning the history never shrinks). security_invoker: row-level security applies to the
+-- caller.
 CREATE VIEW token_cleanup.rule_stats WITH (security_invoker = true) AS
 SELECT r.id                    AS rule_id,
        r.name                  AS rule,
@@ -17,34 +18,89 @@ SELECT r.id                    AS rule_id,
        last.error              AS last_error,
        CASE WHEN r.enabled AND pg_catalog.current_setting('pg_token_cleanup.enabled')::boolean
             THEN token_cleanup.next_run(r.schedule, r.timezone) END AS next_run_at,
-       coalesce(totals.runs, 0)          AS runs,
-       coalesce(totals.succeeded, 0)     AS succeeded,
-       coalesce(totals.failed, 0)        AS failed,
-       coalesce(totals.interrupted, 0)   AS interrupted,
-       coalesce(totals.rows_deleted, 0)  AS total_rows_deleted,
-       totals.avg_duration,
-       totals.max_duration,
-       totals.longest_batch_ms
+       coalesce(t.runs, 0)               AS runs,
+       coalesce(t.succeeded, 0)          AS succeeded,
+       coalesce(t.failed, 0)             AS failed,
+       coalesce(t.interrupted, 0)        AS interrupted,
+       coalesce(t.stopped, 0)            AS stopped,
+       coalesce(t.refused, 0)            AS refused,
+       coalesce(t.consecutive_failures, 0) AS consecutive_failures,
+       coalesce(t.rows_deleted, 0)       AS total_rows_deleted,
+       t.run_time / nullif(t.runs, 0)    AS avg_duration,
+       t.longest_run                     AS max_duration,
+       t.longest_batch_ms,
+       t.last_success_at,
+       t.last_failure_at
   FROM token_cleanup.rules r
+  LEFT JOIN token_cleanup.rule_totals t ON t.rule_id = r.id
   LEFT JOIN LATERAL (
         SELECT h.started_at, h.finished_at, h.status, h.rows_deleted, h.error
           FROM token_cleanup.runs h
          WHERE h.rule_id = r.id
          ORDER BY h.started_at DESC
-         LIMIT 1) last ON true
-  LEFT JOIN LATERAL (
-        SELECT count(*)                                          AS runs,
-               count(*) FILTER (WHERE h.status = 'succeeded')    AS succeeded,
-               count(*) FILTER (WHERE h.status = 'failed')       AS failed,
-               count(*) FILTER (WHERE h.status = 'interrupted')  AS interrupted,
-               sum(h.rows_deleted)::bigint                       AS rows_deleted,
-               avg(h.finished_at - h.started_at)                 AS avg_duration,
-               max(h.finished_at - h.started_at)                 AS max_duration,
-               max(h.longest_batch_ms)                           AS longest_batch_ms
-          FROM token_cleanup.runs h
-         WHERE h.rule_id = r.id) totals ON true;
+         LIMIT 1) last ON true;
 
 GRANT SELECT ON token_cleanup.rule_stats TO PUBLIC;
+
+-- One row per run going on: what it has done so far (updated after every batch).
+CREATE VIEW token_cleanup.progress WITH (security_invoker = true) AS
+SELECT h.rule_name AS rule,
+       h.id        AS run_id,
+       h.pid,
+       h.trigger,
+       h.started_at,
+       h.batches,
+       h.rows_deleted,
+       round((h.rows_deleted / greatest(extract(epoch FROM pg_catalog.clock_timestamp() - h.started_at), 0.001))::numeric, 1)
+                   AS rows_per_second
+  FROM token_cleanup.runs h
+ WHERE h.status = 'running';
+
+GRANT SELECT ON token_cleanup.progress TO PUBLIC;
+
+-- Metrics in the shape postgres_exporter's custom queries and similar collectors read as they
+-- are: a name, labels, a value (see docs/monitoring.md).
+CREATE VIEW token_cleanup.metrics WITH (security_invoker = true) AS
+SELECT 'pg_token_cleanup_runs_total'::text AS metric,
+       pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner, 'status', s.status) AS labels,
+       s.value::float8 AS value
+  FROM token_cleanup.rule_totals t
+ CROSS JOIN LATERAL (VALUES ('succeeded', t.succeeded), ('failed', t.failed),
+                            ('interrupted', t.interrupted), ('stopped', t.stopped),
+                            ('refused', t.refused)) AS s(status, value)
+UNION ALL
+SELECT 'pg_token_cleanup_rows_deleted_total',
+       pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner), t.rows_deleted::float8
+  FROM token_cleanup.rule_totals t
+UNION ALL
+SELECT 'pg_token_cleanup_run_seconds_total',
+       pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner),
+       extract(epoch FROM t.run_time)::float8
+  FROM token_cleanup.rule_totals t
+UNION ALL
+SELECT 'pg_token_cleanup_consecutive_failures',
+       pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner), t.consecutive_failures::float8
+  FROM token_cleanup.rule_totals t
+UNION ALL
+SELECT 'pg_token_cleanup_last_success_age_seconds',
+       pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner),
+       extract(epoch FROM pg_catalog.now() - t.last_success_at)::float8
+  FROM token_cleanup.rule_totals t WHERE t.last_success_at IS NOT NULL
+UNION ALL
+SELECT 'pg_token_cleanup_last_run_age_seconds',
+       pg_catalog.jsonb_build_object('rule', r.rule, 'owner', r.owner),
+       extract(epoch FROM pg_catalog.now() - r.last_run_at)::float8
+  FROM token_cleanup.rule_stats r WHERE r.last_run_at IS NOT NULL
+UNION ALL
+SELECT 'pg_token_cleanup_backlog_rows',
+       pg_catalog.jsonb_build_object('rule', r.name, 'owner', r.owner),
+       token_cleanup.backlog_estimate(r.name)::float8
+  FROM token_cleanup.rules r WHERE r.enabled
+UNION ALL
+SELECT 'pg_token_cleanup_running_runs', '{}'::jsonb, count(*)::float8
+  FROM token_cleanup.runs h WHERE h.status = 'running';
+
+GRANT SELECT ON token_cleanup.metrics TO PUBLIC;
 
 -- Internal: only CREATE EXTENSION wakes the launcher (anyone could otherwise make it probe every
 -- database over and over), and only the rules trigger wakes the scheduler.

@@ -50,6 +50,9 @@ CREATE TABLE token_cleanup.rules (
     max_rows_per_second integer,                     -- NULL: pg_token_cleanup.max_rows_per_second; 0: no limit
     max_run_duration  interval,                      -- NULL: no limit; a run stops between batches after it
     timezone          text,                          -- NULL: pg_token_cleanup.timezone
+    archive_table     text,                          -- NULL: none; else rows are moved there
+    max_rows_per_run  bigint,                        -- NULL: no limit; a run that would delete more is refused
+    max_fraction      real,                          -- NULL: pg_token_cleanup.max_fraction (of live rows)
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT rules_name_key UNIQUE (name)
@@ -63,8 +66,8 @@ CREATE TABLE token_cleanup.runs (
     rule_id       bigint      NOT NULL,
     rule_name     text        NOT NULL,
     owner         name        NOT NULL,
-    trigger       text        NOT NULL CHECK (trigger IN ('schedule', 'manual')),
-    status        text        NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted', 'stopped')),
+    trigger       text        NOT NULL CHECK (trigger IN ('schedule', 'manual', 'retry')),
+    status        text        NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted', 'stopped', 'refused')),
     scheduled_for timestamptz,
     started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at   timestamptz,
@@ -85,6 +88,28 @@ CREATE INDEX runs_started_idx ON token_cleanup.runs (started_at);
 CREATE INDEX runs_running_idx ON token_cleanup.runs (id) WHERE status = 'running';
 COMMENT ON TABLE token_cleanup.runs IS 'One row per run of a rule; pruned after pg_token_cleanup.history_retention';
 
+-- Per rule, counters over its whole life, updated at the end of every run: pruning the history
+-- never shrinks them. Kept without a foreign key, like the history.
+CREATE TABLE token_cleanup.rule_totals (
+    rule_id          bigint      PRIMARY KEY,
+    rule_name        text        NOT NULL,
+    owner            name        NOT NULL,
+    runs             bigint      NOT NULL DEFAULT 0,
+    succeeded        bigint      NOT NULL DEFAULT 0,
+    failed           bigint      NOT NULL DEFAULT 0,
+    interrupted      bigint      NOT NULL DEFAULT 0,
+    stopped          bigint      NOT NULL DEFAULT 0,
+    refused          bigint      NOT NULL DEFAULT 0,
+    rows_deleted     numeric     NOT NULL DEFAULT 0,
+    run_time         interval    NOT NULL DEFAULT '0',
+    longest_run      interval,
+    longest_batch_ms integer,
+    last_success_at  timestamptz,
+    last_failure_at  timestamptz,
+    consecutive_failures integer NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE token_cleanup.rule_totals IS 'Lifetime counters per rule; never pruned';
+
 -- Rules are configuration: pg_dump keeps them (history is not dumped).
 SELECT pg_catalog.pg_extension_config_dump('token_cleanup.rules', '');
 SELECT pg_catalog.pg_extension_config_dump('token_cleanup.rules_id_seq', '');
@@ -95,21 +120,26 @@ CREATE POLICY rules_owner ON token_cleanup.rules
     USING (owner = current_user) WITH CHECK (owner = current_user);
 ALTER TABLE token_cleanup.runs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY runs_owner ON token_cleanup.runs FOR SELECT USING (owner = current_user);
+ALTER TABLE token_cleanup.rule_totals ENABLE ROW LEVEL SECURITY;
+CREATE POLICY rule_totals_owner ON token_cleanup.rule_totals FOR SELECT USING (owner = current_user);
 
 GRANT USAGE ON SCHEMA token_cleanup TO PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON token_cleanup.rules TO PUBLIC;
 GRANT USAGE ON SEQUENCE token_cleanup.rules_id_seq TO PUBLIC;
 GRANT SELECT ON token_cleanup.runs TO PUBLIC;
+GRANT SELECT ON token_cleanup.rule_totals TO PUBLIC;
 
 -- Validation and bookkeeping of every INSERT and UPDATE: timestamps, immutable id, owner rules,
 -- and token_cleanup.check_rule() (Rust), which refuses a bad field with a clear error and returns
--- the table name in its canonical schema-qualified, quoted form.
+-- the table names (target, archive) in their canonical schema-qualified, quoted form.
 -- No SET search_path here: table_name is resolved with the caller's search_path, as regclass input
 -- is; check_rule then stores the schema-qualified name. So nothing in this body may depend on the
 -- caller's search_path: every function, operator and type is schema-qualified (a caller with
 -- another role's schema before pg_catalog in its path must not run that role's code).
 CREATE FUNCTION token_cleanup.rules_before_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    canonical pg_catalog.text[];
 BEGIN
     IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
         NEW.owner := coalesce(NEW.owner, current_user);
@@ -119,14 +149,16 @@ BEGIN
         NEW.created_at := OLD.created_at;
     END IF;
     NEW.updated_at := pg_catalog.now();
-    NEW.table_name := token_cleanup.check_rule(
+    canonical := token_cleanup.check_rule(
         NEW.name, NEW.table_name, NEW.condition, NEW.schedule, NEW.batch_size,
         NEW.owner::pg_catalog.text,
         pg_catalog.date_part('epoch', NEW.lock_timeout),
         pg_catalog.date_part('epoch', NEW.statement_timeout),
         NEW.max_rows_per_second,
         pg_catalog.date_part('epoch', NEW.max_run_duration),
-        NEW.timezone);
+        NEW.timezone, NEW.archive_table, NEW.max_rows_per_run, NEW.max_fraction);
+    NEW.table_name := canonical[1];
+    NEW.archive_table := canonical[2];
     RETURN NEW;
 END
 $$;

@@ -32,6 +32,10 @@ pub struct Rule {
     pub max_run_duration_ms: Option<i64>,
     /// IANA time zone of the schedule; NULL: pg_token_cleanup.timezone.
     pub timezone: Option<String>,
+    /// The table each batch moves its rows to (canonical name), if any.
+    pub archive_table: Option<String>,
+    pub max_rows_per_run: Option<i64>,
+    pub max_fraction: Option<f32>,
     /// Seconds since the epoch of the rule's last change.
     pub updated_at: f64,
 }
@@ -65,6 +69,14 @@ impl Rule {
             .unwrap_or_else(gucs::timezone)
     }
 
+    /// The largest fraction of live rows a run may delete (1: no limit): the rule's own, else the
+    /// setting.
+    pub fn effective_max_fraction(&self) -> f64 {
+        self.max_fraction
+            .map(f64::from)
+            .unwrap_or_else(gucs::max_fraction)
+    }
+
     /// Timeouts: the rule's own, else the settings.
     pub fn limits(&self) -> Limits {
         let clamp = |v: i64| v.clamp(0, i64::from(i32::MAX)) as i32;
@@ -84,7 +96,8 @@ impl Rule {
 const RULE_COLUMNS: &str = "r.id, r.name, r.table_name, r.condition, r.schedule, r.batch_size, r.enabled, \
      r.owner::text, (extract(epoch FROM r.lock_timeout) * 1000)::int8, \
      (extract(epoch FROM r.statement_timeout) * 1000)::int8, extract(epoch FROM r.updated_at)::float8, \
-     r.max_rows_per_second, (extract(epoch FROM r.max_run_duration) * 1000)::int8, r.timezone";
+     r.max_rows_per_second, (extract(epoch FROM r.max_run_duration) * 1000)::int8, r.timezone, \
+     r.archive_table, r.max_rows_per_run, r.max_fraction";
 
 fn rule_from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Rule> {
     Ok(Rule {
@@ -102,6 +115,9 @@ fn rule_from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Rule> {
         max_rows_per_second: row.get(12)?,
         max_run_duration_ms: row.get(13)?,
         timezone: row.get(14)?,
+        archive_table: row.get(15)?,
+        max_rows_per_run: row.get(16)?,
+        max_fraction: row.get(17)?,
     })
 }
 
@@ -113,7 +129,7 @@ pub fn load_enabled_rules() -> Vec<(Rule, Option<f64>)> {
     let sql = format!(
         "SELECT {RULE_COLUMNS}, \
            (SELECT extract(epoch FROM h.started_at)::float8 \
-              FROM token_cleanup.runs h WHERE h.rule_id = r.id AND h.trigger = 'schedule' \
+              FROM token_cleanup.runs h WHERE h.rule_id = r.id AND h.trigger IN ('schedule', 'retry') \
              ORDER BY h.started_at DESC LIMIT 1) AS last_run \
          FROM token_cleanup.rules r WHERE r.enabled ORDER BY r.id"
     );
@@ -184,7 +200,10 @@ fn check_rule(
     max_rows_per_second: Option<i32>,
     max_run_duration_s: Option<f64>,
     timezone: Option<&str>,
-) -> String {
+    archive_table: Option<&str>,
+    max_rows_per_run: Option<i64>,
+    max_fraction: Option<f32>,
+) -> Vec<Option<String>> {
     let name = required(
         "name",
         name,
@@ -206,6 +225,7 @@ fn check_rule(
     check_timeout(name, "statement_timeout", statement_timeout_s);
     check_max_rows_per_second(name, max_rows_per_second);
     check_max_run_duration(name, max_run_duration_s);
+    check_blast_radius(name, max_rows_per_run, max_fraction);
     let table_name = required(
         "table_name",
         table_name,
@@ -219,7 +239,8 @@ fn check_rule(
         "Give a boolean expression such as 'expires_at < now()'.",
     );
     check_condition(name, &table, condition, owner_oid, restoring);
-    table.qualified_name
+    let archive = archive_table.map(|a| check_archive(name, &table, a, owner_oid, restoring));
+    vec![Some(table.qualified_name), archive]
 }
 
 /// Whether rules are being restored (pg_dump's output, pg_restore): PostgreSQL's own signal for
@@ -322,6 +343,98 @@ fn check_max_rows_per_second(rule: &str, rate: Option<i32>) {
             ),
         );
     }
+}
+
+fn check_blast_radius(rule: &str, max_rows: Option<i64>, max_fraction: Option<f32>) {
+    if let Some(rows) = max_rows.filter(|r| *r < 1) {
+        refuse(
+            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            format!("max_rows_per_run {rows} of rule \"{rule}\" must be at least 1"),
+            "Give the most rows one run may delete, or NULL for no limit.",
+        );
+    }
+    if let Some(f) = max_fraction.filter(|f| !(*f > 0.0 && *f <= 1.0)) {
+        refuse(
+            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            format!("max_fraction {f} of rule \"{rule}\" is out of range (0, 1]"),
+            "Give the largest fraction of the table's live rows one run may delete, e.g. 0.2, or NULL for pg_token_cleanup.max_fraction.",
+        );
+    }
+}
+
+/// The archive table: a plain table with every column of the source (by name, same type), whose
+/// other columns can be left to their defaults, into which the role the rule runs as may insert.
+/// Returns its canonical name. While restoring, only its existence and kind are checked.
+fn check_archive(
+    rule: &str,
+    source: &ResolvedTable,
+    name: &str,
+    owner_oid: pg_sys::Oid,
+    restoring: bool,
+) -> String {
+    let hint = "Name a table with the source's columns (any order, same types); extra columns need defaults, e.g. archived_at timestamptz DEFAULT now().";
+    let archive = match target::lookup_table(name) {
+        Ok(Some(t)) => t,
+        Ok(None) => refuse(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("archive_table \"{name}\" of rule \"{rule}\" does not exist"),
+            hint,
+        ),
+        Err(why) => refuse(
+            PgSqlErrorCode::ERRCODE_INVALID_NAME,
+            format!("invalid archive_table \"{name}\" for rule \"{rule}\": {why}"),
+            hint,
+        ),
+    };
+    if archive.oid == source.oid {
+        refuse(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("archive_table of rule \"{rule}\" is its own table {}", source.qualified_name),
+            hint,
+        );
+    }
+    if let Some((what, fix)) = target::unsupported_kind(archive.oid) {
+        refuse(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("archive_table {} of rule \"{rule}\" {what}", archive.qualified_name),
+            fix,
+        );
+    }
+    if restoring {
+        return archive.qualified_name;
+    }
+    if let Err(why) = target::archive_columns(source, &archive) {
+        refuse(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!(
+                "archive_table {} of rule \"{rule}\" does not fit table {}: {why}",
+                archive.qualified_name, source.qualified_name
+            ),
+            hint,
+        );
+    }
+    let role = owner::run_as(owner_oid, source.oid);
+    // SAFETY: catalog privilege check.
+    let can_insert = unsafe {
+        pg_sys::pg_class_aclcheck(archive.oid, role, pg_sys::ACL_INSERT as pg_sys::AclMode)
+            == pg_sys::AclResult::ACLCHECK_OK
+    };
+    if !can_insert {
+        let role_name = owner::role_name(role);
+        refuse(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "role \"{role_name}\", as whom rule \"{rule}\" runs, has no INSERT privilege on archive_table {}",
+                archive.qualified_name
+            ),
+            format!(
+                "GRANT INSERT ON {} TO {};",
+                archive.qualified_name,
+                pgrx::spi::quote_identifier(&role_name)
+            ),
+        );
+    }
+    archive.qualified_name
 }
 
 fn check_max_run_duration(rule: &str, seconds: Option<f64>) {

@@ -131,6 +131,60 @@ fn scan(condition: &str) -> Result<Option<TokenProblem>, String> {
     .execute()
 }
 
+/// The bare and quoted identifiers in a condition (not keywords, literals or operators), as the
+/// scanner reads them (bare ones folded to lower case). Used to name the columns an index could
+/// serve.
+pub fn identifiers(condition: &str) -> Vec<String> {
+    let Ok(text) = CString::new(condition) else {
+        return Vec::new();
+    };
+    PgTryBuilder::new(|| {
+        // SAFETY: as in `scan`: the scanner reads `text`, its state lives in `extra`.
+        unsafe {
+            let mut extra = pg_sys::core_yy_extra_type::default();
+            let extra: *mut pg_sys::core_yy_extra_type = &mut extra;
+            let scanner = pg_sys::scanner_init(
+                text.as_ptr(),
+                extra,
+                &raw const pg_sys::ScanKeywords,
+                (&raw const pg_sys::ScanKeywordTokens).cast(),
+            );
+            (*extra).standard_conforming_strings = true;
+            let mut value = pg_sys::core_YYSTYPE::default();
+            let mut location: i32 = 0;
+            let mut found = Vec::new();
+            loop {
+                let token = pg_sys::core_yylex(&mut value, &mut location, scanner);
+                if token == 0 {
+                    break;
+                }
+                // Identifiers and literals carry a string; an identifier starts with a letter, an
+                // underscore or a double quote in the text.
+                // (Numbers and parameters carry an integer in the same union, never read here.)
+                let bytes = condition.as_bytes();
+                let at = location.max(0) as usize;
+                let starts_word = bytes
+                    .get(at)
+                    .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_' || *c == b'"' || *c >= 0x80);
+                // E'…', B'…', X'…', N'…', U&'…' are string literals.
+                let literal_prefix = bytes.get(at + 1) == Some(&b'\'')
+                    || (bytes.get(at + 1) == Some(&b'&') && bytes.get(at + 2) == Some(&b'\''));
+                let is_identifier = starts_word && !literal_prefix;
+                if token >= 256 && is_identifier && !value.str_.is_null() {
+                    let name = std::ffi::CStr::from_ptr(value.str_).to_string_lossy().into_owned();
+                    if !found.contains(&name) {
+                        found.push(name);
+                    }
+                }
+            }
+            pg_sys::scanner_finish(scanner);
+            found
+        }
+    })
+    .catch_others(|_| Vec::new())
+    .execute()
+}
+
 /// Proves that `condition` is exactly one SQL expression: `SELECT (<condition>\n)` must parse to a
 /// single plain SELECT with one unnamed target and nothing else.
 fn check_single_expression(condition: &str) -> Result<(), String> {

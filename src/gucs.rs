@@ -52,6 +52,22 @@ static DATABASE_PROBE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub const DEFAULT_MAX_PARALLEL_RUNS: i32 = 4;
 const MAX_MAX_PARALLEL_RUNS: i32 = 64;
 static MAX_PARALLEL_RUNS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_PARALLEL_RUNS);
+static MAX_FRACTION: GucSetting<f64> = GucSetting::<f64>::new(1.0);
+static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(3);
+static RETRY_BACKOFF_S: GucSetting<i32> = GucSetting::<i32>::new(60);
+
+/// When a run's end is announced with `NOTIFY token_cleanup`.
+#[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Notify {
+    #[name = c"off"]
+    Off,
+    #[name = c"failures"]
+    Failures,
+    #[name = c"all"]
+    All,
+}
+
+static NOTIFY: GucSetting<Notify> = GucSetting::<Notify>::new(Notify::Off);
 
 /// Registers every setting; called from `_PG_init` in every process that loads the library.
 pub fn init() {
@@ -155,6 +171,44 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_float_guc(
+        c"pg_token_cleanup.max_fraction",
+        c"Largest fraction of a table's live rows a run may delete, for rules whose max_fraction is NULL.",
+        c"A run that would delete more deletes nothing and is recorded 'refused'. 1 (the default) is no limit.",
+        &MAX_FRACTION,
+        0.0,
+        1.0,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"pg_token_cleanup.notify",
+        c"Announces the end of runs with NOTIFY token_cleanup: off, failures or all.",
+        c"The payload is JSON: database, rule, run id, trigger, status, rows deleted, duration, error and SQLSTATE.",
+        &NOTIFY,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_token_cleanup.max_retries",
+        c"How often a failed scheduled run is tried again before its next slot (0: never).",
+        c"",
+        &MAX_RETRIES,
+        0,
+        100,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_token_cleanup.retry_backoff",
+        c"Wait before the first retry of a failed scheduled run; it doubles for each further retry.",
+        c"",
+        &RETRY_BACKOFF_S,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
     // SAFETY: called while loading the library, as PostgreSQL requires.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"pg_token_cleanup".as_ptr()) };
 }
@@ -236,4 +290,23 @@ pub fn max_parallel_runs() -> usize {
 /// A time zone name as the setting takes it: an IANA name chrono-tz knows.
 pub fn parse_timezone(name: &str) -> Option<chrono_tz::Tz> {
     name.parse().ok()
+}
+
+/// The largest fraction of live rows a run may delete when its rule sets none (1: no limit).
+pub fn max_fraction() -> f64 {
+    MAX_FRACTION.get()
+}
+
+pub fn notify() -> Notify {
+    NOTIFY.get()
+}
+
+pub fn max_retries() -> u32 {
+    MAX_RETRIES.get().max(0) as u32
+}
+
+/// The wait before retry `attempt` (1-based): the backoff, doubled for each earlier retry.
+pub fn retry_backoff(attempt: u32) -> std::time::Duration {
+    let base = std::time::Duration::from_secs(RETRY_BACKOFF_S.get().max(1) as u64);
+    base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
 }

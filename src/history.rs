@@ -10,6 +10,8 @@ use pgrx::prelude::*;
 pub enum Trigger {
     Schedule,
     Manual,
+    /// A scheduled run tried again after it failed.
+    Retry,
 }
 
 impl Trigger {
@@ -17,6 +19,7 @@ impl Trigger {
         match self {
             Trigger::Schedule => "schedule",
             Trigger::Manual => "manual",
+            Trigger::Retry => "retry",
         }
     }
 }
@@ -30,6 +33,8 @@ pub enum Outcome {
     Interrupted(Error),
     /// Stopped between batches at the rule's max_run_duration; the rest goes in the next run.
     Stopped(String),
+    /// Refused before deleting anything: it would pass max_rows_per_run or max_fraction.
+    Refused(Error),
 }
 
 impl Outcome {
@@ -39,13 +44,14 @@ impl Outcome {
             Outcome::Failed(_) => "failed",
             Outcome::Interrupted(_) => "interrupted",
             Outcome::Stopped(_) => "stopped",
+            Outcome::Refused(_) => "refused",
         }
     }
 
     pub fn error(&self) -> Option<&Error> {
         match self {
             Outcome::Succeeded | Outcome::Stopped(_) => None,
-            Outcome::Failed(e) | Outcome::Interrupted(e) => Some(e),
+            Outcome::Failed(e) | Outcome::Interrupted(e) | Outcome::Refused(e) => Some(e),
         }
     }
 
@@ -54,7 +60,7 @@ impl Outcome {
         match self {
             Outcome::Succeeded => None,
             Outcome::Stopped(why) => Some(why),
-            Outcome::Failed(e) | Outcome::Interrupted(e) => Some(&e.message),
+            Outcome::Failed(e) | Outcome::Interrupted(e) | Outcome::Refused(e) => Some(&e.message),
         }
     }
 }
@@ -126,21 +132,65 @@ pub fn finish(run_id: i64, outcome: &Outcome, counts: &Counts) {
         ],
     )
     .expect("updating token_cleanup.runs");
+    add_to_totals(run_id);
 }
 
 /// Marks runs left `running` by a process that no longer exists (crash, kill -9, immediate
 /// shutdown) as `interrupted`. Returns how many were marked.
 pub fn mark_interrupted() -> i64 {
-    Spi::get_one::<i64>(
-        "WITH marked AS (UPDATE token_cleanup.runs SET status = 'interrupted', finished_at = clock_timestamp(), \
-                error = coalesce(error, 'the process running it ended before the run finished (crash, kill or shutdown)') \
-          WHERE status = 'running' \
-            AND (pid IS NULL OR pid = pg_backend_pid() \
-                 OR pid NOT IN (SELECT a.pid FROM pg_stat_activity a WHERE a.pid IS NOT NULL)) \
-          RETURNING 1) SELECT count(*) FROM marked",
+    let marked: Vec<i64> = Spi::connect_mut(|client| {
+        client
+            .update(
+                "UPDATE token_cleanup.runs SET status = 'interrupted', finished_at = clock_timestamp(), \
+                        sqlstate = coalesce(sqlstate, '57P01'), \
+                        error = coalesce(error, 'the process running it ended before the run finished (crash, kill or shutdown)') \
+                  WHERE status = 'running' \
+                    AND (pid IS NULL OR pid = pg_backend_pid() \
+                         OR pid NOT IN (SELECT a.pid FROM pg_stat_activity a WHERE a.pid IS NOT NULL)) \
+                  RETURNING id",
+                None,
+                &[],
+            )?
+            .map(|row| row.get::<i64>(1).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .expect("marking interrupted runs");
+    for id in &marked {
+        add_to_totals(*id);
+    }
+    marked.len() as i64
+}
+
+/// Adds a finished run to its rule's lifetime counters (`token_cleanup.rule_totals`).
+fn add_to_totals(run_id: i64) {
+    Spi::run_with_args(
+        "INSERT INTO token_cleanup.rule_totals AS t (rule_id, rule_name, owner, runs, succeeded, failed, \
+                interrupted, stopped, refused, rows_deleted, run_time, longest_run, longest_batch_ms, \
+                last_success_at, last_failure_at, consecutive_failures) \
+         SELECT h.rule_id, h.rule_name, h.owner, 1, (h.status = 'succeeded')::int, (h.status = 'failed')::int, \
+                (h.status = 'interrupted')::int, (h.status = 'stopped')::int, (h.status = 'refused')::int, \
+                h.rows_deleted, h.finished_at - h.started_at, h.finished_at - h.started_at, h.longest_batch_ms, \
+                CASE WHEN h.status IN ('succeeded', 'stopped') THEN h.finished_at END, \
+                CASE WHEN h.status IN ('failed', 'refused') THEN h.finished_at END, \
+                (h.status IN ('failed', 'refused'))::int \
+           FROM token_cleanup.runs h WHERE h.id = $1 \
+         ON CONFLICT (rule_id) DO UPDATE SET \
+                rule_name = excluded.rule_name, owner = excluded.owner, runs = t.runs + 1, \
+                succeeded = t.succeeded + excluded.succeeded, failed = t.failed + excluded.failed, \
+                interrupted = t.interrupted + excluded.interrupted, stopped = t.stopped + excluded.stopped, \
+                refused = t.refused + excluded.refused, rows_deleted = t.rows_deleted + excluded.rows_deleted, \
+                run_time = t.run_time + excluded.run_time, \
+                longest_run = greatest(t.longest_run, excluded.longest_run), \
+                longest_batch_ms = greatest(t.longest_batch_ms, excluded.longest_batch_ms), \
+                last_success_at = coalesce(excluded.last_success_at, t.last_success_at), \
+                last_failure_at = coalesce(excluded.last_failure_at, t.last_failure_at), \
+                consecutive_failures = CASE \
+                    WHEN excluded.consecutive_failures > 0 THEN t.consecutive_failures + 1 \
+                    WHEN excluded.last_success_at IS NOT NULL THEN 0 \
+                    ELSE t.consecutive_failures END",
+        &[run_id.into()],
     )
-    .expect("marking interrupted runs")
-    .unwrap_or(0)
+    .expect("updating token_cleanup.rule_totals");
 }
 
 /// Deletes finished runs older than `retention_seconds`. Returns how many were deleted.

@@ -31,6 +31,7 @@ pub mod executor;
 pub mod gucs;
 pub mod history;
 pub mod hooks;
+pub mod inspect;
 pub mod owner;
 pub mod schedule;
 pub mod target;

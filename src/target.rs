@@ -107,3 +107,63 @@ pub fn unsupported_kind(oid: pg_sys::Oid) -> Option<(&'static str, &'static str)
         _ => Some(("is not a table", "Point the rule at a plain table.")),
     }
 }
+
+/// The columns an archive batch copies: every column of `source` (not dropped, not generated), in
+/// the source's order, quoted. `Err` names what `archive` lacks: a column of the source, a column of
+/// another type, or a NOT NULL column without a default that the copy would leave empty.
+pub fn archive_columns(source: &ResolvedTable, archive: &ResolvedTable) -> Result<Vec<String>, String> {
+    let columns = |table: pg_sys::Oid| {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                            a.atttypid, a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '', \
+                            a.attgenerated <> '' \
+                       FROM pg_catalog.pg_attribute a \
+                      WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                    None,
+                    &[table.into()],
+                )?
+                .map(|r| {
+                    Ok((
+                        r.get::<String>(1)?.unwrap_or_default(),
+                        r.get::<String>(2)?.unwrap_or_default(),
+                        r.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+                        r.get::<bool>(4)?.unwrap_or(false),
+                        r.get::<bool>(5)?.unwrap_or(false),
+                        r.get::<bool>(6)?.unwrap_or(false),
+                    ))
+                })
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        })
+        .map_err(|e| e.to_string())
+    };
+    let source_columns = columns(source.oid)?;
+    let archive_columns = columns(archive.oid)?;
+    let mut copied = Vec::new();
+    for (name, type_name, type_oid, _, _, generated) in &source_columns {
+        if *generated {
+            continue;
+        }
+        match archive_columns.iter().find(|a| &a.0 == name) {
+            None => return Err(format!("it has no column \"{name}\"")),
+            Some(a) if a.5 => return Err(format!("its column \"{name}\" is generated")),
+            Some(a) if a.2 != *type_oid => {
+                return Err(format!(
+                    "its column \"{name}\" is {}, not {type_name}",
+                    a.1
+                ))
+            }
+            Some(_) => copied.push(pgrx::spi::quote_identifier(name)),
+        }
+    }
+    if let Some(extra) = archive_columns.iter().find(|a| {
+        a.3 && !a.4 && !source_columns.iter().any(|s| s.0 == a.0 && !s.5)
+    }) {
+        return Err(format!(
+            "its column \"{}\" is NOT NULL without a default, and the source has no such column",
+            extra.0
+        ));
+    }
+    Ok(copied)
+}

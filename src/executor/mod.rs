@@ -14,9 +14,11 @@
 //! a lock, see [`delete_batch`]) when the owner holds UPDATE on the table (PostgreSQL requires it for
 //! row locks); otherwise a batch waits for them, bounded by the rule's lock_timeout.
 
+mod blast_radius;
 mod method;
 mod range_delete;
 mod sizer;
+mod statements;
 
 use crate::catalog::Rule;
 use crate::errors::Error;
@@ -29,6 +31,7 @@ use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use sizer::BatchSizer;
+use statements::{Archive, BatchSql, Shape};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
@@ -77,22 +80,14 @@ struct Plan {
     /// server supports; `None` keeps the server's setting.
     wal_compression: Option<&'static str>,
     method: Method,
+    /// The planner's estimate of the matching rows.
+    estimated_rows: f64,
+    /// Where each batch moves its rows, if anywhere.
+    archive: Option<Archive>,
     /// A batch's DELETE, re-checking the condition (built once per run, for the run's method).
     delete_sql: BatchSql,
     /// The same with `FOR UPDATE SKIP LOCKED`; `None` when the owner may not lock rows.
     skip_locked_sql: Option<BatchSql>,
-}
-
-/// A batch statement around the clause that picks the batch's rows: `before` + rows + `after`.
-struct BatchSql {
-    before: String,
-    after: String,
-}
-
-impl BatchSql {
-    fn with(&self, rows: &str) -> String {
-        format!("{}{rows}{}", self.before, self.after)
-    }
 }
 
 /// The rows one batch covers.
@@ -130,6 +125,7 @@ pub fn table_locked_by_others(table: pg_sys::Oid) -> bool {
 /// A run's running totals, recorded after every batch.
 struct Tally<'a> {
     run_id: i64,
+    rule_name: &'a str,
     started: Instant,
     stop_requested: &'a dyn Fn() -> bool,
     /// The rule's max_run_duration: the run stops between batches once it has run this long.
@@ -149,6 +145,7 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
     let started = Instant::now();
     let mut tally = Tally {
         run_id,
+        rule_name: &rule.name,
         started,
         stop_requested,
         max_duration: rule.max_run_duration(),
@@ -185,6 +182,10 @@ fn run(rule: &Rule, tally: &mut Tally) -> Result<Outcome, Outcome> {
         Err(why) => return Err(Outcome::Failed(why)),
     };
     tally.method = Some(plan.method.name());
+    let checked = BackgroundWorker::transaction(|| blast_radius::check(rule, &plan));
+    if let Err(refused) = checked {
+        return Err(Outcome::Refused(refused));
+    }
     match plan.method {
         Method::TableWalk {
             end_block,
@@ -286,6 +287,10 @@ impl Tally<'_> {
                 self.rows_deleted += deleted.rows;
                 self.batches_redone += i32::from(deleted.redone);
                 self.batches += 1;
+                report_activity(&format!(
+                    "pg_token_cleanup: rule {} run {}: batch {}, {} rows",
+                    self.rule_name, self.run_id, self.batches, self.rows_deleted
+                ));
                 self.longest_batch_ms = self.longest_batch_ms.max(elapsed.as_millis());
                 Ok((deleted, elapsed.as_secs_f64() * 1000.0))
             }
@@ -327,6 +332,14 @@ impl Tally<'_> {
             std::thread::sleep(ahead.min(Duration::from_millis(100)));
         }
     }
+}
+
+/// What this worker is doing, in `pg_stat_activity.query` (visible to superusers, the members of
+/// pg_read_all_stats, and the worker's role).
+pub fn report_activity(what: &str) {
+    let what = std::ffi::CString::new(what.replace('\0', "")).expect("no NUL");
+    // SAFETY: copies the text into this backend's status entry.
+    unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, what.as_ptr()) };
 }
 
 /// The settings of a batch's transaction.
@@ -415,6 +428,10 @@ fn prepare(rule: &Rule) -> Result<Plan, Error> {
         pg_sys::pg_class_aclcheck(table.oid, owner, pg_sys::ACL_UPDATE as pg_sys::AclMode)
             == pg_sys::AclResult::ACLCHECK_OK
     };
+    let archive = match &rule.archive_table {
+        Some(name) => Some(archive_for(rule, &table, owner, name)?),
+        None => None,
+    };
     let mut plan = Plan {
         owner,
         limits: rule.limits(),
@@ -422,37 +439,94 @@ fn prepare(rule: &Rule) -> Result<Plan, Error> {
         max_rows_per_second: rule.effective_max_rows_per_second(),
         wal_compression: supported_wal_compression(),
         method: Method::Index,
-        delete_sql: BatchSql {
-            before: String::new(),
-            after: String::new(),
-        },
+        estimated_rows: 0.0,
+        archive,
+        delete_sql: statements::build("", "", Shape::Ctids, None).0,
         skip_locked_sql: None,
         table,
     };
-    plan.method = choose_method(rule, &plan).map_err(|e| e.context("planning the run"))?;
-    let name = &plan.table.qualified_name;
-    let condition = crate::condition::embedded(&rule.condition);
-    // A walk's batch returns the ctids it deleted: SPI stops the DELETE after batch_size of them,
-    // and the last one is where the next batch resumes.
-    let (limit, returning) = match plan.method {
-        Method::TableWalk { .. } => (format!(" LIMIT {}", plan.batch_size), " RETURNING ctid"),
-        Method::Index => (String::new(), ""),
+    let (method, estimated_rows) =
+        choose_method(rule, &plan).map_err(|e| e.context("planning the run"))?;
+    plan.method = method;
+    plan.estimated_rows = estimated_rows;
+    let shape = match plan.method {
+        Method::TableWalk { .. } => Shape::Walk {
+            limit: plan.batch_size,
+        },
+        Method::Index => Shape::Ctids,
     };
-    plan.delete_sql = BatchSql {
-        before: format!("DELETE FROM ONLY {name} WHERE "),
-        after: format!(" AND {condition}{returning}"),
-    };
-    plan.skip_locked_sql = skip_locked.then(|| BatchSql {
-        before: format!(
-            "DELETE FROM ONLY {name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM ONLY {name} WHERE "
-        ),
-        after: format!(" AND {condition}{limit} FOR UPDATE SKIP LOCKED)){returning}"),
-    });
+    let (optimistic, skipping) = statements::build(
+        &plan.table.qualified_name,
+        &crate::condition::embedded(&rule.condition),
+        shape,
+        plan.archive.as_ref(),
+    );
+    plan.delete_sql = optimistic;
+    plan.skip_locked_sql = skip_locked.then_some(skipping);
     Ok(plan)
 }
 
+/// The archive of a rule, checked again at every run as at validation: it fits the table and the
+/// role the rule runs as may insert into it.
+fn archive_for(
+    rule: &Rule,
+    table: &ResolvedTable,
+    role: pg_sys::Oid,
+    name: &str,
+) -> Result<Archive, Error> {
+    let fix = "Fix the archive table or set the rule's archive_table to NULL.";
+    let archive = match target::lookup_table(name) {
+        Ok(Some(a)) => a,
+        _ => {
+            return Err(Error::new(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!(
+                    "archive_table {name} of rule \"{}\" does not exist (dropped or renamed?)",
+                    rule.name
+                ),
+            )
+            .with_hint(fix))
+        }
+    };
+    let columns = target::archive_columns(table, &archive).map_err(|why| {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!(
+                "archive_table {} of rule \"{}\" does not fit table {}: {why}",
+                archive.qualified_name, rule.name, table.qualified_name
+            ),
+        )
+        .with_hint(fix)
+    })?;
+    // SAFETY: catalog privilege check.
+    let can_insert = unsafe {
+        pg_sys::pg_class_aclcheck(archive.oid, role, pg_sys::ACL_INSERT as pg_sys::AclMode)
+            == pg_sys::AclResult::ACLCHECK_OK
+    };
+    if !can_insert {
+        return Err(Error::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "role \"{}\", as whom rule \"{}\" runs, has no INSERT privilege on archive_table {}",
+                owner::role_name(role),
+                rule.name,
+                archive.qualified_name
+            ),
+        )
+        .with_hint(format!(
+            "GRANT INSERT ON {} TO {};",
+            archive.qualified_name,
+            pgrx::spi::quote_identifier(&owner::role_name(role))
+        )));
+    }
+    Ok(Archive {
+        table: archive.qualified_name,
+        columns,
+    })
+}
+
 /// Asks the planner, as the owner, how it would find the matching rows (see [`method`]).
-fn choose_method(rule: &Rule, plan: &Plan) -> Result<Method, Error> {
+fn choose_method(rule: &Rule, plan: &Plan) -> Result<(Method, f64), Error> {
     let explain = format!(
         "EXPLAIN (FORMAT JSON) SELECT ctid FROM ONLY {} WHERE {}",
         plan.table.qualified_name,
@@ -478,12 +552,13 @@ fn choose_method(rule: &Rule, plan: &Plan) -> Result<Method, Error> {
         &[plan.table.oid.into()],
     )?
     .unwrap_or(0);
-    Ok(Method::from_plan(
+    let method = Method::from_plan(
         node_type,
         estimated_rows,
         u32::try_from(blocks).unwrap_or(u32::MAX),
         plan.batch_size,
-    ))
+    );
+    Ok((method, estimated_rows))
 }
 
 fn owner_statement<R>(plan: &Plan, limits: Limits, f: impl FnOnce() -> R) -> Result<R, Error> {
@@ -604,8 +679,14 @@ fn run_delete(
                     block_number(to),
                     to.ip_posid
                 );
+                let expected = if plan.archive.is_some() {
+                    pg_sys::SPI_OK_SELECT
+                } else {
+                    pg_sys::SPI_OK_DELETE_RETURNING
+                };
                 Spi::connect_mut(|_| {
-                    let (rows, last) = range_delete::execute(&sql.with(&rows), *limit as u64);
+                    let (rows, last) =
+                        range_delete::execute(&sql.with(&rows), *limit as u64, expected as i32);
                     Ok(Deleted {
                         rows,
                         redone: false,

@@ -51,9 +51,10 @@ unsafe extern "C-unwind" fn startup(
 #[pg_guard]
 unsafe extern "C-unwind" fn nothing(_receiver: *mut pg_sys::DestReceiver) {}
 
-/// Runs `sql` (a DELETE … RETURNING ctid) stopping after `limit` rows; returns how many rows it
-/// deleted and the highest ctid among them. Must run inside an SPI connection; errors are raised.
-pub fn execute(sql: &str, limit: u64) -> (i64, Option<(u32, u16)>) {
+/// Runs `sql` (a DELETE … RETURNING ctid, or an archiving WITH that returns the ctids it deleted)
+/// stopping after `limit` rows; returns how many rows it deleted and the highest ctid among them.
+/// `expected` is the SPI code of success. Must run inside an SPI connection; errors are raised.
+pub fn execute(sql: &str, limit: u64, expected: i32) -> (i64, Option<(u32, u16)>) {
     let sql = CString::new(sql).expect("no NUL in a statement built from quoted identifiers");
     let mut receiver = LastCtid {
         receiver: pg_sys::DestReceiver {
@@ -75,8 +76,8 @@ pub fn execute(sql: &str, limit: u64) -> (i64, Option<(u32, u16)>) {
     let code = unsafe { pg_sys::SPI_execute_extended(sql.as_ptr(), &options) };
     // SQL errors are raised, not returned; a negative code is SPI misuse (no connection, a
     // statement that is not a DELETE … RETURNING), which must not pass as "0 rows deleted".
-    if code != pg_sys::SPI_OK_DELETE_RETURNING as i32 {
-        error!("pg_token_cleanup: a batch's DELETE returned SPI code {code}, expected SPI_OK_DELETE_RETURNING");
+    if code != expected {
+        error!("pg_token_cleanup: a batch's statement returned SPI code {code}, expected {expected}");
     }
     (receiver.rows as i64, receiver.last)
 }

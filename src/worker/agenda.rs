@@ -169,6 +169,18 @@ impl Agenda {
         }
     }
 
+    /// Makes `id` due at `at` if that is before its next fire time (a retry of a failed run).
+    /// Returns whether it did.
+    pub fn due_earlier(&mut self, id: i64, at: DateTime<Utc>) -> bool {
+        match self.entries.get_mut(&id) {
+            Some(e) if e.next_due.is_none_or(|next| at < next) => {
+                e.next_due = Some(at);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The earliest due time of any rule.
     pub fn next_wake(&self) -> Option<DateTime<Utc>> {
         self.next_wake_where(|_| true)

@@ -55,9 +55,14 @@ pub fn perform(job: &Job, stop_requested: &dyn Fn() -> bool) -> i64 {
     };
     let run_id = BackgroundWorker::transaction(|| begin(job));
     registry::set_claimed_run(run_id);
+    executor::report_activity(&format!(
+        "pg_token_cleanup: rule {} run {run_id}: starting",
+        rule.name
+    ));
     if table != pg_sys::InvalidOid {
         if let Err(why) = wait_for_table(rule, table, stop_requested) {
             BackgroundWorker::transaction(|| history::finish(run_id, &why, &Counts::default()));
+            announce(job, run_id, &why, 0, 0);
             log!(
                 "pg_token_cleanup: rule \"{}\" run {run_id} ({}) {}: {}",
                 rule.name,
@@ -70,7 +75,50 @@ pub fn perform(job: &Job, stop_requested: &dyn Fn() -> bool) -> i64 {
     }
     let report = executor::execute(rule, run_id, stop_requested);
     super::log_run(rule, run_id, job.trigger, &report);
+    announce(
+        job,
+        run_id,
+        &report.outcome,
+        report.rows_deleted,
+        report.elapsed_ms,
+    );
     run_id
+}
+
+/// `NOTIFY token_cleanup, '<json>'` at the end of a run, as `pg_token_cleanup.notify` asks.
+fn announce(job: &Job, run_id: i64, outcome: &Outcome, rows_deleted: i64, elapsed_ms: u128) {
+    let wanted = match crate::gucs::notify() {
+        crate::gucs::Notify::Off => false,
+        crate::gucs::Notify::Failures => matches!(outcome, Outcome::Failed(_) | Outcome::Refused(_)),
+        crate::gucs::Notify::All => true,
+    };
+    if !wanted {
+        return;
+    }
+    // SAFETY: reading this process's database.
+    let database = unsafe { pg_sys::MyDatabaseId };
+    let error = outcome.error();
+    let database = BackgroundWorker::transaction(|| crate::worker::database_name(database));
+    let payload = serde_json::json!({
+        "database": database,
+        "rule": job.rule.name,
+        "owner": job.rule.owner,
+        "run_id": run_id,
+        "trigger": job.trigger.as_str(),
+        "status": outcome.status(),
+        "rows_deleted": rows_deleted,
+        "duration_ms": elapsed_ms as u64,
+        "error": outcome.message(),
+        "sqlstate": error.map(Error::sqlstate_text),
+    })
+    .to_string();
+    BackgroundWorker::transaction(|| {
+        Spi::run_with_args(
+            "SELECT pg_catalog.pg_notify('token_cleanup', $1)",
+            &[payload.as_str().into()],
+        )
+    })
+    .unwrap_or_else(|e| warning!("pg_token_cleanup: NOTIFY failed: {e}"));
 }
 
 fn begin(job: &Job) -> i64 {
@@ -86,11 +134,13 @@ fn begin(job: &Job) -> i64 {
 
 /// Records a run that did not start (committed), returning its id.
 fn record_failure(job: &Job, why: Error) -> i64 {
+    let outcome = Outcome::Failed(why);
     let run_id = BackgroundWorker::transaction(|| {
         let id = begin(job);
-        history::finish(id, &Outcome::Failed(why), &Counts::default());
+        history::finish(id, &outcome, &Counts::default());
         id
     });
+    announce(job, run_id, &outcome, 0, 0);
     log!(
         "pg_token_cleanup: rule \"{}\" run {run_id} ({}) did not start: already running",
         job.rule.name,

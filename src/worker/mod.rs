@@ -109,3 +109,17 @@ pub fn log_run(rule: &Rule, run_id: i64, trigger: Trigger, report: &RunReport) {
         Some(why) => log!("{what}: {why}"),
     }
 }
+
+/// A database's name ("" if it is gone).
+pub fn database_name(database: pg_sys::Oid) -> String {
+    // SAFETY: syscache lookup (in a transaction when the caller has one; the name is copied).
+    let name = unsafe { pg_sys::get_database_name(database) };
+    if name.is_null() {
+        String::new()
+    } else {
+        // SAFETY: a palloc'd C string.
+        unsafe { std::ffi::CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}

@@ -30,7 +30,6 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerStatus, DynamicBackgroun
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::collections::{HashMap, HashSet};
-use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -77,6 +76,10 @@ struct Scheduler {
     starting: Vec<(DynamicBackgroundWorker, Instant)>,
     last_prune: Option<Instant>,
     last_warning: Option<(String, Instant)>,
+    /// Failed scheduled runs of a rule in a row, while retries are going on.
+    attempts: HashMap<i64, u32>,
+    /// Rules whose next due time is a retry.
+    retry_next: HashSet<i64>,
 }
 
 /// Entry point of a scheduler; the argument is the database OID.
@@ -128,6 +131,8 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
         starting: Vec::new(),
         last_prune: None,
         last_warning: None,
+        attempts: HashMap::new(),
+        retry_next: HashSet::new(),
     };
     while !signals::stop_requested() {
         let step = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(scheduler.step())))
@@ -172,18 +177,7 @@ unsafe extern "C-unwind" fn rules_invalidated(_arg: pg_sys::Datum, relid: pg_sys
 }
 
 fn database_name(database: pg_sys::Oid) -> String {
-    BackgroundWorker::transaction(|| {
-        // SAFETY: syscache lookup; NULL if the database is gone.
-        let name = unsafe { pg_sys::get_database_name(database) };
-        if name.is_null() {
-            String::new()
-        } else {
-            // SAFETY: a palloc'd C string.
-            unsafe { CStr::from_ptr(name) }
-                .to_string_lossy()
-                .into_owned()
-        }
-    })
+    BackgroundWorker::transaction(|| super::database_name(database))
 }
 
 impl Scheduler {
@@ -301,14 +295,14 @@ impl Scheduler {
             {
                 Some(r) if r.assignment == Assignment::Done => {
                     registry::acknowledge(r.slot, r.pid);
-                    ended.push(*id);
+                    ended.push((*id, r.run_id));
                 }
                 Some(_) => {}
                 None => {
                     // The runner died mid-run (a crash restart ends everything else too; this is
                     // a runner killed alone): its run is marked interrupted below.
                     lost_runner = true;
-                    ended.push(*id);
+                    ended.push((*id, 0));
                 }
             }
         }
@@ -316,9 +310,42 @@ impl Scheduler {
             BackgroundWorker::transaction(history::mark_interrupted);
         }
         let now = Utc::now();
-        for id in ended {
+        for (id, run_id) in ended {
             self.in_flight.remove(&id);
             self.agenda.done(id, now);
+            self.retry_if_failed(id, run_id, now);
+        }
+    }
+
+    /// A failed scheduled run is tried again after pg_token_cleanup.retry_backoff, doubling each
+    /// time, up to pg_token_cleanup.max_retries times, and never past the rule's next slot.
+    fn retry_if_failed(&mut self, id: i64, run_id: i64, now: DateTime<Utc>) {
+        let failed = run_id != 0
+            && BackgroundWorker::transaction(|| {
+                Spi::get_one_with_args::<String>(
+                    "SELECT status FROM token_cleanup.runs WHERE id = $1",
+                    &[run_id.into()],
+                )
+            })
+            .ok()
+            .flatten()
+            .is_some_and(|status| status == "failed");
+        if !failed {
+            self.attempts.remove(&id);
+            return;
+        }
+        let attempt = self.attempts.get(&id).copied().unwrap_or(0) + 1;
+        let retry_at = chrono::Duration::from_std(gucs::retry_backoff(attempt))
+            .ok()
+            .map(|wait| now + wait);
+        match retry_at {
+            Some(at) if attempt <= gucs::max_retries() && self.agenda.due_earlier(id, at) => {
+                self.attempts.insert(id, attempt);
+                self.retry_next.insert(id);
+            }
+            _ => {
+                self.attempts.remove(&id);
+            }
         }
     }
 
@@ -379,9 +406,14 @@ impl Scheduler {
                 continue;
             };
             let rule = self.rules[&id].clone();
+            let trigger = if self.retry_next.remove(&id) {
+                Trigger::Retry
+            } else {
+                Trigger::Schedule
+            };
             let job = Job {
                 rule,
-                trigger: Trigger::Schedule,
+                trigger,
                 scheduled_for: Some(due_at[&id].timestamp_micros() as f64 / 1e6),
                 run_id: None,
             };

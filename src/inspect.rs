@@ -1,0 +1,207 @@
+//! What a rule would do, without doing it: `token_cleanup.explain(rule)` (the method a run would
+//! choose and why, rows and pages, the duration past runs suggest, index advice) and
+//! `token_cleanup.backlog_estimate(rule)` (the planner's estimate of its matching rows, for the
+//! metrics view). Both plan the rule's condition as the role the rule runs as, like a run does.
+
+use crate::catalog::{self, Rule};
+use crate::condition;
+use crate::errors::{in_subtransaction, Error};
+use crate::owner;
+use crate::target::{self, ResolvedTable};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+/// Tables smaller than this many pages (8 MB) are walked cheaply: no index advice for them.
+const ADVICE_MIN_PAGES: i64 = 1024;
+/// Index advice when a walk of the table would find fewer than this fraction of its rows.
+const ADVICE_MAX_FRACTION: f64 = 0.1;
+
+/// What the planner says about a rule's condition.
+struct Planned {
+    node_type: String,
+    index: Option<String>,
+    rows: f64,
+}
+
+fn resolve(rule: &Rule) -> Result<(ResolvedTable, pg_sys::Oid), Error> {
+    let table = target::lookup_table(&rule.table_name)
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            Error::new(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!(
+                    "table {} of rule \"{}\" does not exist (dropped or renamed?)",
+                    rule.table_name, rule.name
+                ),
+            )
+        })?;
+    let owner = owner::role_oid(&rule.owner).ok_or_else(|| {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("owner role \"{}\" of rule \"{}\" does not exist", rule.owner, rule.name),
+        )
+    })?;
+    let role = owner::run_as(owner, table.oid);
+    Ok((table, role))
+}
+
+/// EXPLAIN of the rule's condition, as `role`, with the rule's timeouts.
+fn plan(rule: &Rule, table: &ResolvedTable, role: pg_sys::Oid) -> Result<Planned, Error> {
+    let sql = format!(
+        "EXPLAIN (FORMAT JSON) SELECT ctid FROM ONLY {} WHERE {}",
+        table.qualified_name,
+        condition::embedded(&rule.condition)
+    );
+    let limits = rule.limits();
+    let json = in_subtransaction(|| {
+        owner::as_owner(role, limits, || {
+            owner::timed(limits, || {
+                // SAFETY: scoped to as_owner's GUC nest level.
+                unsafe { owner::set_local("max_parallel_workers_per_gather", "0") };
+                Spi::get_one::<pgrx::Json>(&sql)
+            })
+        })
+    })??
+    .ok_or_else(|| Error::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "EXPLAIN returned no plan"))?;
+    let top = &json.0[0]["Plan"];
+    let index = top["Index Name"]
+        .as_str()
+        .or_else(|| top["Plans"][0]["Index Name"].as_str())
+        .map(str::to_string);
+    Ok(Planned {
+        node_type: top["Node Type"].as_str().unwrap_or("").to_string(),
+        index,
+        rows: top["Plan Rows"].as_f64().unwrap_or(0.0),
+    })
+}
+
+/// The planner's estimate of the rows the rule would delete now (NULL when it cannot be planned:
+/// its table is gone, a privilege was revoked). Used by `token_cleanup.metrics`.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn backlog_estimate(rule_name: &str) -> Option<i64> {
+    let rule = catalog::visible_rule_by_name(rule_name);
+    let (table, role) = resolve(&rule).ok()?;
+    plan(&rule, &table, role).ok().map(|p| p.rows.round() as i64)
+}
+
+/// What a run of the rule would do now, deleting nothing.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn explain(
+    rule_name: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(rule, String),
+        name!(table_name, String),
+        name!(method, String),
+        name!(reason, String),
+        name!(estimated_rows, i64),
+        name!(live_rows, i64),
+        name!(table_pages, i64),
+        name!(pages_to_touch, i64),
+        name!(expected_duration, Option<pgrx::datum::Interval>),
+        name!(index_advice, Option<String>),
+    ),
+> {
+    let rule = catalog::visible_rule_by_name(rule_name);
+    let (table, role) = resolve(&rule).unwrap_or_else(|e| e.raise());
+    let planned = plan(&rule, &table, role).unwrap_or_else(|e| e.context("planning").raise());
+    let (pages, live) = Spi::get_two_with_args::<i64, f32>(
+        "SELECT pg_catalog.pg_relation_size($1) / pg_catalog.current_setting('block_size')::int8, reltuples \
+           FROM pg_catalog.pg_class WHERE oid = $1",
+        &[table.oid.into()],
+    )
+    .unwrap_or((None, None));
+    let pages = pages.unwrap_or(0);
+    let live = live.map_or(0, |l| l.max(0.0) as i64);
+    let rows = planned.rows.round() as i64;
+    let walk = planned.node_type == "Seq Scan";
+    let (method, reason, pages_to_touch) = if walk {
+        (
+            "table walk",
+            format!(
+                "the planner would read the whole table ({}) for about {rows} of {live} rows: a run walks it once in page ranges, each batch deleting its range's matching rows",
+                planned.node_type
+            ),
+            pages,
+        )
+    } else {
+        (
+            "index",
+            format!(
+                "the planner would use {} ({}) for about {rows} rows: a run collects their ctids through it and deletes them by ctid",
+                planned.index.as_deref().map_or("an index".to_string(), |i| format!("index {i}")),
+                planned.node_type
+            ),
+            rows.min(pages),
+        )
+    };
+    let expected = expected_duration(&rule, rows);
+    let advice = (walk
+        && pages >= ADVICE_MIN_PAGES
+        && live > 0
+        && (rows as f64) < ADVICE_MAX_FRACTION * live as f64)
+        .then(|| index_advice(&rule, &table))
+        .flatten();
+    TableIterator::once((
+        rule.name,
+        table.qualified_name,
+        method.to_string(),
+        reason,
+        rows,
+        live,
+        pages,
+        pages_to_touch,
+        expected,
+        advice,
+    ))
+}
+
+/// From the rule's lifetime counters: its past rate, applied to `rows`.
+fn expected_duration(rule: &Rule, rows: i64) -> Option<pgrx::datum::Interval> {
+    let (deleted, seconds) = Spi::get_two_with_args::<f64, f64>(
+        "SELECT rows_deleted::float8, extract(epoch FROM run_time)::float8 \
+           FROM token_cleanup.rule_totals WHERE rule_id = $1",
+        &[rule.id.into()],
+    )
+    .ok()?;
+    let (deleted, seconds) = (deleted?, seconds?);
+    if deleted <= 0.0 || seconds <= 0.0 {
+        return None;
+    }
+    let micros = (seconds / deleted * rows as f64 * 1e6) as i64;
+    pgrx::datum::Interval::new(0, 0, micros).ok()
+}
+
+/// `CREATE INDEX CONCURRENTLY` on the table's columns that the condition names.
+fn index_advice(rule: &Rule, table: &ResolvedTable) -> Option<String> {
+    let names = condition::identifiers(&rule.condition);
+    let columns: Vec<String> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT attname::text FROM pg_catalog.pg_attribute \
+                  WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                None,
+                &[table.oid.into()],
+            )?
+            .map(|r| r.get::<String>(1).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .ok()?;
+    let used: Vec<String> = columns
+        .iter()
+        .filter(|c| names.contains(c))
+        .map(|c| pgrx::spi::quote_identifier(c))
+        .collect();
+    (!used.is_empty()).then(|| {
+        format!(
+            "no index serves the condition and it matches few of the table's rows: CREATE INDEX CONCURRENTLY ON {} ({});",
+            table.qualified_name,
+            used.join(", ")
+        )
+    })
+}
