@@ -389,14 +389,20 @@ fn check_archive(
     if archive.oid == source.oid {
         refuse(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("archive_table of rule \"{rule}\" is its own table {}", source.qualified_name),
+            format!(
+                "archive_table of rule \"{rule}\" is its own table {}",
+                source.qualified_name
+            ),
             hint,
         );
     }
     if let Some((what, fix)) = target::unsupported_kind(archive.oid) {
         refuse(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("archive_table {} of rule \"{rule}\" {what}", archive.qualified_name),
+            format!(
+                "archive_table {} of rule \"{rule}\" {what}",
+                archive.qualified_name
+            ),
             fix,
         );
     }

@@ -163,15 +163,17 @@ pub fn identifiers(condition: &str) -> Vec<String> {
                 // (Numbers and parameters carry an integer in the same union, never read here.)
                 let bytes = condition.as_bytes();
                 let at = location.max(0) as usize;
-                let starts_word = bytes
-                    .get(at)
-                    .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_' || *c == b'"' || *c >= 0x80);
+                let starts_word = bytes.get(at).is_some_and(|c| {
+                    c.is_ascii_alphabetic() || *c == b'_' || *c == b'"' || *c >= 0x80
+                });
                 // E'…', B'…', X'…', N'…', U&'…' are string literals.
                 let literal_prefix = bytes.get(at + 1) == Some(&b'\'')
                     || (bytes.get(at + 1) == Some(&b'&') && bytes.get(at + 2) == Some(&b'\''));
                 let is_identifier = starts_word && !literal_prefix;
                 if token >= 256 && is_identifier && !value.str_.is_null() {
-                    let name = std::ffi::CStr::from_ptr(value.str_).to_string_lossy().into_owned();
+                    let name = std::ffi::CStr::from_ptr(value.str_)
+                        .to_string_lossy()
+                        .into_owned();
                     if !found.contains(&name) {
                         found.push(name);
                     }

@@ -39,7 +39,10 @@ fn resolve(rule: &Rule) -> Result<(ResolvedTable, pg_sys::Oid), Error> {
     let owner = owner::role_oid(&rule.owner).ok_or_else(|| {
         Error::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("owner role \"{}\" of rule \"{}\" does not exist", rule.owner, rule.name),
+            format!(
+                "owner role \"{}\" of rule \"{}\" does not exist",
+                rule.owner, rule.name
+            ),
         )
     })?;
     let role = owner::run_as(owner, table.oid);
@@ -63,7 +66,12 @@ fn plan(rule: &Rule, table: &ResolvedTable, role: pg_sys::Oid) -> Result<Planned
             })
         })
     })??
-    .ok_or_else(|| Error::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "EXPLAIN returned no plan"))?;
+    .ok_or_else(|| {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "EXPLAIN returned no plan",
+        )
+    })?;
     let top = &json.0[0]["Plan"];
     let index = top["Index Name"]
         .as_str()
@@ -83,7 +91,9 @@ fn plan(rule: &Rule, table: &ResolvedTable, role: pg_sys::Oid) -> Result<Planned
 fn backlog_estimate(rule_name: &str) -> Option<i64> {
     let rule = catalog::visible_rule_by_name(rule_name);
     let (table, role) = resolve(&rule).ok()?;
-    plan(&rule, &table, role).ok().map(|p| p.rows.round() as i64)
+    plan(&rule, &table, role)
+        .ok()
+        .map(|p| p.rows.round() as i64)
 }
 
 /// What a run of the rule would do now, deleting nothing.

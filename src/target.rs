@@ -111,7 +111,10 @@ pub fn unsupported_kind(oid: pg_sys::Oid) -> Option<(&'static str, &'static str)
 /// The columns an archive batch copies: every column of `source` (not dropped, not generated), in
 /// the source's order, quoted. `Err` names what `archive` lacks: a column of the source, a column of
 /// another type, or a NOT NULL column without a default that the copy would leave empty.
-pub fn archive_columns(source: &ResolvedTable, archive: &ResolvedTable) -> Result<Vec<String>, String> {
+pub fn archive_columns(
+    source: &ResolvedTable,
+    archive: &ResolvedTable,
+) -> Result<Vec<String>, String> {
     let columns = |table: pg_sys::Oid| {
         Spi::connect(|client| {
             client
@@ -149,17 +152,15 @@ pub fn archive_columns(source: &ResolvedTable, archive: &ResolvedTable) -> Resul
             None => return Err(format!("it has no column \"{name}\"")),
             Some(a) if a.5 => return Err(format!("its column \"{name}\" is generated")),
             Some(a) if a.2 != *type_oid => {
-                return Err(format!(
-                    "its column \"{name}\" is {}, not {type_name}",
-                    a.1
-                ))
+                return Err(format!("its column \"{name}\" is {}, not {type_name}", a.1))
             }
             Some(_) => copied.push(pgrx::spi::quote_identifier(name)),
         }
     }
-    if let Some(extra) = archive_columns.iter().find(|a| {
-        a.3 && !a.4 && !source_columns.iter().any(|s| s.0 == a.0 && !s.5)
-    }) {
+    if let Some(extra) = archive_columns
+        .iter()
+        .find(|a| a.3 && !a.4 && !source_columns.iter().any(|s| s.0 == a.0 && !s.5))
+    {
         return Err(format!(
             "its column \"{}\" is NOT NULL without a default, and the source has no such column",
             extra.0

@@ -31,9 +31,7 @@ pub(super) fn check(rule: &Rule, plan: &Plan) -> Result<(), Error> {
             )?,
             "counted",
         ),
-        super::Method::TableWalk { .. } => {
-            (plan.estimated_rows.round(), "the planner's estimate")
-        }
+        super::Method::TableWalk { .. } => (plan.estimated_rows.round(), "the planner's estimate"),
     };
     let hint = "Check the condition with token_cleanup.preview(); if it is right, raise the rule's \
                 max_rows_per_run or max_fraction (NULL: no limit, or pg_token_cleanup.max_fraction).";
@@ -76,7 +74,10 @@ fn live_rows(plan: &Plan) -> Result<f64, Error> {
     if estimate >= 0.0 {
         return Ok(f64::from(estimate));
     }
-    count(plan, &format!("SELECT count(*) FROM ONLY {}", plan.table.qualified_name))
+    count(
+        plan,
+        &format!("SELECT count(*) FROM ONLY {}", plan.table.qualified_name),
+    )
 }
 
 /// A count, as the role the rule runs as, within its limits.

@@ -679,8 +679,9 @@ fn run_delete(
                     block_number(to),
                     to.ip_posid
                 );
+                // SPI says SELECT results sent to a DestNone receiver (ours) are "utility".
                 let expected = if plan.archive.is_some() {
-                    pg_sys::SPI_OK_SELECT
+                    pg_sys::SPI_OK_UTILITY
                 } else {
                     pg_sys::SPI_OK_DELETE_RETURNING
                 };

@@ -77,7 +77,9 @@ pub fn execute(sql: &str, limit: u64, expected: i32) -> (i64, Option<(u32, u16)>
     // SQL errors are raised, not returned; a negative code is SPI misuse (no connection, a
     // statement that is not a DELETE … RETURNING), which must not pass as "0 rows deleted".
     if code != expected {
-        error!("pg_token_cleanup: a batch's statement returned SPI code {code}, expected {expected}");
+        error!(
+            "pg_token_cleanup: a batch's statement returned SPI code {code}, expected {expected}"
+        );
     }
     (receiver.rows as i64, receiver.last)
 }

@@ -51,7 +51,11 @@ pub fn build(
 ) -> (BatchSql, BatchSql) {
     let pick = |skip_locked: bool, limit: Option<usize>| {
         let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
-        let lock = if skip_locked { " FOR UPDATE SKIP LOCKED" } else { "" };
+        let lock = if skip_locked {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
         (
             format!("ctid = ANY(ARRAY(SELECT ctid FROM ONLY {table} WHERE "),
             format!(" AND {condition}{limit}{lock}))"),
@@ -76,7 +80,8 @@ pub fn build(
         }
         Some(archive) => {
             let columns = archive.columns.join(", ");
-            let moved = |open: String, close: String| match shape {
+            let moved = |open: String, close: String| {
+                match shape {
                 Shape::Ctids => BatchSql {
                     before: format!("WITH d AS (DELETE FROM ONLY {table} WHERE {open}"),
                     after: format!(
@@ -92,6 +97,7 @@ pub fn build(
                         archive.table
                     ),
                 },
+            }
             };
             let optimistic = match shape {
                 Shape::Ctids => moved(String::new(), String::new()),
@@ -129,7 +135,9 @@ mod tests {
             walk.with("R"),
             "DELETE FROM ONLY public.tokens WHERE R AND (expires_at < now()\n) RETURNING ctid"
         );
-        assert!(skip.with("R").ends_with("LIMIT 100 FOR UPDATE SKIP LOCKED)) RETURNING ctid"));
+        assert!(skip
+            .with("R")
+            .ends_with("LIMIT 100 FOR UPDATE SKIP LOCKED)) RETURNING ctid"));
     }
 
     #[test]

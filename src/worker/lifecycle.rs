@@ -89,7 +89,9 @@ pub fn perform(job: &Job, stop_requested: &dyn Fn() -> bool) -> i64 {
 fn announce(job: &Job, run_id: i64, outcome: &Outcome, rows_deleted: i64, elapsed_ms: u128) {
     let wanted = match crate::gucs::notify() {
         crate::gucs::Notify::Off => false,
-        crate::gucs::Notify::Failures => matches!(outcome, Outcome::Failed(_) | Outcome::Refused(_)),
+        crate::gucs::Notify::Failures => {
+            matches!(outcome, Outcome::Failed(_) | Outcome::Refused(_))
+        }
         crate::gucs::Notify::All => true,
     };
     if !wanted {
