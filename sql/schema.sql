@@ -53,6 +53,7 @@ CREATE TABLE token_cleanup.rules (
     archive_table     text,                          -- NULL: none; else rows are moved there
     max_rows_per_run  bigint,                        -- NULL: no limit; a run that would delete more is refused
     max_fraction      real,                          -- NULL: pg_token_cleanup.max_fraction (of live rows)
+    drop_partitions   text        NOT NULL DEFAULT 'never', -- never | detach | drop: whole expired partitions
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT rules_name_key UNIQUE (name)
@@ -80,6 +81,8 @@ CREATE TABLE token_cleanup.runs (
     error_detail  text,
     error_hint    text,
     pid           integer,
+    partitions    jsonb,                             -- partitioned tables: rows and action per leaf
+    partitions_dropped integer NOT NULL DEFAULT 0,   -- leaf partitions dropped or detached whole
     -- how late a scheduled run started (no free slot, a busy table, a late scheduler)
     start_delay   interval GENERATED ALWAYS AS (started_at - scheduled_for) STORED
 );
@@ -156,7 +159,7 @@ BEGIN
         pg_catalog.date_part('epoch', NEW.statement_timeout),
         NEW.max_rows_per_second,
         pg_catalog.date_part('epoch', NEW.max_run_duration),
-        NEW.timezone, NEW.archive_table, NEW.max_rows_per_run, NEW.max_fraction);
+        NEW.timezone, NEW.archive_table, NEW.max_rows_per_run, NEW.max_fraction, NEW.drop_partitions);
     NEW.table_name := canonical[1];
     NEW.archive_table := canonical[2];
     RETURN NEW;

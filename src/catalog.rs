@@ -36,6 +36,8 @@ pub struct Rule {
     pub archive_table: Option<String>,
     pub max_rows_per_run: Option<i64>,
     pub max_fraction: Option<f32>,
+    /// `never`, `detach` or `drop`: what a run does with a leaf partition all of whose rows match.
+    pub drop_partitions: String,
     /// Seconds since the epoch of the rule's last change.
     pub updated_at: f64,
 }
@@ -97,7 +99,7 @@ const RULE_COLUMNS: &str = "r.id, r.name, r.table_name, r.condition, r.schedule,
      r.owner::text, (extract(epoch FROM r.lock_timeout) * 1000)::int8, \
      (extract(epoch FROM r.statement_timeout) * 1000)::int8, extract(epoch FROM r.updated_at)::float8, \
      r.max_rows_per_second, (extract(epoch FROM r.max_run_duration) * 1000)::int8, r.timezone, \
-     r.archive_table, r.max_rows_per_run, r.max_fraction";
+     r.archive_table, r.max_rows_per_run, r.max_fraction, r.drop_partitions";
 
 fn rule_from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Rule> {
     Ok(Rule {
@@ -118,6 +120,7 @@ fn rule_from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Rule> {
         archive_table: row.get(15)?,
         max_rows_per_run: row.get(16)?,
         max_fraction: row.get(17)?,
+        drop_partitions: row.get(18)?.unwrap_or_else(|| "never".into()),
     })
 }
 
@@ -203,6 +206,7 @@ fn check_rule(
     archive_table: Option<&str>,
     max_rows_per_run: Option<i64>,
     max_fraction: Option<f32>,
+    drop_partitions: Option<&str>,
 ) -> Vec<Option<String>> {
     let name = required(
         "name",
@@ -239,6 +243,7 @@ fn check_rule(
         "Give a boolean expression such as 'expires_at < now()'.",
     );
     check_condition(name, &table, condition, owner_oid, restoring);
+    check_drop_partitions(name, &table, drop_partitions.unwrap_or("never"));
     let archive = archive_table.map(|a| check_archive(name, &table, a, owner_oid, restoring));
     vec![Some(table.qualified_name), archive]
 }
@@ -341,6 +346,28 @@ fn check_max_rows_per_second(rule: &str, rate: Option<i32>) {
                 "Give the most rows a run may delete per second on average, 0 for no limit, or NULL to use pg_token_cleanup.max_rows_per_second (now {}).",
                 gucs::max_rows_per_second()
             ),
+        );
+    }
+}
+
+fn check_drop_partitions(rule: &str, table: &ResolvedTable, mode: &str) {
+    if !matches!(mode, "never" | "detach" | "drop") {
+        refuse(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid drop_partitions \"{mode}\" for rule \"{rule}\""),
+            "Use 'never' (delete row by row), 'detach' or 'drop' (whole partitions all of whose rows match).",
+        );
+    }
+    // SAFETY: syscache lookup.
+    let partitioned = unsafe { pg_sys::get_rel_relkind(table.oid) } as u8 == b'p';
+    if mode != "never" && !partitioned {
+        refuse(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "drop_partitions '{mode}' of rule \"{rule}\" needs a partitioned table; {} is not one",
+                table.qualified_name
+            ),
+            "Leave drop_partitions 'never' for a plain table.",
         );
     }
 }

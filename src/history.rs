@@ -102,13 +102,18 @@ pub fn progress(run_id: i64, rows_deleted: i64, batches: i32) {
 }
 
 /// What a run did, as recorded at its end.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Counts {
     pub rows_deleted: i64,
     pub batches: i32,
     pub longest_batch_ms: i32,
     /// How the run found its rows: `table walk` or `index` (see the executor).
     pub method: Option<&'static str>,
+    /// For a partitioned table, per leaf partition (JSON): `{"<leaf>": {"rows": n, "action":
+    /// "deleted" | "dropped" | "detached"}}`.
+    pub partitions: Option<String>,
+    /// Leaf partitions dropped or detached whole.
+    pub partitions_dropped: i32,
 }
 
 /// Records the end of a run.
@@ -117,6 +122,7 @@ pub fn finish(run_id: i64, outcome: &Outcome, counts: &Counts) {
     Spi::run_with_args(
         "UPDATE token_cleanup.runs SET status = $2, error = $3, rows_deleted = $4, batches = $5, \
                 longest_batch_ms = $6, method = $7, sqlstate = $8, error_detail = $9, error_hint = $10, \
+                partitions = $11::jsonb, partitions_dropped = $12, \
                 finished_at = pg_catalog.clock_timestamp() WHERE id = $1",
         &[
             run_id.into(),
@@ -129,6 +135,8 @@ pub fn finish(run_id: i64, outcome: &Outcome, counts: &Counts) {
             error.map(Error::sqlstate_text).into(),
             error.and_then(|e| e.detail.clone()).into(),
             error.and_then(|e| e.hint.clone()).into(),
+            counts.partitions.clone().into(),
+            counts.partitions_dropped.into(),
         ],
     )
     .expect("updating token_cleanup.runs");

@@ -98,12 +98,16 @@ pub fn unsupported_kind(oid: pg_sys::Oid) -> Option<(&'static str, &'static str)
             "Temporary tables belong to one session; a rule needs a permanent table.",
         )),
         b'r' => None,
-        b'p' => Some((
-            "is a partitioned table, which is not supported",
-            "Create one rule per partition, or drop or detach whole partitions for time-based retention.",
+        // A partitioned table: its runs work through its leaf partitions.
+        b'p' => None,
+        b'v' | b'm' => Some((
+            "is a view, not a table",
+            "Point the rule at the table the view reads.",
         )),
-        b'v' | b'm' => Some(("is a view, not a table", "Point the rule at the table the view reads.")),
-        b'f' => Some(("is a foreign table", "Run the cleanup on the server that holds the table.")),
+        b'f' => Some((
+            "is a foreign table",
+            "Run the cleanup on the server that holds the table.",
+        )),
         _ => Some(("is not a table", "Point the rule at a plain table.")),
     }
 }

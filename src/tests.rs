@@ -114,12 +114,26 @@ mod tests {
     fn bad_tables_are_refused() {
         fixtures();
         let cases = [
-            ("public.nope", "table \"public.nope\" of rule \"r\" does not exist"),
-            ("public.token_view", "table_name public.token_view of rule \"r\" is a view, not a table"),
-            ("public.parted", "table_name public.parted of rule \"r\" is a partitioned table, which is not supported"),
-            ("pg_catalog.pg_class", "table_name pg_catalog.pg_class of rule \"r\" is a system catalog"),
-            ("token_cleanup.runs", "table_name token_cleanup.runs of rule \"r\" belongs to pg_token_cleanup"),
-            ("dbo.ClientAccessTokens", "table \"dbo.ClientAccessTokens\" of rule \"r\" does not exist"),
+            (
+                "public.nope",
+                "table \"public.nope\" of rule \"r\" does not exist",
+            ),
+            (
+                "public.token_view",
+                "table_name public.token_view of rule \"r\" is a view, not a table",
+            ),
+            (
+                "pg_catalog.pg_class",
+                "table_name pg_catalog.pg_class of rule \"r\" is a system catalog",
+            ),
+            (
+                "token_cleanup.runs",
+                "table_name token_cleanup.runs of rule \"r\" belongs to pg_token_cleanup",
+            ),
+            (
+                "dbo.ClientAccessTokens",
+                "table \"dbo.ClientAccessTokens\" of rule \"r\" does not exist",
+            ),
         ];
         for (table, message) in cases {
             assert_eq!(
@@ -131,6 +145,18 @@ mod tests {
         run("CREATE TEMP TABLE tmp_tokens (id int)");
         assert!(error_of(&insert("r", "tmp_tokens", "true", "@daily"))
             .ends_with("is a temporary table"));
+        // A partitioned table is a rule's table like any other; drop_partitions needs one.
+        run(&insert("parted", "public.parted", "true", "@daily"));
+        assert_eq!(
+            error_of("INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, drop_partitions) \
+                      VALUES ('r', 'public.refresh_tokens', 'true', '@daily', 'drop')"),
+            "drop_partitions 'drop' of rule \"r\" needs a partitioned table; public.refresh_tokens is not one"
+        );
+        assert_eq!(
+            error_of("INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, drop_partitions) \
+                      VALUES ('r', 'public.parted', 'true', '@daily', 'truncate')"),
+            "invalid drop_partitions \"truncate\" for rule \"r\""
+        );
     }
 
     #[pg_test]

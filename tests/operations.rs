@@ -489,3 +489,105 @@ fn a_running_run_shows_its_progress() {
         0
     );
 }
+
+#[test]
+fn partitioned_tables_are_cleaned_leaf_by_leaf_and_whole_expired_leaves_removed() {
+    let cluster = Cluster::start("ops_partitions", &["pg_token_cleanup.enabled = off"]);
+    let mut admin = cluster.database_with_extension("app");
+    let mut alice = app_role(&cluster, "alice");
+    alice
+        .batch_execute(
+            "CREATE TABLE alice.sessions (id bigint, expires_at timestamptz NOT NULL) PARTITION BY RANGE (expires_at);
+             CREATE TABLE alice.sessions_old1 PARTITION OF alice.sessions FOR VALUES FROM ('2000-01-01') TO ('2000-02-01');
+             CREATE TABLE alice.sessions_old2 PARTITION OF alice.sessions FOR VALUES FROM ('2000-02-01') TO ('2000-03-01');
+             CREATE TABLE alice.sessions_mixed PARTITION OF alice.sessions FOR VALUES FROM ('2000-03-01') TO ('2100-01-01');
+             INSERT INTO alice.sessions SELECT g, '2000-01-15' FROM generate_series(1, 100) g;
+             INSERT INTO alice.sessions SELECT g, '2000-02-15' FROM generate_series(101, 200) g;
+             INSERT INTO alice.sessions SELECT g, now() - interval '1 day' FROM generate_series(201, 250) g;
+             INSERT INTO alice.sessions SELECT g, now() + interval '1 day' FROM generate_series(251, 300) g;",
+        )
+        .unwrap();
+    // A leaf alice does not own (created by the DBA, DELETE granted): deleted row by row.
+    admin
+        .batch_execute(
+            "CREATE TABLE alice.sessions_old0 PARTITION OF alice.sessions FOR VALUES FROM ('1999-12-01') TO ('2000-01-01');
+             GRANT SELECT, DELETE ON alice.sessions_old0 TO alice;
+             INSERT INTO alice.sessions_old0 SELECT g, '1999-12-15' FROM generate_series(301, 310) g;",
+        )
+        .unwrap();
+    insert_rule(
+        &mut alice,
+        "drop_partitions, lock_timeout",
+        "'expired', 'alice.sessions', 'expires_at < pg_catalog.now()', '@daily', 'drop', '1s'",
+    )
+    .unwrap();
+    // Another session reads old2 meanwhile: its lock is not granted within lock_timeout.
+    let mut reader = cluster.connect_as("app", "alice");
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM alice.sessions_old2")
+        .unwrap();
+    alice
+        .query("SELECT * FROM token_cleanup.run('expired')", &[])
+        .unwrap();
+    reader.batch_execute("COMMIT").unwrap();
+    let run = alice
+        .query_one(
+            "SELECT rows_deleted, partitions_dropped, partitions::text FROM token_cleanup.runs WHERE rule_name = 'expired' ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .unwrap();
+    let (rows, dropped): (i64, i32) = (run.get(0), run.get(1));
+    let partitions: serde_json::Value = serde_json::from_str(run.get(2)).unwrap();
+    assert_eq!(rows, 260, "{partitions}");
+    assert_eq!(dropped, 1, "{partitions}");
+    assert_eq!(partitions["alice.sessions_old1"]["action"], "dropped");
+    assert_eq!(partitions["alice.sessions_old1"]["rows"], 100);
+    assert_eq!(
+        partitions["alice.sessions_old2"]["action"], "deleted",
+        "locked: row by row"
+    );
+    assert_eq!(
+        partitions["alice.sessions_old0"]["action"], "deleted",
+        "not owned: row by row"
+    );
+    assert_eq!(partitions["alice.sessions_mixed"]["rows"], 50);
+    assert_eq!(count(&mut alice, "SELECT count(*) FROM alice.sessions"), 50);
+    assert_eq!(
+        count(
+            &mut alice,
+            "SELECT count(*) FROM pg_class WHERE relname = 'sessions_old1'"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut alice,
+            "SELECT count(*) FROM pg_class WHERE relname = 'sessions_old2'"
+        ),
+        1
+    );
+    // Detach keeps the expired partition's rows as a table of their own.
+    alice
+        .batch_execute(
+            "CREATE TABLE alice.sessions_old3 PARTITION OF alice.sessions FOR VALUES FROM ('1999-11-01') TO ('1999-12-01');
+             INSERT INTO alice.sessions SELECT g, '1999-11-15' FROM generate_series(401, 420) g;
+             UPDATE token_cleanup.rules SET drop_partitions = 'detach' WHERE name = 'expired';",
+        )
+        .unwrap();
+    let row = alice
+        .query_one("SELECT rows_deleted FROM token_cleanup.run('expired')", &[])
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 20);
+    assert_eq!(
+        count(&mut alice, "SELECT count(*) FROM alice.sessions_old3"),
+        20
+    );
+    assert_eq!(
+        count(
+            &mut alice,
+            "SELECT count(*) FROM pg_inherits WHERE inhrelid = 'alice.sessions_old3'::regclass"
+        ),
+        0
+    );
+    assert_eq!(count(&mut alice, "SELECT count(*) FROM alice.sessions"), 50);
+}

@@ -12,26 +12,36 @@ use crate::catalog::Rule;
 use crate::errors::Error;
 use pgrx::prelude::*;
 
-/// `Err` when the run would pass a limit.
-pub(super) fn check(rule: &Rule, plan: &Plan) -> Result<(), Error> {
+/// `Err` when the run would pass a limit. `plans`: one per table the run works through (the leaf
+/// partitions of a partitioned table), checked together before anything is deleted.
+pub(super) fn check(rule: &Rule, plans: &[Plan]) -> Result<(), Error> {
     let max_rows = rule.max_rows_per_run.filter(|n| *n > 0);
     let max_fraction = Some(rule.effective_max_fraction()).filter(|f| *f < 1.0);
     if max_rows.is_none() && max_fraction.is_none() {
         return Ok(());
     }
     let condition = crate::condition::embedded(&rule.condition);
-    let (matching, how) = match plan.method {
-        super::Method::Index => (
-            count(
+    let mut matching = 0.0;
+    let mut estimated = false;
+    for plan in plans {
+        matching += match plan.method {
+            super::Method::Index => count(
                 plan,
                 &format!(
                     "SELECT count(*) FROM ONLY {} WHERE {condition}",
                     plan.table.qualified_name
                 ),
             )?,
-            "counted",
-        ),
-        super::Method::TableWalk { .. } => (plan.estimated_rows.round(), "the planner's estimate"),
+            super::Method::TableWalk { .. } => {
+                estimated = true;
+                plan.estimated_rows.round()
+            }
+        };
+    }
+    let how = if estimated {
+        "the planner's estimate"
+    } else {
+        "counted"
     };
     let hint = "Check the condition with token_cleanup.preview(); if it is right, raise the rule's \
                 max_rows_per_run or max_fraction (NULL: no limit, or pg_token_cleanup.max_fraction).";
@@ -48,7 +58,10 @@ pub(super) fn check(rule: &Rule, plan: &Plan) -> Result<(), Error> {
         }
     }
     if let Some(max) = max_fraction {
-        let live = live_rows(plan)?;
+        let mut live = 0.0;
+        for plan in plans {
+            live += live_rows(plan)?;
+        }
         if live > 0.0 && matching / live > max {
             return Err(Error::new(
                 PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,

@@ -16,6 +16,8 @@
 
 mod blast_radius;
 mod method;
+mod partitions;
+mod prepare;
 mod range_delete;
 mod sizer;
 mod statements;
@@ -24,14 +26,14 @@ use crate::catalog::Rule;
 use crate::errors::Error;
 use crate::history::{self, Outcome};
 use crate::owner::{self, Limits};
-use crate::target::{self, ResolvedTable};
+use crate::target::ResolvedTable;
 use method::Method;
 use pgrx::array::RawArray;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use sizer::BatchSizer;
-use statements::{Archive, BatchSql, Shape};
+use statements::{Archive, BatchSql};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
@@ -55,6 +57,9 @@ pub struct RunReport {
     pub method: Option<&'static str>,
     /// Batches that met a row locked by another session and were redone skipping locked rows.
     pub batches_redone: i32,
+    /// Per leaf partition of a partitioned table: its name, rows, and what was done.
+    pub partitions: Vec<(String, i64, &'static str)>,
+    pub partitions_dropped: i32,
 }
 
 impl RunReport {
@@ -64,6 +69,20 @@ impl RunReport {
             batches: self.batches,
             longest_batch_ms: self.longest_batch_ms.min(i32::MAX as u128) as i32,
             method: self.method,
+            partitions: (!self.partitions.is_empty()).then(|| {
+                let map: serde_json::Map<String, serde_json::Value> = self
+                    .partitions
+                    .iter()
+                    .map(|(name, rows, action)| {
+                        (
+                            name.clone(),
+                            serde_json::json!({"rows": rows, "action": action}),
+                        )
+                    })
+                    .collect();
+                serde_json::Value::Object(map).to_string()
+            }),
+            partitions_dropped: self.partitions_dropped,
         }
     }
 }
@@ -71,6 +90,8 @@ impl RunReport {
 /// What the executor needs to know about the table at the start of a run.
 struct Plan {
     table: ResolvedTable,
+    /// `table` is a leaf partition of the rule's (partitioned) table.
+    partition: bool,
     owner: pg_sys::Oid,
     limits: Limits,
     batch_size: usize,
@@ -136,6 +157,8 @@ struct Tally<'a> {
     longest_batch_ms: u128,
     method: Option<&'static str>,
     batches_redone: i32,
+    partitions: Vec<(String, i64, &'static str)>,
+    partitions_dropped: i32,
 }
 
 /// Runs `rule` as run `run_id` (already committed as `running`), recording progress after every
@@ -155,6 +178,8 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
         longest_batch_ms: 0,
         method: None,
         batches_redone: 0,
+        partitions: Vec::new(),
+        partitions_dropped: 0,
     };
     let outcome = run(rule, &mut tally).unwrap_or_else(|stopped| stopped);
     let report = RunReport {
@@ -166,6 +191,8 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
         longest_batch_ms: tally.longest_batch_ms,
         method: tally.method,
         batches_redone: tally.batches_redone,
+        partitions: std::mem::take(&mut tally.partitions),
+        partitions_dropped: tally.partitions_dropped,
     };
     BackgroundWorker::transaction(|| history::finish(run_id, &report.outcome, &report.counts()));
     report
@@ -174,25 +201,50 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
 /// The run itself; `Err` carries an outcome that ended it early (failure or stop).
 fn run(rule: &Rule, tally: &mut Tally) -> Result<Outcome, Outcome> {
     let planning = Instant::now();
-    let plan = BackgroundWorker::transaction(|| prepare(rule));
+    let plans = BackgroundWorker::transaction(|| prepare::prepare(rule));
     tally.scan_ms += planning.elapsed().as_millis();
-    let plan = match plan {
-        Ok(plan) => plan,
+    let plans = match plans {
+        Ok(plans) => plans,
         Err(_) if (tally.stop_requested)() => return Err(interrupted()),
         Err(why) => return Err(Outcome::Failed(why)),
     };
-    tally.method = Some(plan.method.name());
-    let checked = BackgroundWorker::transaction(|| blast_radius::check(rule, &plan));
+    tally.method = plans.first().map(|p| p.method.name());
+    let checked = BackgroundWorker::transaction(|| blast_radius::check(rule, &plans));
     if let Err(refused) = checked {
         return Err(Outcome::Refused(refused));
     }
-    match plan.method {
-        Method::TableWalk {
-            end_block,
-            first_pages,
-        } => walk_table(&plan, end_block, first_pages, tally),
-        Method::Index => delete_through_index(rule, &plan, tally),
+    for plan in &plans {
+        let before = tally.rows_deleted;
+        if plan.partition {
+            tally.check_stop()?;
+            match partitions::remove_if_all_match(rule, plan) {
+                Ok(Some((rows, action))) => {
+                    tally.rows_deleted += rows;
+                    tally.partitions_dropped += 1;
+                    tally
+                        .partitions
+                        .push((plan.table.qualified_name.clone(), rows, action));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Outcome::Failed(e)),
+            }
+        }
+        match plan.method {
+            Method::TableWalk {
+                end_block,
+                first_pages,
+            } => walk_table(plan, end_block, first_pages, tally)?,
+            Method::Index => delete_through_index(rule, plan, tally)?,
+        };
+        if plan.partition {
+            let rows = tally.rows_deleted - before;
+            tally
+                .partitions
+                .push((plan.table.qualified_name.clone(), rows, "deleted"));
+        }
     }
+    Ok(Outcome::Succeeded)
 }
 
 /// Walks pages `0..end_block` in ranges sized by a [`BatchSizer`], deleting each range's matching
@@ -380,185 +432,6 @@ fn interrupted() -> Outcome {
         "stopped by SIGTERM (server shutdown, DROP DATABASE or pg_terminate_backend); \
          committed batches stay deleted, the rest go in the next run",
     ))
-}
-
-/// Resolves the owner and the table as they are *now* (a dropped or renamed table, a dropped owner,
-/// a revoked privilege fail this run only), and chooses the run's [`Method`].
-fn prepare(rule: &Rule) -> Result<Plan, Error> {
-    let owner = owner::role_oid(&rule.owner).ok_or_else(|| {
-        Error::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!(
-                "owner role \"{}\" of rule \"{}\" does not exist",
-                rule.owner, rule.name
-            ),
-        )
-        .with_hint("Make an existing role the rule's owner (as a superuser).")
-    })?;
-    let table = match target::lookup_table(&rule.table_name) {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return Err(Error::new(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                format!(
-                    "table {} of rule \"{}\" does not exist (dropped or renamed?)",
-                    rule.table_name, rule.name
-                ),
-            )
-            .with_hint("Point the rule at the table again: UPDATE token_cleanup.rules SET table_name = … WHERE name = …."))
-        }
-        Err(why) => {
-            return Err(Error::new(
-                PgSqlErrorCode::ERRCODE_INVALID_NAME,
-                format!("invalid table name {}: {why}", rule.table_name),
-            ))
-        }
-    };
-    if let Some((what, fix)) = target::unsupported_kind(table.oid) {
-        return Err(Error::new(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("table {} {what}", table.qualified_name),
-        )
-        .with_hint(fix));
-    }
-    // A superuser's rule on another role's table runs as that role (see owner::run_as).
-    let owner = owner::run_as(owner, table.oid);
-    // SAFETY: catalog privilege check.
-    let skip_locked = unsafe {
-        pg_sys::pg_class_aclcheck(table.oid, owner, pg_sys::ACL_UPDATE as pg_sys::AclMode)
-            == pg_sys::AclResult::ACLCHECK_OK
-    };
-    let archive = match &rule.archive_table {
-        Some(name) => Some(archive_for(rule, &table, owner, name)?),
-        None => None,
-    };
-    let mut plan = Plan {
-        owner,
-        limits: rule.limits(),
-        batch_size: rule.effective_batch_size().max(1) as usize,
-        max_rows_per_second: rule.effective_max_rows_per_second(),
-        wal_compression: supported_wal_compression(),
-        method: Method::Index,
-        estimated_rows: 0.0,
-        archive,
-        delete_sql: statements::build("", "", Shape::Ctids, None).0,
-        skip_locked_sql: None,
-        table,
-    };
-    let (method, estimated_rows) =
-        choose_method(rule, &plan).map_err(|e| e.context("planning the run"))?;
-    plan.method = method;
-    plan.estimated_rows = estimated_rows;
-    let shape = match plan.method {
-        Method::TableWalk { .. } => Shape::Walk {
-            limit: plan.batch_size,
-        },
-        Method::Index => Shape::Ctids,
-    };
-    let (optimistic, skipping) = statements::build(
-        &plan.table.qualified_name,
-        &crate::condition::embedded(&rule.condition),
-        shape,
-        plan.archive.as_ref(),
-    );
-    plan.delete_sql = optimistic;
-    plan.skip_locked_sql = skip_locked.then_some(skipping);
-    Ok(plan)
-}
-
-/// The archive of a rule, checked again at every run as at validation: it fits the table and the
-/// role the rule runs as may insert into it.
-fn archive_for(
-    rule: &Rule,
-    table: &ResolvedTable,
-    role: pg_sys::Oid,
-    name: &str,
-) -> Result<Archive, Error> {
-    let fix = "Fix the archive table or set the rule's archive_table to NULL.";
-    let archive = match target::lookup_table(name) {
-        Ok(Some(a)) => a,
-        _ => {
-            return Err(Error::new(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                format!(
-                    "archive_table {name} of rule \"{}\" does not exist (dropped or renamed?)",
-                    rule.name
-                ),
-            )
-            .with_hint(fix))
-        }
-    };
-    let columns = target::archive_columns(table, &archive).map_err(|why| {
-        Error::new(
-            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-            format!(
-                "archive_table {} of rule \"{}\" does not fit table {}: {why}",
-                archive.qualified_name, rule.name, table.qualified_name
-            ),
-        )
-        .with_hint(fix)
-    })?;
-    // SAFETY: catalog privilege check.
-    let can_insert = unsafe {
-        pg_sys::pg_class_aclcheck(archive.oid, role, pg_sys::ACL_INSERT as pg_sys::AclMode)
-            == pg_sys::AclResult::ACLCHECK_OK
-    };
-    if !can_insert {
-        return Err(Error::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!(
-                "role \"{}\", as whom rule \"{}\" runs, has no INSERT privilege on archive_table {}",
-                owner::role_name(role),
-                rule.name,
-                archive.qualified_name
-            ),
-        )
-        .with_hint(format!(
-            "GRANT INSERT ON {} TO {};",
-            archive.qualified_name,
-            pgrx::spi::quote_identifier(&owner::role_name(role))
-        )));
-    }
-    Ok(Archive {
-        table: archive.qualified_name,
-        columns,
-    })
-}
-
-/// Asks the planner, as the owner, how it would find the matching rows (see [`method`]).
-fn choose_method(rule: &Rule, plan: &Plan) -> Result<(Method, f64), Error> {
-    let explain = format!(
-        "EXPLAIN (FORMAT JSON) SELECT ctid FROM ONLY {} WHERE {}",
-        plan.table.qualified_name,
-        crate::condition::embedded(&rule.condition)
-    );
-    let top = owner_statement(plan, plan.limits, || {
-        // The walk and the collection run without parallel workers; so must the plan that decides.
-        // SAFETY: scoped to as_owner's GUC nest level.
-        unsafe { owner::set_local("max_parallel_workers_per_gather", "0") };
-        Spi::get_one::<pgrx::Json>(&explain)
-    })??
-    .ok_or_else(|| {
-        Error::new(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            "EXPLAIN returned no plan",
-        )
-    })?;
-    let node = &top.0[0]["Plan"];
-    let node_type = node["Node Type"].as_str().unwrap_or("");
-    let estimated_rows = node["Plan Rows"].as_f64().unwrap_or(0.0);
-    let blocks = Spi::get_one_with_args::<i64>(
-        "SELECT pg_relation_size($1) / current_setting('block_size')::bigint",
-        &[plan.table.oid.into()],
-    )?
-    .unwrap_or(0);
-    let method = Method::from_plan(
-        node_type,
-        estimated_rows,
-        u32::try_from(blocks).unwrap_or(u32::MAX),
-        plan.batch_size,
-    );
-    Ok((method, estimated_rows))
 }
 
 fn owner_statement<R>(plan: &Plan, limits: Limits, f: impl FnOnce() -> R) -> Result<R, Error> {
