@@ -205,7 +205,7 @@ fn index_advice(rule: &Rule, table: &ResolvedTable) -> Option<String> {
     let used: Vec<String> = columns
         .iter()
         .filter(|c| names.contains(c))
-        .map(|c| pgrx::spi::quote_identifier(c))
+        .map(pgrx::spi::quote_identifier)
         .collect();
     (!used.is_empty()).then(|| {
         format!(

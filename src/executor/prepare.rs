@@ -162,7 +162,7 @@ fn archive_for(
         .with_hint(format!(
             "GRANT INSERT ON {} TO {};",
             archive.qualified_name,
-            pgrx::spi::quote_identifier(&owner::role_name(role))
+            pgrx::spi::quote_identifier(owner::role_name(role))
         )));
     }
     Ok(Archive {
