@@ -103,7 +103,7 @@ CREATE TABLE token_cleanup.rule_totals (
     interrupted      bigint      NOT NULL DEFAULT 0,
     stopped          bigint      NOT NULL DEFAULT 0,
     refused          bigint      NOT NULL DEFAULT 0,
-    rows_deleted     numeric     NOT NULL DEFAULT 0,
+    rows_deleted     bigint      NOT NULL DEFAULT 0,
     run_time         interval    NOT NULL DEFAULT '0',
     longest_run      interval,
     longest_batch_ms integer,
