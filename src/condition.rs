@@ -74,77 +74,82 @@ fn check_tokens(condition: &str) -> Result<(), String> {
 }
 
 fn scan(condition: &str) -> Result<Option<TokenProblem>, String> {
-    let text = CString::new(condition).map_err(|_| "it contains a NUL character".to_string())?;
-    let char_position = |byte: i32| {
-        condition[..(byte.max(0) as usize).min(condition.len())]
-            .chars()
-            .count()
-            + 1
-    };
-    PgTryBuilder::new(|| {
-        // SAFETY: the scanner reads `text` (NUL-terminated, alive for the whole scan) and keeps its
-        // state in `extra`; scanner errors are raised as ERRORs and caught below.
-        unsafe {
-            let mut extra = pg_sys::core_yy_extra_type::default();
-            // The scanner keeps this pointer; every later access goes through it.
-            let extra: *mut pg_sys::core_yy_extra_type = &mut extra;
-            let scanner = pg_sys::scanner_init(
-                text.as_ptr(),
-                extra,
-                &raw const pg_sys::ScanKeywords,
-                (&raw const pg_sys::ScanKeywordTokens).cast(),
-            );
-            // Read literals as the embedding statements will be read (see check_syntax).
-            (*extra).standard_conforming_strings = true;
-            let mut value = pg_sys::core_YYSTYPE::default();
-            let mut location: i32 = 0;
-            let mut depth: i64 = 0;
-            let mut problem = None;
-            loop {
-                let token = pg_sys::core_yylex(&mut value, &mut location, scanner);
-                // Single-character tokens are returned as the character itself.
-                match u8::try_from(token) {
-                    Ok(0) => break,
-                    Ok(b'(') => depth += 1,
-                    Ok(b')') => {
-                        depth -= 1;
-                        if depth < 0 {
-                            problem = Some(TokenProblem::ClosesOutside(char_position(location)));
-                            break;
-                        }
-                    }
-                    Ok(b';') => {
-                        problem = Some(TokenProblem::Semicolon(char_position(location)));
-                        break;
-                    }
-                    _ => {}
+    let char_position = |byte: usize| condition[..byte.min(condition.len())].chars().count() + 1;
+    let mut depth: i64 = 0;
+    let mut problem = None;
+    for_each_token(condition, |token, location, _| {
+        // Single-character tokens are returned as the character itself.
+        match u8::try_from(token) {
+            Ok(b'(') => depth += 1,
+            Ok(b')') => {
+                depth -= 1;
+                if depth < 0 {
+                    problem = Some(TokenProblem::ClosesOutside(char_position(location)));
+                    return false;
                 }
             }
-            pg_sys::scanner_finish(scanner);
-            if problem.is_none() && depth > 0 {
-                problem = Some(TokenProblem::Unclosed);
+            Ok(b';') => {
+                problem = Some(TokenProblem::Semicolon(char_position(location)));
+                return false;
             }
-            Ok(problem)
+            _ => {}
         }
-    })
-    .catch_others(|e| Err(Error::from_caught(e).message))
-    .execute()
+        true
+    })?;
+    if problem.is_none() && depth > 0 {
+        problem = Some(TokenProblem::Unclosed);
+    }
+    Ok(problem)
 }
 
 /// The bare and quoted identifiers in a condition (not keywords, literals or operators), as the
 /// scanner reads them (bare ones folded to lower case). Used to name the columns an index could
 /// serve.
 pub fn identifiers(condition: &str) -> Vec<String> {
-    let Ok(text) = CString::new(condition) else {
-        return Vec::new();
-    };
-    PgTryBuilder::new(|| {
-        // SAFETY: as in `scan`: the scanner reads `text`, its state lives in `extra`.
+    let bytes = condition.as_bytes();
+    let mut found: Vec<String> = Vec::new();
+    let scanned = for_each_token(condition, |token, at, value| {
+        // Identifiers and literals carry a string; an identifier starts with a letter, an
+        // underscore or a double quote in the text (numbers and parameters carry an integer in
+        // the same union, which is never read here). E'…', B'…', X'…', N'…', U&'…' are literals.
+        let starts_word = bytes
+            .get(at)
+            .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_' || *c == b'"' || *c >= 0x80);
+        let literal_prefix = bytes.get(at + 1) == Some(&b'\'')
+            || (bytes.get(at + 1) == Some(&b'&') && bytes.get(at + 2) == Some(&b'\''));
+        // SAFETY: for an identifier or keyword token the scanner stores a NUL-terminated string.
+        unsafe {
+            if token >= 256 && starts_word && !literal_prefix && !value.str_.is_null() {
+                let name = std::ffi::CStr::from_ptr(value.str_)
+                    .to_string_lossy()
+                    .into_owned();
+                if !found.contains(&name) {
+                    found.push(name);
+                }
+            }
+        }
+        true
+    });
+    scanned.map(|()| found).unwrap_or_default()
+}
+
+/// Runs PostgreSQL's scanner over `text`, with `standard_conforming_strings` on as the statements
+/// that embed a condition run, calling `visit(token, byte offset, value)` for each token until it
+/// returns false. A scanner error (an unterminated string, comment or dollar quote) is returned.
+fn for_each_token(
+    text: &str,
+    mut visit: impl FnMut(i32, usize, &pg_sys::core_YYSTYPE) -> bool,
+) -> Result<(), String> {
+    let c_text = CString::new(text).map_err(|_| "it contains a NUL character".to_string())?;
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: the scanner reads `c_text` (NUL-terminated, alive for the whole scan) and keeps
+        // its state in `extra`; scanner errors are raised as ERRORs and caught below.
         unsafe {
             let mut extra = pg_sys::core_yy_extra_type::default();
+            // The scanner keeps this pointer; every later access goes through it.
             let extra: *mut pg_sys::core_yy_extra_type = &mut extra;
             let scanner = pg_sys::scanner_init(
-                text.as_ptr(),
+                c_text.as_ptr(),
                 extra,
                 &raw const pg_sys::ScanKeywords,
                 (&raw const pg_sys::ScanKeywordTokens).cast(),
@@ -152,38 +157,17 @@ pub fn identifiers(condition: &str) -> Vec<String> {
             (*extra).standard_conforming_strings = true;
             let mut value = pg_sys::core_YYSTYPE::default();
             let mut location: i32 = 0;
-            let mut found = Vec::new();
             loop {
                 let token = pg_sys::core_yylex(&mut value, &mut location, scanner);
-                if token == 0 {
+                if token == 0 || !visit(token, location.max(0) as usize, &value) {
                     break;
-                }
-                // Identifiers and literals carry a string; an identifier starts with a letter, an
-                // underscore or a double quote in the text.
-                // (Numbers and parameters carry an integer in the same union, never read here.)
-                let bytes = condition.as_bytes();
-                let at = location.max(0) as usize;
-                let starts_word = bytes.get(at).is_some_and(|c| {
-                    c.is_ascii_alphabetic() || *c == b'_' || *c == b'"' || *c >= 0x80
-                });
-                // E'…', B'…', X'…', N'…', U&'…' are string literals.
-                let literal_prefix = bytes.get(at + 1) == Some(&b'\'')
-                    || (bytes.get(at + 1) == Some(&b'&') && bytes.get(at + 2) == Some(&b'\''));
-                let is_identifier = starts_word && !literal_prefix;
-                if token >= 256 && is_identifier && !value.str_.is_null() {
-                    let name = std::ffi::CStr::from_ptr(value.str_)
-                        .to_string_lossy()
-                        .into_owned();
-                    if !found.contains(&name) {
-                        found.push(name);
-                    }
                 }
             }
             pg_sys::scanner_finish(scanner);
-            found
+            Ok(())
         }
-    })
-    .catch_others(|_| Vec::new())
+    }))
+    .catch_others(|e| Err(Error::from_caught(e).message))
     .execute()
 }
 

@@ -197,9 +197,19 @@ fn every_recipe_deletes_exactly_what_its_product_would() {
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
     let expected: &[(&str, i64, &str, i64)] = &[
-        ("edfi_client_access_tokens", 5, "dbo.\"ClientAccessTokens\"", 3),
+        (
+            "edfi_client_access_tokens",
+            5,
+            "dbo.\"ClientAccessTokens\"",
+            3,
+        ),
         ("wso2_access_tokens", 6, "idn_oauth2_access_token", 5),
-        ("wso2_authorization_codes", 5, "idn_oauth2_authorization_code", 3),
+        (
+            "wso2_authorization_codes",
+            5,
+            "idn_oauth2_authorization_code",
+            3,
+        ),
         ("duende_persisted_grants", 5, "\"PersistedGrants\"", 5),
         ("duende_device_codes", 2, "\"DeviceCodes\"", 2),
         ("doorkeeper_access_tokens", 5, "oauth_access_tokens", 4),
