@@ -124,7 +124,7 @@ fn will_be_allowed(database: pg_sys::Oid, needs_createdb: bool) -> bool {
             return true;
         }
         let user = pg_sys::GetUserId();
-        pg_sys::pg_database_ownercheck(database, user)
+        crate::owner::owns_database(database, user)
             && (!needs_createdb || pg_sys::have_createdb_privilege())
     }
 }

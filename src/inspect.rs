@@ -127,14 +127,21 @@ fn explain(
     )
     .unwrap_or((None, None));
     let pages = pages.unwrap_or(0);
+    // reltuples is -1 for a table never vacuumed or analyzed.
+    let analyzed = live.is_some_and(|l| l >= 0.0);
     let live = live.map_or(0, |l| l.max(0.0) as i64);
+    let of_live = if analyzed {
+        format!("of {live} rows")
+    } else {
+        "of a table never analyzed".to_string()
+    };
     let rows = planned.rows.round() as i64;
     let walk = planned.node_type == "Seq Scan";
     let (method, reason, pages_to_touch) = if walk {
         (
             "table walk",
             format!(
-                "the planner would read the whole table ({}) for about {rows} of {live} rows: a run walks it once in page ranges, each batch deleting its range's matching rows",
+                "the planner would read the whole table ({}) for about {rows} rows {of_live}: a run walks it once in page ranges, each batch deleting its range's matching rows",
                 planned.node_type
             ),
             pages,

@@ -97,6 +97,30 @@ fn table_owner(table: pg_sys::Oid) -> pg_sys::Oid {
     }
 }
 
+/// Whether `role` owns relation `rel` (or is a superuser), as PostgreSQL's ownership checks say.
+pub fn owns_relation(rel: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    // SAFETY: catalog ownership check, inside a transaction.
+    unsafe {
+        // PostgreSQL 16 replaced the per-class pg_*_ownercheck functions by object_ownercheck.
+        #[cfg(any(feature = "pg14", feature = "pg15"))]
+        return pg_sys::pg_class_ownercheck(rel, role);
+        #[cfg(not(any(feature = "pg14", feature = "pg15")))]
+        return pg_sys::object_ownercheck(pg_sys::RelationRelationId, rel, role);
+    }
+}
+
+/// Whether `role` owns database `database` (or is a superuser).
+pub fn owns_database(database: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    // SAFETY: catalog ownership check, inside a transaction.
+    unsafe {
+        // PostgreSQL 16 replaced the per-class pg_*_ownercheck functions by object_ownercheck.
+        #[cfg(any(feature = "pg14", feature = "pg15"))]
+        return pg_sys::pg_database_ownercheck(database, role);
+        #[cfg(not(any(feature = "pg14", feature = "pg15")))]
+        return pg_sys::object_ownercheck(pg_sys::DatabaseRelationId, database, role);
+    }
+}
+
 /// Name of a role, for messages.
 pub fn role_name(role: pg_sys::Oid) -> String {
     // SAFETY: missing_ok = true; a palloc'd C string or NULL.

@@ -19,7 +19,11 @@ pub fn lookup_table(name: &str) -> Result<Option<ResolvedTable>, String> {
     let c_name = CString::new(name).map_err(|_| "contains a NUL character".to_string())?;
     let caught = PgTryBuilder::new(|| unsafe {
         // SAFETY: valid C string; stringToQualifiedNameList raises on bad syntax (caught below).
+        // PostgreSQL 16 added a soft-error context argument; NULL raises errors as before.
+        #[cfg(any(feature = "pg14", feature = "pg15"))]
         let names = pg_sys::stringToQualifiedNameList(c_name.as_ptr());
+        #[cfg(not(any(feature = "pg14", feature = "pg15")))]
+        let names = pg_sys::stringToQualifiedNameList(c_name.as_ptr(), std::ptr::null_mut());
         let range_var = pg_sys::makeRangeVarFromNameList(names);
         let oid = pg_sys::RangeVarGetRelidExtended(
             range_var,

@@ -59,11 +59,8 @@ pub(super) fn remove_if_all_match(
     let leaf = &plan.table;
     let parent = BackgroundWorker::transaction(|| {
         let parent = parent_of(leaf.oid)?;
-        // SAFETY: catalog ownership checks, inside the transaction.
-        let owns = unsafe {
-            pg_sys::pg_class_ownercheck(leaf.oid, plan.owner)
-                && (action != "detached" || pg_sys::pg_class_ownercheck(parent.oid, plan.owner))
-        };
+        let owns = crate::owner::owns_relation(leaf.oid, plan.owner)
+            && (action != "detached" || crate::owner::owns_relation(parent.oid, plan.owner));
         owns.then_some(parent)
     });
     let Some(parent) = parent else {

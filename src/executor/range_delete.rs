@@ -28,7 +28,10 @@ unsafe extern "C-unwind" fn receive(
     unsafe {
         let this = &mut *receiver.cast::<LastCtid>();
         this.rows += 1;
-        pg_sys::slot_getsomeattrs(slot, 1);
+        // slot_getsomeattrs() is a static inline function; its body, without pgrx's C shim.
+        if (*slot).tts_nvalid < 1 {
+            pg_sys::slot_getsomeattrs_int(slot, 1);
+        }
         if !*(*slot).tts_isnull {
             let tid = &*(*(*slot).tts_values).cast_mut_ptr::<pg_sys::ItemPointerData>();
             let at = (super::block_number(tid), tid.ip_posid);

@@ -183,7 +183,11 @@ fn list_databases() -> Vec<(pg_sys::Oid, String)> {
                 out.push(((*form).oid, name));
             }
         }
-        pg_sys::table_endscan(scan);
+        // table_endscan() is a static inline function; its body, without pgrx's C shim (which
+        // needs the server's headers to build).
+        if let Some(end) = (*(*(*scan).rs_rd).rd_tableam).scan_end {
+            end(scan);
+        }
         pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
         out
     })

@@ -148,8 +148,13 @@ unsafe fn proc_of(procno: i32) -> *mut pg_sys::PGPROC {
 }
 
 fn my_identity() -> (i32, i32) {
-    // SAFETY: MyProc is set in every worker that registers.
-    unsafe { (pg_sys::MyProcPid, (*pg_sys::MyProc).pgprocno) }
+    // This process's PGPROC number: its index in ProcGlobal->allProcs (PGPROC.pgprocno until
+    // PostgreSQL 16; GetNumberFromPGProc(), a static inline, from 17 on).
+    // SAFETY: MyProc points into ProcGlobal->allProcs in every worker that registers.
+    unsafe {
+        let number = pg_sys::MyProc.offset_from((*pg_sys::ProcGlobal).allProcs);
+        (pg_sys::MyProcPid, number as i32)
+    }
 }
 
 /// Why a worker could not register.
