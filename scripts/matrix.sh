@@ -14,7 +14,8 @@
 #   (reaching the scheduler through the registry) purges on schedule; run() as that role.
 #
 # Usage: bash scripts/matrix.sh            (VERSIONS="16 17" bash scripts/matrix.sh for some)
-# Not part of scripts/test.sh yet: the end-to-end suites do not take a server path yet.
+# Not part of scripts/test.sh yet: the end-to-end suites do not take a server path yet. 14 builds but
+# does not install yet: the views use security_invoker (PostgreSQL 15+), which 14 refuses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -98,7 +99,7 @@ SQL
 }
 
 failed=()
-for v in ${VERSIONS:-14 16 17 18}; do
+for v in ${VERSIONS:-16 17 18}; do
     started=$SECONDS
     server=$(server_for "$v")
     if ! so=$(build_for "$v"); then

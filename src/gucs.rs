@@ -210,7 +210,13 @@ pub fn init() {
         GucFlags::UNIT_S,
     );
     // SAFETY: called while loading the library, as PostgreSQL requires.
-    unsafe { pg_sys::MarkGUCPrefixReserved(c"pg_token_cleanup".as_ptr()) };
+    unsafe {
+        // PostgreSQL 15 renamed EmitWarningsOnPlaceholders to MarkGUCPrefixReserved.
+        #[cfg(feature = "pg14")]
+        pg_sys::EmitWarningsOnPlaceholders(c"pg_token_cleanup".as_ptr());
+        #[cfg(not(feature = "pg14"))]
+        pg_sys::MarkGUCPrefixReserved(c"pg_token_cleanup".as_ptr());
+    }
 }
 
 /// GUC check hook: refuses time zone names that chrono-tz does not know, with a hint.

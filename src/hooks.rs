@@ -124,8 +124,26 @@ fn will_be_allowed(database: pg_sys::Oid, needs_createdb: bool) -> bool {
             return true;
         }
         let user = pg_sys::GetUserId();
-        crate::owner::owns_database(database, user)
-            && (!needs_createdb || pg_sys::have_createdb_privilege())
+        crate::owner::owns_database(database, user) && (!needs_createdb || has_createdb(user))
+    }
+}
+
+/// Whether `role` has CREATEDB (what `have_createdb_privilege()` says; it is not exported before
+/// PostgreSQL 15).
+fn has_createdb(role: pg_sys::Oid) -> bool {
+    // SAFETY: syscache lookup of pg_authid by OID; the tuple is released before returning.
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::AUTHOID as i32,
+            pg_sys::Datum::from(role),
+        );
+        if tuple.is_null() {
+            return false;
+        }
+        let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_authid>(tuple);
+        let createdb = (*form).rolcreatedb;
+        pg_sys::ReleaseSysCache(tuple);
+        createdb
     }
 }
 

@@ -22,7 +22,11 @@ pub fn install() {
     // already find this handler.
     // SAFETY: installing an async-signal-safe SIGTERM handler for this process.
     unsafe {
+        // PostgreSQL 18 made pqsignal a macro for the backend's pqsignal_be.
+        #[cfg(not(feature = "pg18"))]
         pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm));
+        #[cfg(feature = "pg18")]
+        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(on_sigterm));
     }
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
 }
