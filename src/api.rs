@@ -108,25 +108,7 @@ fn preview(
     ),
 > {
     let rule = catalog::visible_rule_by_name(rule_name);
-    let owner = owner::role_oid(&rule.owner).unwrap_or_else(|| {
-        refuse(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!(
-                "owner role \"{}\" of rule \"{}\" does not exist",
-                rule.owner, rule.name
-            ),
-            "Make an existing role the rule's owner (as a superuser).",
-        )
-    });
-    let table = match target::lookup_table(&rule.table_name) {
-        Ok(Some(t)) => t,
-        _ => refuse(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            format!("table {} of rule \"{}\" does not exist (dropped or renamed?)", rule.table_name, rule.name),
-            "Point the rule at the table again: UPDATE token_cleanup.rules SET table_name = … WHERE name = ….",
-        ),
-    };
-    let owner = owner::run_as(owner, table.oid);
+    let (table, owner) = crate::inspect::resolve(&rule).unwrap_or_else(|e| e.raise());
     let sql = format!(
         "SELECT count(*) FROM ONLY {} WHERE {}",
         table.qualified_name,

@@ -5,7 +5,7 @@
 
 use crate::catalog::{self, Rule};
 use crate::condition;
-use crate::errors::{in_subtransaction, Error};
+use crate::errors::Error;
 use crate::owner;
 use crate::target::{self, ResolvedTable};
 use pgrx::pg_sys;
@@ -23,7 +23,19 @@ struct Planned {
     rows: f64,
 }
 
-fn resolve(rule: &Rule) -> Result<(ResolvedTable, pg_sys::Oid), Error> {
+/// The rule's table and the role its code runs as (see `owner::run_as`), as they are now; the
+/// errors name what is gone and the fix. Used by `explain()`, `preview()` and the backlog estimate.
+pub(crate) fn resolve(rule: &Rule) -> Result<(ResolvedTable, pg_sys::Oid), Error> {
+    let owner = owner::role_oid(&rule.owner).ok_or_else(|| {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!(
+                "owner role \"{}\" of rule \"{}\" does not exist",
+                rule.owner, rule.name
+            ),
+        )
+        .with_hint("Make an existing role the rule's owner (as a superuser).")
+    })?;
     let table = target::lookup_table(&rule.table_name)
         .ok()
         .flatten()
@@ -35,44 +47,15 @@ fn resolve(rule: &Rule) -> Result<(ResolvedTable, pg_sys::Oid), Error> {
                     rule.table_name, rule.name
                 ),
             )
+            .with_hint("Point the rule at the table again: UPDATE token_cleanup.rules SET table_name = … WHERE name = ….")
         })?;
-    let owner = owner::role_oid(&rule.owner).ok_or_else(|| {
-        Error::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!(
-                "owner role \"{}\" of rule \"{}\" does not exist",
-                rule.owner, rule.name
-            ),
-        )
-    })?;
     let role = owner::run_as(owner, table.oid);
     Ok((table, role))
 }
 
-/// EXPLAIN of the rule's condition, as `role`, with the rule's timeouts.
+/// EXPLAIN of the rule's condition, as `role`, with the rule's timeouts (as a run plans it).
 fn plan(rule: &Rule, table: &ResolvedTable, role: pg_sys::Oid) -> Result<Planned, Error> {
-    let sql = format!(
-        "EXPLAIN (FORMAT JSON) SELECT ctid FROM ONLY {} WHERE {}",
-        table.qualified_name,
-        condition::embedded(&rule.condition)
-    );
-    let limits = rule.limits();
-    let json = in_subtransaction(|| {
-        owner::as_owner(role, limits, || {
-            owner::timed(limits, || {
-                // SAFETY: scoped to as_owner's GUC nest level.
-                unsafe { owner::set_local("max_parallel_workers_per_gather", "0") };
-                Spi::get_one::<pgrx::Json>(&sql)
-            })
-        })
-    })??
-    .ok_or_else(|| {
-        Error::new(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            "EXPLAIN returned no plan",
-        )
-    })?;
-    let top = &json.0[0]["Plan"];
+    let top = crate::executor::planned_scan(table, &rule.condition, role, rule.limits())?;
     let index = top["Index Name"]
         .as_str()
         .or_else(|| top["Plans"][0]["Index Name"].as_str())

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{count, record, wait_for, Cluster};
+use common::{count, expiring_tokens, record, wait_for, Cluster};
 use postgres::Client;
 use std::time::{Duration, Instant};
 
@@ -33,19 +33,8 @@ fn app_role(cluster: &Cluster, database: &str, role: &str, expired: i64, live: i
     client
         .batch_execute(&format!("CREATE SCHEMA {role}"))
         .unwrap();
-    tokens(&mut client, &format!("{role}.tokens"), expired, live);
+    expiring_tokens(&mut client, &format!("{role}.tokens"), expired, live);
     client
-}
-
-fn tokens(client: &mut Client, table: &str, expired: i64, live: i64) {
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {table} (id bigint PRIMARY KEY, expires_at timestamptz NOT NULL);
-             INSERT INTO {table} SELECT g, pg_catalog.now() - interval '1 day' FROM generate_series(1, {expired}) g;
-             INSERT INTO {table} SELECT g, pg_catalog.now() + interval '1 day'
-               FROM generate_series({expired} + 1, {expired} + {live}) g;"
-        ))
-        .unwrap();
 }
 
 fn add_rule(client: &mut Client, name: &str, table: &str, schedule: &str) {
@@ -418,8 +407,8 @@ fn a_long_purge_runs_beside_short_rules() {
     let cluster = Cluster::start("coord_parallel", &[]);
     let mut admin = cluster.database_with_extension("app");
     let mut alice = app_role(&cluster, "app", "alice", 0, 10);
-    tokens(&mut alice, "alice.big", 30_000, 1_000);
-    tokens(&mut alice, "alice.shared", 0, 3);
+    expiring_tokens(&mut alice, "alice.big", 30_000, 1_000);
+    expiring_tokens(&mut alice, "alice.shared", 0, 3);
     alice
         .batch_execute(&format!(
             "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size, max_rows_per_second)
@@ -504,7 +493,7 @@ fn a_run_waiting_for_a_slot_starts_when_one_frees_and_records_its_delay() {
     let cluster = Cluster::start("coord_oneslot", &["pg_token_cleanup.max_parallel_runs = 1"]);
     let mut admin = cluster.database_with_extension("app");
     let mut alice = app_role(&cluster, "app", "alice", 0, 10);
-    tokens(&mut alice, "alice.big", 3_000, 10);
+    expiring_tokens(&mut alice, "alice.big", 3_000, 10);
     alice
         .batch_execute(&format!(
             "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size, max_rows_per_second)

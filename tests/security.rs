@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{count, wait_for, Cluster};
+use common::{count, expiring_tokens, wait_for, Cluster};
 use postgres::Client;
 use std::time::Duration;
 
@@ -105,18 +105,6 @@ fn shadowing_functions(client: &mut Client, schema: &str) {
         .unwrap();
 }
 
-/// `expired` rows with `expires_at` in the past and `live` in the future.
-fn tokens(client: &mut Client, table: &str, expired: i64, live: i64) {
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {table} (id bigint PRIMARY KEY, expires_at timestamptz NOT NULL);
-             INSERT INTO {table} SELECT g, pg_catalog.now() - interval '1 day' FROM generate_series(1, {expired}) g;
-             INSERT INTO {table} SELECT g, pg_catalog.now() + interval '1 day'
-               FROM generate_series({expired} + 1, {expired} + {live}) g;"
-        ))
-        .unwrap();
-}
-
 /// Finding 1: a condition's `set_config(…, false)` used to outlive it, in a superuser's session after
 /// `preview()` and in the scheduler, whose own statements then called the owner's functions.
 #[test]
@@ -126,7 +114,7 @@ fn settings_a_condition_changes_do_not_outlive_it() {
     let mut alice = app_role(&cluster, &mut admin, "app", "alice");
     alice.batch_execute("CREATE SCHEMA alice_s").unwrap();
     shadowing_functions(&mut alice, "alice_s");
-    tokens(&mut alice, "alice_s.tokens", 20, 20);
+    expiring_tokens(&mut alice, "alice_s.tokens", 20, 20);
     alice
         .batch_execute(
             "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('leak', 'alice_s.tokens',
@@ -215,7 +203,7 @@ fn database_settings_do_not_reach_the_workers_statements() {
     let mut dbo = cluster.connect_as("owned", "dbo");
     dbo.batch_execute("CREATE SCHEMA dbo_s").unwrap();
     shadowing_functions(&mut dbo, "dbo_s");
-    tokens(&mut dbo, "dbo_s.tokens", 20, 20);
+    expiring_tokens(&mut dbo, "dbo_s.tokens", 20, 20);
     dbo.batch_execute("ALTER DATABASE owned SET search_path = dbo_s, pg_catalog")
         .unwrap();
     // The DBA installs the extension (it needs a superuser); the scheduler starts after the setting.
@@ -290,7 +278,7 @@ fn a_superusers_rule_runs_the_table_owners_code_as_the_table_owner() {
          END $$;",
     )
     .unwrap();
-    tokens(&mut app, "app.tokens", 20, 20);
+    expiring_tokens(&mut app, "app.tokens", 20, 20);
     app.batch_execute(
         "CREATE TRIGGER audit BEFORE DELETE ON app.tokens FOR EACH ROW EXECUTE FUNCTION app.escalate()",
     )
@@ -377,7 +365,7 @@ fn restoring_rules_evaluates_nothing_of_their_owners() {
              END $$;",
         )
         .unwrap();
-    tokens(&mut alice, "alice_s.tokens", 5, 5);
+    expiring_tokens(&mut alice, "alice_s.tokens", 5, 5);
     alice
         .batch_execute(
             "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule)
@@ -492,7 +480,7 @@ fn a_condition_cannot_close_a_parenthesis_it_did_not_open() {
     let mut admin = cluster.database_with_extension("app");
     let mut alice = app_role(&cluster, &mut admin, "app", "alice");
     alice.batch_execute("CREATE SCHEMA alice_s").unwrap();
-    tokens(&mut alice, "alice_s.tokens", 10, 10);
+    expiring_tokens(&mut alice, "alice_s.tokens", 10, 10);
     alice
         .batch_execute("ALTER TABLE alice_s.tokens ADD COLUMN note text DEFAULT 'x'")
         .unwrap();
@@ -568,8 +556,8 @@ fn a_condition_cannot_close_a_parenthesis_it_did_not_open() {
 fn a_copy_statement_does_not_skip_the_privilege_checks() {
     let cluster = Cluster::start("sec_copy", &["pg_token_cleanup.enabled = off"]);
     let mut admin = cluster.database_with_extension("app");
-    tokens(&mut admin, "public.tokens", 5, 5);
-    tokens(&mut admin, "public.secrets", 5, 5);
+    expiring_tokens(&mut admin, "public.tokens", 5, 5);
+    expiring_tokens(&mut admin, "public.secrets", 5, 5);
     admin
         .batch_execute(
             "CREATE ROLE mallory LOGIN; GRANT SELECT, DELETE ON public.tokens TO mallory;
@@ -622,7 +610,7 @@ fn a_rule_with_a_long_multibyte_name_runs() {
     let mut admin = cluster.database_with_extension("app");
     let mut alice = app_role(&cluster, &mut admin, "app", "alice");
     alice.batch_execute("CREATE SCHEMA alice_s").unwrap();
-    tokens(&mut alice, "alice_s.tokens", 5, 5);
+    expiring_tokens(&mut alice, "alice_s.tokens", 5, 5);
     // "pg_token_cleanup runner a" is 25 bytes; byte 90 falls inside the 33rd "é".
     let name = format!("a{}", "é".repeat(99));
     alice
@@ -651,7 +639,7 @@ fn the_callers_statement_timeout_survives_preview() {
     let mut admin = cluster.database_with_extension("app");
     let mut alice = app_role(&cluster, &mut admin, "app", "alice");
     alice.batch_execute("CREATE SCHEMA alice_s").unwrap();
-    tokens(&mut alice, "alice_s.tokens", 5, 5);
+    expiring_tokens(&mut alice, "alice_s.tokens", 5, 5);
     alice
         .batch_execute(
             "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('r', 'alice_s.tokens', 'expires_at < pg_catalog.now()', '@daily');

@@ -435,12 +435,20 @@ fn interrupted() -> Outcome {
 }
 
 fn owner_statement<R>(plan: &Plan, limits: Limits, f: impl FnOnce() -> R) -> Result<R, Error> {
+    as_role(plan.owner, limits, f)
+}
+
+/// Runs `f` (statements of code that is not ours) as `role` within `limits`, in a subtransaction
+/// whose error is returned, cancellable by SIGTERM in a worker.
+fn as_role<R>(role: pg_sys::Oid, limits: Limits, f: impl FnOnce() -> R) -> Result<R, Error> {
     crate::errors::in_subtransaction(|| {
-        owner::as_owner(plan.owner, limits, || {
+        owner::as_owner(role, limits, || {
             owner::timed(limits, || crate::worker::signals::cancellable(f))
         })
     })
 }
+
+pub(crate) use prepare::planned_scan;
 
 /// One scan: the ctids of up to COLLECT_LIMIT rows matching the condition now, in physical order.
 fn collect(rule: &Rule, plan: &Plan) -> Result<Vec<pg_sys::ItemPointerData>, Error> {

@@ -3,7 +3,7 @@
 //! run finds its rows ([`super::method`]); then the batch statements ([`super::statements`]).
 
 use super::statements::{self, Archive, Shape};
-use super::{owner_statement, supported_wal_compression, Method, Plan};
+use super::{supported_wal_compression, Method, Plan};
 use crate::catalog::Rule;
 use crate::errors::Error;
 use crate::owner;
@@ -173,24 +173,7 @@ fn archive_for(
 
 /// Asks the planner, as the owner, how it would find the matching rows (see [`method`]).
 fn choose_method(rule: &Rule, plan: &Plan) -> Result<(Method, f64), Error> {
-    let explain = format!(
-        "EXPLAIN (FORMAT JSON) SELECT ctid FROM ONLY {} WHERE {}",
-        plan.table.qualified_name,
-        crate::condition::embedded(&rule.condition)
-    );
-    let top = owner_statement(plan, plan.limits, || {
-        // The walk and the collection run without parallel workers; so must the plan that decides.
-        // SAFETY: scoped to as_owner's GUC nest level.
-        unsafe { owner::set_local("max_parallel_workers_per_gather", "0") };
-        Spi::get_one::<pgrx::Json>(&explain)
-    })??
-    .ok_or_else(|| {
-        Error::new(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            "EXPLAIN returned no plan",
-        )
-    })?;
-    let node = &top.0[0]["Plan"];
+    let node = planned_scan(&plan.table, &rule.condition, plan.owner, plan.limits)?;
     let node_type = node["Node Type"].as_str().unwrap_or("");
     let estimated_rows = node["Plan Rows"].as_f64().unwrap_or(0.0);
     let blocks = Spi::get_one_with_args::<i64>(
@@ -205,4 +188,32 @@ fn choose_method(rule: &Rule, plan: &Plan) -> Result<(Method, f64), Error> {
         plan.batch_size,
     );
     Ok((method, estimated_rows))
+}
+
+/// The planner's top node, as JSON, for `SELECT ctid FROM ONLY <table> WHERE <condition>` planned
+/// as `role` within `limits`, without parallel workers (the walk and the collection run without
+/// them; so must the plan that chooses between them). Used by runs and by `explain()`.
+pub(crate) fn planned_scan(
+    table: &ResolvedTable,
+    condition: &str,
+    role: pg_sys::Oid,
+    limits: crate::owner::Limits,
+) -> Result<serde_json::Value, Error> {
+    let explain = format!(
+        "EXPLAIN (FORMAT JSON) SELECT ctid FROM ONLY {} WHERE {}",
+        table.qualified_name,
+        crate::condition::embedded(condition)
+    );
+    let json = super::as_role(role, limits, || {
+        // SAFETY: scoped to as_owner's GUC nest level.
+        unsafe { owner::set_local("max_parallel_workers_per_gather", "0") };
+        Spi::get_one::<pgrx::Json>(&explain)
+    })??
+    .ok_or_else(|| {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "EXPLAIN returned no plan",
+        )
+    })?;
+    Ok(json.0[0]["Plan"].clone())
 }

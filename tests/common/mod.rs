@@ -311,6 +311,19 @@ pub fn token_table(client: &mut Client, table: &str, expired: i64, live: i64) {
         .unwrap();
 }
 
+/// A table of `expired` rows with `expires_at` in the past and `live` in the future (no other
+/// columns), created and filled as whoever `client` is.
+pub fn expiring_tokens(client: &mut Client, table: &str, expired: i64, live: i64) {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, expires_at timestamptz NOT NULL);
+             INSERT INTO {table} SELECT g, pg_catalog.now() - interval '1 day' FROM generate_series(1, {expired}) g;
+             INSERT INTO {table} SELECT g, pg_catalog.now() + interval '1 day'
+               FROM generate_series({expired} + 1, {expired} + {live}) g;"
+        ))
+        .unwrap();
+}
+
 /// Checksum of the live rows: what must survive every run untouched.
 pub fn live_checksum(client: &mut Client, table: &str) -> String {
     client
