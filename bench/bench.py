@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = "/usr/lib/postgresql/15/bin"
+BIN = os.environ["PG_BIN"]  # set by bench/run.sh from scripts/pg_env.sh
 DIR = Path("/tmp/pg_token_cleanup_bench")
 PORT = 54330
 ROWS = int(os.environ.get("ROWS", "2000000"))

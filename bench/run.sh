@@ -6,9 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+source scripts/pg_env.sh
 dpkg-query -W -f='${Status}' postgresql-15-cron 2>/dev/null | grep -q "install ok installed" \
     || { apt-get update -q; DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15-cron; }
 python3 -c "import matplotlib" 2>/dev/null || python3 -m pip install --quiet matplotlib
 echo "==> cargo pgrx install --release"
-cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
+cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
 python3 bench/bench.py

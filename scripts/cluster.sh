@@ -1,9 +1,10 @@
-# Sourced by scripts/demo.sh and bench/*.sh: a throwaway PostgreSQL 15 cluster in DIR on PORT, run
-# as the postgres OS user when we are root (PostgreSQL refuses root), with pg_token_cleanup preloaded.
+# Sourced by scripts/demo.sh and bench/*.sh: a throwaway PostgreSQL cluster (the one PG_BIN names,
+# see scripts/pg_env.sh) in DIR on PORT, run as the postgres OS user when we are root (PostgreSQL
+# refuses root), with pg_token_cleanup preloaded.
 #   start_cluster DIR PORT [extra postgresql.conf lines…]   (removes a previous cluster in DIR first)
 #   stop_cluster DIR
 #   psql_at PORT [psql args…]
-PG_BIN=/usr/lib/postgresql/15/bin
+source "$(dirname "${BASH_SOURCE[0]}")/pg_env.sh"
 
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 

@@ -7,8 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+source scripts/pg_env.sh
 echo "==> cargo pgrx install"
-cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
+cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null
 
 DIR=/tmp/pg_token_cleanup_demo
 PORT=54329

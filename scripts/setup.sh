@@ -4,7 +4,7 @@
 # configuration for the system PostgreSQL 15. Idempotent: skips whatever is already there.
 set -euo pipefail
 
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+source "$(dirname "${BASH_SOURCE[0]}")/pg_env.sh"
 
 missing=()
 for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do

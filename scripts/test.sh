@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Runs every test: plain #[test]s (schedules, agenda), #[pg_test]s (SQL API and validation errors) in
-# pgrx's test cluster, and the end-to-end tests in tests/ (worker, reliability under faults, hostile
-# input, load and soak), which start their own clusters with the library preloaded; then writes
-# docs/reliability.md from their figures. Installs what is missing first (scripts/setup.sh).
-# Idempotent.
-set -euo pipefail
+# Runs every test, in this order, and prints how long each part took and which failed:
+#   1. PostgreSQL 15 (Debian's server, the development path): `cargo pgrx test pg15` — plain
+#      #[test]s, #[pg_test]s in pgrx's test cluster, and the end-to-end suites in tests/ against
+#      clusters they start themselves, load test and soak included (SOAK_SECS, default 180);
+#      then docs/reliability.md from their figures;
+#   2. the pg_regress suite of the SQL surface (scripts/regress.sh);
+#   3. PostgreSQL 14, 16, 17 and 18: build for each and run the end-to-end suites there
+#      (scripts/matrix.sh; the soak stays on 15);
+#   4. the upgrade from the released 0.1.0 (scripts/upgrade_test.sh);
+#   5. the Debian package: install, run a rule, remove (scripts/package_test.sh).
+# Installs what is missing first (scripts/setup.sh). Idempotent. Every part runs even when an
+# earlier one failed; the exit status is non-zero if any failed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh || exit 1
+source scripts/pg_env.sh
 
 # PostgreSQL refuses to run as root: pgrx's test cluster runs as the postgres OS user, in a data
 # directory that user owns.
@@ -15,8 +23,36 @@ if [ "$(id -u)" = 0 ]; then
     install -d -o postgres /tmp/pg_token_cleanup_pgrx_test
     export CARGO_PGRX_TEST_PGDATA=/tmp/pg_token_cleanup_pgrx_test/data
 fi
-# cargo pgrx test installs the extension into the system PostgreSQL 15 before the tests run; the
-# end-to-end tests in tests/ use that installation. The load test soaks for SOAK_SECS (default 600).
-rm -rf target/reliability
-cargo pgrx test pg15
-bash scripts/reliability_report.sh
+export SOAK_SECS=${SOAK_SECS:-180}
+
+results=()
+failed=()
+part() {
+    local name=$1 started=$SECONDS
+    shift
+    echo "==> $name"
+    if "$@"; then
+        results+=("ok      $(printf '%5d' $((SECONDS - started))) s  $name")
+    else
+        results+=("FAILED  $(printf '%5d' $((SECONDS - started))) s  $name")
+        failed+=("$name")
+    fi
+}
+
+postgres15() {
+    # cargo pgrx test installs the extension into the system PostgreSQL 15 before the tests run;
+    # the end-to-end tests in tests/ use that installation.
+    rm -rf target/reliability
+    cargo pgrx test pg15 && bash scripts/reliability_report.sh
+}
+
+part "PostgreSQL 15: unit, #[pg_test], end-to-end, load and ${SOAK_SECS} s soak" postgres15
+part "pg_regress: the SQL surface" bash scripts/regress.sh
+part "PostgreSQL 14, 16, 17, 18: build and end-to-end suites" bash scripts/matrix.sh
+part "upgrade 0.1.0 -> $(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)" bash scripts/upgrade_test.sh
+part "Debian package" bash scripts/package_test.sh
+
+echo
+echo "==> summary (total $SECONDS s)"
+printf '%s\n' "${results[@]}"
+[ ${#failed[@]} -eq 0 ] || { echo "failed: ${failed[*]}"; exit 1; }

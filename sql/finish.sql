@@ -2,9 +2,15 @@
 -- that makes the launcher start this database's scheduler at commit, without a restart.
 
 -- Per rule: last run, its status, next fire time, and lifetime totals (token_cleanup.rule_totals,
--- which pruning the history never shrinks). security_invoker: row-level security applies to the
--- caller.
-CREATE VIEW token_cleanup.rule_stats WITH (security_invoker = true) AS
+-- which pruning the history never shrinks).
+--
+-- Who sees which rows: every view here filters on the row's owner the way the tables' row-level
+-- security policies do (own rows; superusers and BYPASSRLS roles see all). On PostgreSQL 15 and later
+-- the views are also security_invoker (set at the end of this file), so the policies apply to the
+-- caller as well; PostgreSQL 14 has no security_invoker and a view reads its tables as the view's
+-- owner, which bypasses the policies, so there the filters are what keeps one role's rules from
+-- another.
+CREATE VIEW token_cleanup.rule_stats AS
 SELECT r.id                    AS rule_id,
        r.name                  AS rule,
        r.table_name,
@@ -38,12 +44,13 @@ SELECT r.id                    AS rule_id,
           FROM token_cleanup.runs h
          WHERE h.rule_id = r.id
          ORDER BY h.started_at DESC
-         LIMIT 1) last ON true;
+         LIMIT 1) last ON true
+ WHERE (r.owner = CURRENT_USER OR (SELECT a.rolsuper OR a.rolbypassrls FROM pg_catalog.pg_roles a WHERE a.rolname = CURRENT_USER));
 
 GRANT SELECT ON token_cleanup.rule_stats TO PUBLIC;
 
 -- One row per run going on: what it has done so far (updated after every batch).
-CREATE VIEW token_cleanup.progress WITH (security_invoker = true) AS
+CREATE VIEW token_cleanup.progress AS
 SELECT h.rule_name AS rule,
        h.id        AS run_id,
        h.pid,
@@ -54,38 +61,44 @@ SELECT h.rule_name AS rule,
        round((h.rows_deleted / greatest(extract(epoch FROM pg_catalog.clock_timestamp() - h.started_at), 0.001))::numeric, 1)
                    AS rows_per_second
   FROM token_cleanup.runs h
- WHERE h.status = 'running';
+ WHERE h.status = 'running'
+   AND (h.owner = CURRENT_USER OR (SELECT a.rolsuper OR a.rolbypassrls FROM pg_catalog.pg_roles a WHERE a.rolname = CURRENT_USER));
 
 GRANT SELECT ON token_cleanup.progress TO PUBLIC;
 
 -- Metrics in the shape postgres_exporter's custom queries and similar collectors read as they
 -- are: a name, labels, a value (see docs/monitoring.md).
-CREATE VIEW token_cleanup.metrics WITH (security_invoker = true) AS
+CREATE VIEW token_cleanup.metrics AS
+WITH sees_all AS (SELECT a.rolsuper OR a.rolbypassrls AS yes FROM pg_catalog.pg_roles a WHERE a.rolname = CURRENT_USER),
+     visible_totals AS (SELECT * FROM token_cleanup.rule_totals t WHERE t.owner = CURRENT_USER OR (SELECT yes FROM sees_all)),
+     visible_rules AS (SELECT * FROM token_cleanup.rules r WHERE r.owner = CURRENT_USER OR (SELECT yes FROM sees_all)),
+     visible_running AS (SELECT * FROM token_cleanup.runs h WHERE h.status = 'running'
+                    AND (h.owner = CURRENT_USER OR (SELECT yes FROM sees_all)))
 SELECT 'pg_token_cleanup_runs_total'::text AS metric,
        pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner, 'status', s.status) AS labels,
        s.value::float8 AS value
-  FROM token_cleanup.rule_totals t
+  FROM visible_totals t
  CROSS JOIN LATERAL (VALUES ('succeeded', t.succeeded), ('failed', t.failed),
                             ('interrupted', t.interrupted), ('stopped', t.stopped),
                             ('refused', t.refused)) AS s(status, value)
 UNION ALL
 SELECT 'pg_token_cleanup_rows_deleted_total',
        pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner), t.rows_deleted::float8
-  FROM token_cleanup.rule_totals t
+  FROM visible_totals t
 UNION ALL
 SELECT 'pg_token_cleanup_run_seconds_total',
        pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner),
        extract(epoch FROM t.run_time)::float8
-  FROM token_cleanup.rule_totals t
+  FROM visible_totals t
 UNION ALL
 SELECT 'pg_token_cleanup_consecutive_failures',
        pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner), t.consecutive_failures::float8
-  FROM token_cleanup.rule_totals t
+  FROM visible_totals t
 UNION ALL
 SELECT 'pg_token_cleanup_last_success_age_seconds',
        pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner),
        extract(epoch FROM pg_catalog.now() - t.last_success_at)::float8
-  FROM token_cleanup.rule_totals t WHERE t.last_success_at IS NOT NULL
+  FROM visible_totals t WHERE t.last_success_at IS NOT NULL
 UNION ALL
 SELECT 'pg_token_cleanup_last_run_age_seconds',
        pg_catalog.jsonb_build_object('rule', r.rule, 'owner', r.owner),
@@ -95,10 +108,10 @@ UNION ALL
 SELECT 'pg_token_cleanup_backlog_rows',
        pg_catalog.jsonb_build_object('rule', r.name, 'owner', r.owner),
        token_cleanup.backlog_estimate(r.name)::float8
-  FROM token_cleanup.rules r WHERE r.enabled
+  FROM visible_rules r WHERE r.enabled
 UNION ALL
 SELECT 'pg_token_cleanup_running_runs', '{}'::jsonb, count(*)::float8
-  FROM token_cleanup.runs h WHERE h.status = 'running';
+  FROM visible_running h;
 
 GRANT SELECT ON token_cleanup.metrics TO PUBLIC;
 
@@ -106,5 +119,16 @@ GRANT SELECT ON token_cleanup.metrics TO PUBLIC;
 -- database over and over), and only the rules trigger wakes the scheduler.
 REVOKE EXECUTE ON FUNCTION token_cleanup.wake_launcher() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION token_cleanup.wake_scheduler() FROM PUBLIC;
+
+-- PostgreSQL 15 and later: the views run as their caller (see rule_stats above).
+DO $$
+BEGIN
+    IF pg_catalog.current_setting('server_version_num')::int >= 150000 THEN
+        ALTER VIEW token_cleanup.rule_stats SET (security_invoker = true);
+        ALTER VIEW token_cleanup.progress SET (security_invoker = true);
+        ALTER VIEW token_cleanup.metrics SET (security_invoker = true);
+    END IF;
+END
+$$;
 
 SELECT token_cleanup.wake_launcher();

@@ -48,14 +48,15 @@ CREATE TABLE token_cleanup.rules (
     lock_timeout      interval,                      -- NULL: pg_token_cleanup.lock_timeout
     statement_timeout interval,                      -- NULL: pg_token_cleanup.statement_timeout
     max_rows_per_second integer,                     -- NULL: pg_token_cleanup.max_rows_per_second; 0: no limit
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    -- 0.2.0 (after the columns of 0.1.0, where ALTER TABLE … ADD COLUMN puts them on upgrade)
     max_run_duration  interval,                      -- NULL: no limit; a run stops between batches after it
     timezone          text,                          -- NULL: pg_token_cleanup.timezone
     archive_table     text,                          -- NULL: none; else rows are moved there
     max_rows_per_run  bigint,                        -- NULL: no limit; a run that would delete more is refused
     max_fraction      real,                          -- NULL: pg_token_cleanup.max_fraction (of live rows)
     drop_partitions   text        NOT NULL DEFAULT 'never', -- never | detach | drop: whole expired partitions
-    created_at        timestamptz NOT NULL DEFAULT now(),
-    updated_at        timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT rules_name_key UNIQUE (name)
 );
 COMMENT ON TABLE token_cleanup.rules IS 'Cleanup rules: delete rows of table_name matching condition on schedule, as owner';
@@ -77,10 +78,11 @@ CREATE TABLE token_cleanup.runs (
     longest_batch_ms integer,                        -- longest batch, start to commit
     method        text        CHECK (method IN ('table walk', 'index')), -- how rows were found
     error         text,
+    pid           integer,
+    -- 0.2.0 (after the columns of 0.1.0, where ALTER TABLE … ADD COLUMN puts them on upgrade)
     sqlstate      text,                              -- of the error
     error_detail  text,
     error_hint    text,
-    pid           integer,
     partitions    jsonb,                             -- partitioned tables: rows and action per leaf
     partitions_dropped integer NOT NULL DEFAULT 0,   -- leaf partitions dropped or detached whole
     -- how late a scheduled run started (no free slot, a busy table, a late scheduler)

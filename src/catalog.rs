@@ -146,8 +146,38 @@ pub fn load_enabled_rules() -> Vec<(Rule, Option<f64>)> {
     .expect("loading token_cleanup.rules")
 }
 
+/// The version of the extension's SQL objects in this database when it is not this library's: after
+/// the files of a new version are installed and the server restarted, until
+/// `ALTER EXTENSION pg_token_cleanup UPDATE` brings the tables and functions along.
+pub fn outdated_sql_version() -> Option<String> {
+    let installed = Spi::get_one::<String>(
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_token_cleanup'",
+    )
+    .ok()
+    .flatten()?;
+    (installed != env!("CARGO_PKG_VERSION")).then_some(installed)
+}
+
+/// Refuses to go on while this database's extension is at another version than the library (its
+/// tables lack the columns the library reads).
+pub fn require_current_version() {
+    if let Some(installed) = outdated_sql_version() {
+        crate::errors::Error::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "pg_token_cleanup is at version {installed} in this database, but the library loaded is {}",
+                env!("CARGO_PKG_VERSION")
+            ),
+        )
+        .with_detail("The server runs a new version of pg_token_cleanup and this database's extension was not updated yet; its rules do not run until then.")
+        .with_hint("Run ALTER EXTENSION pg_token_cleanup UPDATE in this database.")
+        .raise()
+    }
+}
+
 /// The rule matching `filter` (a WHERE condition on `r` with one parameter), if any.
 fn one_rule(filter: &str, arg: pgrx::datum::DatumWithOid) -> Option<Rule> {
+    require_current_version();
     let sql = format!("SELECT {RULE_COLUMNS} FROM token_cleanup.rules r WHERE {filter}");
     Spi::connect(|client| {
         let rows = client.select(sql.as_str(), Some(1), &[arg])?;

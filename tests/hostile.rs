@@ -194,9 +194,7 @@ fn hostile_and_bad_input_is_refused_or_harmless() {
     table.push_str(&format!("| condition resetting the role at run time | `pg_catalog.set_config('role', 'postgres', true) IS NOT NULL` | harmless: accepted (a valid expression), the run fails: {message}; 0 rows deleted |\n"));
 
     assert!(cases.len() + 3 >= 30);
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join("reliability");
+    let dir = common::results_dir();
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("hostile.table"), table).unwrap();
 }

@@ -260,6 +260,9 @@ fn a_table_renamed_or_a_privilege_revoked_fails_only_that_rule() {
 
 #[test]
 fn hot_standby_runs_nothing_until_promoted() {
+    if !common::have_client_tools(&["pg_basebackup"]) {
+        return;
+    }
     let primary = Cluster::start("primary", &["pg_token_cleanup.enabled = off"]);
     let mut db = primary.database_with_extension("app");
     token_table(&mut db, "public.tokens", 100, 10);
@@ -369,6 +372,9 @@ fn restart_with_rules_due_during_downtime_fires_each_once() {
 
 #[test]
 fn pg_dump_and_restore_bring_the_rules_back_and_they_run() {
+    if !common::have_client_tools(&["pg_dump", "pg_restore"]) {
+        return;
+    }
     let cluster = Cluster::start("dump", &[]);
     let mut db = cluster.database_with_extension("app");
     token_table(&mut db, "public.tokens", 30, 10);

@@ -352,6 +352,9 @@ fn a_superusers_rule_runs_the_table_owners_code_as_the_table_owner() {
 /// (a superuser), so an owner's IMMUTABLE function ran with that role's rights.
 #[test]
 fn restoring_rules_evaluates_nothing_of_their_owners() {
+    if !common::have_client_tools(&["pg_dump", "pg_restore"]) {
+        return;
+    }
     let cluster = Cluster::start("sec_restore", &["pg_token_cleanup.enabled = off"]);
     let mut admin = cluster.database_with_extension("app");
     let mut alice = app_role(&cluster, &mut admin, "app", "alice");

@@ -412,6 +412,7 @@ fn batch_settings(wal_compression: Option<&str>) {
 
 /// The method pg_token_cleanup.wal_compression asks for, if this build of PostgreSQL has it (lz4
 /// and zstd are build options). The build's methods are read once per process.
+#[cfg(not(feature = "pg14"))]
 fn supported_wal_compression() -> Option<&'static str> {
     static BUILT_IN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let method = crate::gucs::wal_compression().setting()?;
@@ -424,6 +425,13 @@ fn supported_wal_compression() -> Option<&'static str> {
         .unwrap_or_default()
     });
     built_in.iter().any(|m| m == method).then_some(method)
+}
+
+/// PostgreSQL 14's wal_compression is a boolean that means pglz (the methods came in 15): any method
+/// asked for turns it on.
+#[cfg(feature = "pg14")]
+fn supported_wal_compression() -> Option<&'static str> {
+    crate::gucs::wal_compression().setting().map(|_| "on")
 }
 
 fn interrupted() -> Outcome {

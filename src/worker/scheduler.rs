@@ -48,6 +48,9 @@ const PRUNE_EVERY_MAX: Duration = Duration::from_secs(600);
 const SPAWN_PATIENCE: Duration = Duration::from_secs(5);
 /// The same warning (no worker slot, rules unreadable) at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// While the database's extension is at an older version than the library, the version is read
+/// again this often (ALTER EXTENSION … UPDATE also wakes the scheduler at once).
+const OUTDATED_RECHECK: Duration = Duration::from_secs(5);
 
 /// Set by the relcache callback when the rules table is invalidated (a committed rule change).
 static RULES_CHANGED: AtomicBool = AtomicBool::new(false);
@@ -69,7 +72,10 @@ struct Scheduler {
     agenda: Agenda,
     rules: HashMap<i64, Rule>,
     reload_due: bool,
-    last_reload: Option<Instant>,
+    /// Reloads are coalesced: none before this instant.
+    next_reload_at: Option<Instant>,
+    /// The extension's version in this database, while it is not the library's (warned once).
+    outdated: Option<String>,
     in_flight: HashMap<i64, InFlight>,
     turn: RoundRobin,
     /// Runners started and not yet registered.
@@ -125,7 +131,8 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
         agenda: Agenda::new(gucs::timezone()),
         rules: HashMap::new(),
         reload_due: true,
-        last_reload: None,
+        next_reload_at: None,
+        outdated: None,
         in_flight: HashMap::new(),
         turn: RoundRobin::default(),
         starting: Vec::new(),
@@ -190,8 +197,7 @@ impl Scheduler {
             self.reload_due = true;
         }
         self.collect_finished();
-        let reload_now =
-            self.reload_due && self.last_reload.is_none_or(|t| t.elapsed() >= RELOAD_GAP);
+        let reload_now = self.reload_due && self.next_reload_at.is_none_or(|t| Instant::now() >= t);
         if reload_now {
             // Unreadable rules (a lock held on them) keep the loaded ones in service below.
             self.reload_rules()?;
@@ -214,8 +220,8 @@ impl Scheduler {
                 .map_or(Duration::ZERO, |d| d + Duration::from_micros(999)),
             None => POLL,
         };
-        if self.reload_due {
-            sleep = sleep.min(RELOAD_GAP);
+        if let (true, Some(at)) = (self.reload_due, self.next_reload_at) {
+            sleep = sleep.min(at.saturating_duration_since(Instant::now()));
         }
         Some(sleep.min(POLL))
     }
@@ -223,7 +229,7 @@ impl Scheduler {
     /// Reloads the enabled rules. `None`: the extension is gone. `Some(false)`: the rules could not
     /// be read (a lock held on them, say); the ones already loaded stay in service.
     fn reload_rules(&mut self) -> Option<bool> {
-        self.last_reload = Some(Instant::now());
+        self.next_reload_at = Some(Instant::now() + RELOAD_GAP);
         let loaded = BackgroundWorker::transaction(|| {
             if !extension_present() {
                 return None;
@@ -232,8 +238,24 @@ impl Scheduler {
             if let Ok(Some(t)) = crate::target::lookup_table("token_cleanup.rules") {
                 RULES_OID.store(u32::from(t.oid), Ordering::SeqCst);
             }
-            Some(in_subtransaction(catalog::load_enabled_rules))
+            if let Some(installed) = catalog::outdated_sql_version() {
+                return Some(Err(installed));
+            }
+            Some(Ok(in_subtransaction(catalog::load_enabled_rules)))
         })?;
+        let loaded = match loaded {
+            Err(installed) => {
+                self.serve_nothing_until_updated(installed);
+                return Some(false);
+            }
+            Ok(loaded) => loaded,
+        };
+        if self.outdated.take().is_some() {
+            log!(
+                "pg_token_cleanup: extension updated to {}; serving its rules",
+                env!("CARGO_PKG_VERSION")
+            );
+        }
         let loaded = match loaded {
             Ok(loaded) => loaded,
             // Read while DROP EXTENSION was committing.
@@ -277,6 +299,23 @@ impl Scheduler {
         // SAFETY: glibc's malloc_trim only releases free heap memory.
         unsafe { libc::malloc_trim(0) };
         Some(true)
+    }
+
+    /// The database's extension is older than the library (new files installed, server restarted,
+    /// `ALTER EXTENSION … UPDATE` not run yet): its tables lack what this version reads, so no rule
+    /// runs until the update, which wakes the scheduler; the version is also read again now and then.
+    fn serve_nothing_until_updated(&mut self, installed: String) {
+        if self.outdated.as_deref() != Some(installed.as_str()) {
+            warning!(
+                "pg_token_cleanup: database \"{}\" has the extension at version {installed}, the library is {}: its rules do not run until ALTER EXTENSION pg_token_cleanup UPDATE",
+                self.database_name,
+                env!("CARGO_PKG_VERSION")
+            );
+        }
+        self.outdated = Some(installed);
+        self.rules.clear();
+        self.agenda.sync(&[], gucs::timezone(), Utc::now());
+        self.next_reload_at = Some(Instant::now() + OUTDATED_RECHECK);
     }
 
     /// Collects runs that ended: the rule's next due time is the first slot after the end.

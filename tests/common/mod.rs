@@ -1,6 +1,7 @@
-//! Throwaway PostgreSQL 15 clusters for end-to-end tests: initdb'd and started by the test (as the
+//! Throwaway PostgreSQL clusters for end-to-end tests: initdb'd and started by the test (as the
 //! `postgres` OS user when the test runs as root), with pg_token_cleanup preloaded, stopped and
-//! removed on drop. The extension must already be installed (`cargo pgrx install`).
+//! removed on drop. The extension must already be installed into the server `PG_BIN` names
+//! (`cargo pgrx install` for Debian's PostgreSQL 15, the default; scripts/matrix.sh for the others).
 
 #![allow(dead_code)]
 
@@ -10,7 +11,53 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The server's programs: `PG_BIN` when set (scripts/pg_env.sh owns the default, repeated here for
+/// a bare `cargo test`).
+pub fn pg_bin() -> PathBuf {
+    PathBuf::from(std::env::var("PG_BIN").unwrap_or_else(|_| SYSTEM_BIN.into()))
+}
+
+/// A client program for the server under test (pg_dump, pg_restore, pg_basebackup): its own, or
+/// Debian's PostgreSQL 15 one for an older server (they read older servers); None when neither fits
+/// (the npm registry's builds carry only initdb, pg_ctl and postgres, and pg_dump and pg_basebackup
+/// refuse servers newer than themselves). Tests that need one then say they skipped.
+pub fn client_tool(program: &str) -> Option<PathBuf> {
+    let own = pg_bin().join(program);
+    let system = PathBuf::from(SYSTEM_BIN).join(program);
+    if own.exists() {
+        Some(own)
+    } else if server_major() <= 15 && system.exists() {
+        Some(system)
+    } else {
+        eprintln!(
+            "{program} for PostgreSQL {} is not here: skipping",
+            server_major()
+        );
+        None
+    }
+}
+
+const SYSTEM_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// The major version of the server in PG_BIN (`postgres --version`).
+pub fn server_major() -> u32 {
+    let output = pg_command("postgres")
+        .arg("--version")
+        .output()
+        .expect("postgres --version");
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "postgres (PostgreSQL) 14.23" or "postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected postgres --version: {text}"))
+}
+
+/// True when every program in `programs` is there; prints which one is missing otherwise.
+pub fn have_client_tools(programs: &[&str]) -> bool {
+    programs.iter().all(|p| client_tool(p).is_some())
+}
 
 pub struct Cluster {
     pub dir: PathBuf,
@@ -22,16 +69,27 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Runs a PostgreSQL program as the `postgres` OS user when we are root (PostgreSQL refuses root).
+/// Runs a program of the server under test as the `postgres` OS user when we are root (PostgreSQL
+/// refuses root).
 fn pg_command(program: &str) -> Command {
-    let path = format!("{PG_BIN}/{program}");
+    as_postgres(&pg_bin().join(program))
+}
+
+/// Runs `path` as the `postgres` OS user when we are root. A program from a server installation that
+/// is not the system's (PG_BIN set) gets that installation's libraries (its ../lib) first.
+fn as_postgres(path: &std::path::Path) -> Command {
     let mut c = if is_root() {
         let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", &path]);
+        c.args(["-u", "postgres", "--", "env"]);
         c
     } else {
-        Command::new(path)
+        Command::new("env")
     };
+    if std::env::var_os("PG_BIN").is_some() && path.starts_with(pg_bin()) {
+        let lib = pg_bin().join("../lib");
+        c.arg(format!("LD_LIBRARY_PATH={}", lib.display()));
+    }
+    c.arg(path);
     // A server as it runs in production: no Rust backtraces attached to errors.
     c.env_remove("PGDATA")
         .env_remove("RUST_BACKTRACE")
@@ -98,7 +156,7 @@ impl Cluster {
         let port = self.port.to_string();
         check(
             "pg_basebackup",
-            pg_command("pg_basebackup")
+            as_postgres(&client_tool("pg_basebackup").expect("pg_basebackup"))
                 .args([
                     "-D",
                     replica.data().to_str().unwrap(),
@@ -129,7 +187,8 @@ impl Cluster {
     /// Runs a client program (pg_dump, pg_restore, …) against this cluster.
     pub fn run_bin(&self, program: &str, args: &[&str]) {
         let port = self.port.to_string();
-        let output = Command::new(format!("{PG_BIN}/{program}"))
+        let path = client_tool(program).unwrap_or_else(|| panic!("no {program}"));
+        let output = Command::new(path)
             .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
             .args(args)
             .output();
@@ -365,12 +424,22 @@ pub fn wait_for_count(
     });
 }
 
+/// Where the rows of docs/reliability.md go: `RESULTS_DIR`, or target/reliability (what
+/// scripts/reliability_report.sh assembles). scripts/matrix.sh points other versions elsewhere.
+pub fn results_dir() -> PathBuf {
+    std::env::var_os("RESULTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target")
+                .join("reliability")
+        })
+}
+
 /// Records one row of docs/reliability.md: written to target/reliability/<case>.md, assembled by
 /// scripts/reliability_report.sh after the suite.
 pub fn record(case: &str, done: &str, measured: &str, result: &str) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join("reliability");
+    let dir = results_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let clean = |s: &str| s.replace('|', "\\|").replace('\n', " ");
     let row = format!(
