@@ -26,6 +26,9 @@ for f in sql/pg_token_cleanup--*.sql; do
     cp "$f" "$root$("$PG_CONFIG" --sharedir)/extension/"
 done
 
+# As Debian ships libraries: without debugging symbols.
+strip --strip-unneeded "$root$("$PG_CONFIG" --pkglibdir)/pg_token_cleanup.so"
+
 mkdir -p "$root/DEBIAN"
 cat >"$root/DEBIAN/control" <<CONTROL
 Package: $name

@@ -76,6 +76,8 @@ struct Scheduler {
     next_reload_at: Option<Instant>,
     /// The extension's version in this database, while it is not the library's (warned once).
     outdated: Option<String>,
+    /// Runs a crash left `running` were marked `interrupted` (once the tables are this version's).
+    orphans_marked: bool,
     in_flight: HashMap<i64, InFlight>,
     turn: RoundRobin,
     /// Runners started and not yet registered.
@@ -119,10 +121,6 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
     unsafe {
         pg_sys::CacheRegisterRelcacheCallback(Some(rules_invalidated), pg_sys::Datum::from(0))
     };
-    let marked = BackgroundWorker::transaction(history::mark_interrupted);
-    if marked > 0 {
-        log!("pg_token_cleanup: marked {marked} unfinished run(s) as interrupted");
-    }
     log!("pg_token_cleanup: scheduler started");
 
     let mut scheduler = Scheduler {
@@ -133,6 +131,7 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
         reload_due: true,
         next_reload_at: None,
         outdated: None,
+        orphans_marked: false,
         in_flight: HashMap::new(),
         turn: RoundRobin::default(),
         starting: Vec::new(),
@@ -195,6 +194,10 @@ impl Scheduler {
         unsafe { pg_sys::AcceptInvalidationMessages() };
         if RULES_CHANGED.swap(false, Ordering::SeqCst) {
             self.reload_due = true;
+            if self.outdated.is_some() {
+                // ALTER EXTENSION … UPDATE: read the version now, not at the next recheck.
+                self.next_reload_at = None;
+            }
         }
         self.collect_finished();
         let reload_now = self.reload_due && self.next_reload_at.is_none_or(|t| Instant::now() >= t);
@@ -255,6 +258,14 @@ impl Scheduler {
                 "pg_token_cleanup: extension updated to {}; serving its rules",
                 env!("CARGO_PKG_VERSION")
             );
+        }
+        // At the first reload, once the tables are this version's: runs a crash left `running`.
+        if !self.orphans_marked {
+            self.orphans_marked = true;
+            let marked = BackgroundWorker::transaction(history::mark_interrupted);
+            if marked > 0 {
+                log!("pg_token_cleanup: marked {marked} unfinished run(s) as interrupted");
+            }
         }
         let loaded = match loaded {
             Ok(loaded) => loaded,
@@ -506,6 +517,9 @@ impl Scheduler {
     }
 
     fn prune_if_due(&mut self) {
+        if self.outdated.is_some() {
+            return;
+        }
         let retention = Duration::from_secs(gucs::history_retention_seconds().max(0) as u64);
         let every = (retention / 10).clamp(PRUNE_EVERY_MIN, PRUNE_EVERY_MAX);
         if self.last_prune.is_some_and(|t| t.elapsed() < every) {
