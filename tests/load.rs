@@ -1,5 +1,5 @@
 //! Load and soak: 10,000 enabled rules in one database (1,000 of them due every minute) and rules
-//! due every two seconds in two more databases, for SOAK_SECS (default 600 s). Measures how late runs
+//! due every two seconds in two more databases, for SOAK_SECS (default 180 s). Measures how late runs
 //! start (p50/p99/max of started_at - scheduled_for), each scheduler's memory at the start and end of
 //! the soak, and that history pruning keeps token_cleanup.runs bounded. Figures go to
 //! docs/reliability.md.
@@ -18,7 +18,7 @@ fn soak_duration() -> Duration {
     let secs = std::env::var("SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(600);
+        .unwrap_or(180);
     Duration::from_secs(secs)
 }
 
