@@ -5,17 +5,21 @@
 
 \echo Use "ALTER EXTENSION pg_token_cleanup UPDATE" to load this file. \quit
 
--- Rules: per-rule run limit, time zone, archive, blast-radius limits, whole-partition handling.
+-- Rules: per-rule run limit, time zone, archive, blast-radius limits, whole-partition handling,
+-- pacing by replica lag, WAL rate and waiting sessions.
 ALTER TABLE token_cleanup.rules
     ADD COLUMN max_run_duration  interval,
     ADD COLUMN timezone          text,
     ADD COLUMN archive_table     text,
     ADD COLUMN max_rows_per_run  bigint,
     ADD COLUMN max_fraction      real,
-    ADD COLUMN drop_partitions   text NOT NULL DEFAULT 'never';
+    ADD COLUMN drop_partitions   text NOT NULL DEFAULT 'never',
+    ADD COLUMN max_replica_lag   interval,
+    ADD COLUMN max_wal_rate      real,
+    ADD COLUMN yield_to_waiters  boolean;
 
 -- Runs: retries, stopped and refused runs; the error's SQLSTATE, detail and hint; partitions; how late
--- a run started.
+-- a run started; time paused by pacing.
 ALTER TABLE token_cleanup.runs
     DROP CONSTRAINT runs_trigger_check,
     ADD CONSTRAINT runs_trigger_check CHECK (trigger IN ('schedule', 'manual', 'retry')),
@@ -27,7 +31,9 @@ ALTER TABLE token_cleanup.runs
     ADD COLUMN error_hint    text,
     ADD COLUMN partitions    jsonb,
     ADD COLUMN partitions_dropped integer NOT NULL DEFAULT 0,
-    ADD COLUMN start_delay   interval GENERATED ALWAYS AS (started_at - scheduled_for) STORED;
+    ADD COLUMN start_delay   interval GENERATED ALWAYS AS (started_at - scheduled_for) STORED,
+    ADD COLUMN paused        interval NOT NULL DEFAULT '0',
+    ADD COLUMN pause_reasons jsonb;
 
 -- Lifetime counters per rule, started from the history kept (0.1.0's statistics were computed from
 -- it, so rule_stats shows the same figures after the upgrade).
@@ -107,6 +113,17 @@ BEGIN
         NEW.timezone, NEW.archive_table, NEW.max_rows_per_run, NEW.max_fraction, NEW.drop_partitions);
     NEW.table_name := canonical[1];
     NEW.archive_table := canonical[2];
+    IF NEW.max_replica_lag OPERATOR(pg_catalog.<) '0'::pg_catalog.interval THEN
+        RAISE EXCEPTION 'max_replica_lag of rule "%" must not be negative, got %', NEW.name, NEW.max_replica_lag
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give the replica lag at which runs pause between batches, e.g. ''1 second'', 0 for off, or NULL for pg_token_cleanup.max_replica_lag.';
+    END IF;
+    IF NEW.max_wal_rate OPERATOR(pg_catalog.<) 0::pg_catalog.real
+       OR NEW.max_wal_rate OPERATOR(pg_catalog.=) 'NaN'::pg_catalog.real THEN
+        RAISE EXCEPTION 'max_wal_rate % of rule "%" is not a rate', NEW.max_wal_rate, NEW.name
+            USING ERRCODE = 'numeric_value_out_of_range',
+                  HINT = 'Give the MB of WAL per second a run may write, e.g. 16, 0 for no limit, or NULL for pg_token_cleanup.max_wal_rate.';
+    END IF;
     RETURN NEW;
 END
 $$;

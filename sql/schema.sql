@@ -57,6 +57,10 @@ CREATE TABLE token_cleanup.rules (
     max_rows_per_run  bigint,                        -- NULL: no limit; a run that would delete more is refused
     max_fraction      real,                          -- NULL: pg_token_cleanup.max_fraction (of live rows)
     drop_partitions   text        NOT NULL DEFAULT 'never', -- never | detach | drop: whole expired partitions
+    -- pacing by the database's own signals; NULL: the setting of the same name; 0 or false: off
+    max_replica_lag   interval,                      -- pause while a streaming replica is further behind
+    max_wal_rate      real,                          -- MB/s of WAL over the last second
+    yield_to_waiters  boolean,                       -- pause while sessions wait on the table
     CONSTRAINT rules_name_key UNIQUE (name)
 );
 COMMENT ON TABLE token_cleanup.rules IS 'Cleanup rules: delete rows of table_name matching condition on schedule, as owner';
@@ -86,7 +90,9 @@ CREATE TABLE token_cleanup.runs (
     partitions    jsonb,                             -- partitioned tables: rows and action per leaf
     partitions_dropped integer NOT NULL DEFAULT 0,   -- leaf partitions dropped or detached whole
     -- how late a scheduled run started (no free slot, a busy table, a late scheduler)
-    start_delay   interval GENERATED ALWAYS AS (started_at - scheduled_for) STORED
+    start_delay   interval GENERATED ALWAYS AS (started_at - scheduled_for) STORED,
+    paused        interval    NOT NULL DEFAULT '0',  -- time spent paused by pacing
+    pause_reasons jsonb                              -- seconds paused per reason: replica_lag, wal_rate, waiters
 );
 CREATE INDEX runs_rule_started_idx ON token_cleanup.runs (rule_id, started_at DESC);
 CREATE INDEX runs_started_idx ON token_cleanup.runs (started_at);
@@ -164,6 +170,17 @@ BEGIN
         NEW.timezone, NEW.archive_table, NEW.max_rows_per_run, NEW.max_fraction, NEW.drop_partitions);
     NEW.table_name := canonical[1];
     NEW.archive_table := canonical[2];
+    IF NEW.max_replica_lag OPERATOR(pg_catalog.<) '0'::pg_catalog.interval THEN
+        RAISE EXCEPTION 'max_replica_lag of rule "%" must not be negative, got %', NEW.name, NEW.max_replica_lag
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give the replica lag at which runs pause between batches, e.g. ''1 second'', 0 for off, or NULL for pg_token_cleanup.max_replica_lag.';
+    END IF;
+    IF NEW.max_wal_rate OPERATOR(pg_catalog.<) 0::pg_catalog.real
+       OR NEW.max_wal_rate OPERATOR(pg_catalog.=) 'NaN'::pg_catalog.real THEN
+        RAISE EXCEPTION 'max_wal_rate % of rule "%" is not a rate', NEW.max_wal_rate, NEW.name
+            USING ERRCODE = 'numeric_value_out_of_range',
+                  HINT = 'Give the MB of WAL per second a run may write, e.g. 16, 0 for no limit, or NULL for pg_token_cleanup.max_wal_rate.';
+    END IF;
     RETURN NEW;
 END
 $$;

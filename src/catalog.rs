@@ -38,6 +38,10 @@ pub struct Rule {
     pub max_fraction: Option<f32>,
     /// `never`, `detach` or `drop`: what a run does with a leaf partition all of whose rows match.
     pub drop_partitions: String,
+    /// Pacing (see `executor::pacing`); NULL: the settings of the same names.
+    pub max_replica_lag_ms: Option<i64>,
+    pub max_wal_rate_mb: Option<f32>,
+    pub yield_to_waiters: Option<bool>,
     /// Seconds since the epoch of the rule's last change.
     pub updated_at: f64,
 }
@@ -79,6 +83,22 @@ impl Rule {
             .unwrap_or_else(gucs::max_fraction)
     }
 
+    /// What a run is paced by: the rule's own limits, else the settings; 0 is off.
+    pub fn pace_limits(&self) -> crate::executor::pacing::PaceLimits {
+        let lag_ms = self
+            .max_replica_lag_ms
+            .unwrap_or_else(gucs::max_replica_lag_ms);
+        let wal_mb = self
+            .max_wal_rate_mb
+            .map(f64::from)
+            .unwrap_or_else(gucs::max_wal_rate_mb);
+        crate::executor::pacing::PaceLimits {
+            max_replica_lag: (lag_ms > 0).then(|| std::time::Duration::from_millis(lag_ms as u64)),
+            max_wal_rate: (wal_mb > 0.0).then_some(wal_mb * 1024.0 * 1024.0),
+            yield_to_waiters: self.yield_to_waiters.unwrap_or_else(gucs::yield_to_waiters),
+        }
+    }
+
     /// Timeouts: the rule's own, else the settings.
     pub fn limits(&self) -> Limits {
         let clamp = |v: i64| v.clamp(0, i64::from(i32::MAX)) as i32;
@@ -99,7 +119,8 @@ const RULE_COLUMNS: &str = "r.id, r.name, r.table_name, r.condition, r.schedule,
      r.owner::text, (extract(epoch FROM r.lock_timeout) * 1000)::int8, \
      (extract(epoch FROM r.statement_timeout) * 1000)::int8, extract(epoch FROM r.updated_at)::float8, \
      r.max_rows_per_second, (extract(epoch FROM r.max_run_duration) * 1000)::int8, r.timezone, \
-     r.archive_table, r.max_rows_per_run, r.max_fraction, r.drop_partitions";
+     r.archive_table, r.max_rows_per_run, r.max_fraction, r.drop_partitions, \
+     (extract(epoch FROM r.max_replica_lag) * 1000)::int8, r.max_wal_rate, r.yield_to_waiters";
 
 fn rule_from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Rule> {
     Ok(Rule {
@@ -121,6 +142,9 @@ fn rule_from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Rule> {
         max_rows_per_run: row.get(16)?,
         max_fraction: row.get(17)?,
         drop_partitions: row.get(18)?.unwrap_or_else(|| "never".into()),
+        max_replica_lag_ms: row.get(19)?,
+        max_wal_rate_mb: row.get(20)?,
+        yield_to_waiters: row.get(21)?,
     })
 }
 

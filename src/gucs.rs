@@ -55,6 +55,9 @@ static MAX_PARALLEL_RUNS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_P
 static MAX_FRACTION: GucSetting<f64> = GucSetting::<f64>::new(1.0);
 static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(3);
 static RETRY_BACKOFF_S: GucSetting<i32> = GucSetting::<i32>::new(60);
+static MAX_REPLICA_LAG_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+static MAX_WAL_RATE_MB: GucSetting<f64> = GucSetting::<f64>::new(0.0);
+static YIELD_TO_WAITERS: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// When a run's end is announced with `NOTIFY token_cleanup`.
 #[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -181,6 +184,34 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"pg_token_cleanup.max_replica_lag",
+        c"Runs pause between batches while a streaming replica is further behind than this, for rules whose max_replica_lag is NULL; 0 = off.",
+        c"A standby that stopped replaying counts as behind by the age of the oldest WAL it has not replayed.",
+        &MAX_REPLICA_LAG_MS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_float_guc(
+        c"pg_token_cleanup.max_wal_rate",
+        c"MB of WAL per second a run may write, averaged over the last second, for rules whose max_wal_rate is NULL; 0 = no limit.",
+        c"A run over it pauses between batches, holding no locks.",
+        &MAX_WAL_RATE_MB,
+        0.0,
+        1e6,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_token_cleanup.yield_to_waiters",
+        c"Runs pause between batches while a session waits for a lock on their table, for rules whose yield_to_waiters is NULL.",
+        c"And after a batch whose row locks made a session wait, they give way for as long as that batch took (at most a second).",
+        &YIELD_TO_WAITERS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_enum_guc(
         c"pg_token_cleanup.notify",
         c"Announces the end of runs with NOTIFY token_cleanup: off, failures or all.",
@@ -301,6 +332,20 @@ pub fn parse_timezone(name: &str) -> Option<chrono_tz::Tz> {
 /// The largest fraction of live rows a run may delete when its rule sets none (1: no limit).
 pub fn max_fraction() -> f64 {
     MAX_FRACTION.get()
+}
+
+/// Replica lag runs pause at when their rule sets none; 0: off.
+pub fn max_replica_lag_ms() -> i64 {
+    i64::from(MAX_REPLICA_LAG_MS.get().max(0))
+}
+
+/// MB/s of WAL a run may write when its rule sets none; 0: no limit.
+pub fn max_wal_rate_mb() -> f64 {
+    MAX_WAL_RATE_MB.get().max(0.0)
+}
+
+pub fn yield_to_waiters() -> bool {
+    YIELD_TO_WAITERS.get()
 }
 
 pub fn notify() -> Notify {

@@ -114,6 +114,9 @@ pub struct Counts {
     pub partitions: Option<String>,
     /// Leaf partitions dropped or detached whole.
     pub partitions_dropped: i32,
+    /// Seconds paused by pacing, and per reason (JSON: `{"replica_lag": s, …}`).
+    pub paused_s: f64,
+    pub pause_reasons: Option<String>,
 }
 
 /// Records the end of a run.
@@ -123,6 +126,7 @@ pub fn finish(run_id: i64, outcome: &Outcome, counts: &Counts) {
         "UPDATE token_cleanup.runs SET status = $2, error = $3, rows_deleted = $4, batches = $5, \
                 longest_batch_ms = $6, method = $7, sqlstate = $8, error_detail = $9, error_hint = $10, \
                 partitions = $11::jsonb, partitions_dropped = $12, \
+                paused = pg_catalog.make_interval(secs => $13), pause_reasons = $14::jsonb, \
                 finished_at = pg_catalog.clock_timestamp() WHERE id = $1",
         &[
             run_id.into(),
@@ -137,6 +141,8 @@ pub fn finish(run_id: i64, outcome: &Outcome, counts: &Counts) {
             error.and_then(|e| e.hint.clone()).into(),
             counts.partitions.clone().into(),
             counts.partitions_dropped.into(),
+            counts.paused_s.into(),
+            counts.pause_reasons.clone().into(),
         ],
     )
     .expect("updating token_cleanup.runs");

@@ -33,7 +33,9 @@ const OWNER_SETTINGS: [(&str, &str); 3] = [
     ("transform_null_equals", "off"),
 ];
 
-// utils/timeout.h is not in pgrx's bindings; TimeoutId::STATEMENT_TIMEOUT is 3 in PostgreSQL 15.
+// utils/timeout.h is not in pgrx's bindings; TimeoutId::STATEMENT_TIMEOUT is 3 in PostgreSQL 14
+// to 18 (later ids were appended after it). The statement-timeout tests, run on every version by
+// scripts/matrix.sh, fail if it is not.
 const STATEMENT_TIMEOUT_ID: i32 = 3;
 extern "C-unwind" {
     // Called only through `guarded`: they raise ERRORs for bad arguments.

@@ -16,6 +16,7 @@
 
 mod blast_radius;
 mod method;
+pub mod pacing;
 mod partitions;
 mod prepare;
 mod range_delete;
@@ -60,6 +61,9 @@ pub struct RunReport {
     /// Per leaf partition of a partitioned table: its name, rows, and what was done.
     pub partitions: Vec<(String, i64, &'static str)>,
     pub partitions_dropped: i32,
+    /// Time spent paused by pacing (see [`pacing`]), and per reason as JSON.
+    pub paused: Duration,
+    pub pause_reasons: Option<String>,
 }
 
 impl RunReport {
@@ -83,6 +87,8 @@ impl RunReport {
                 serde_json::Value::Object(map).to_string()
             }),
             partitions_dropped: self.partitions_dropped,
+            paused_s: self.paused.as_secs_f64(),
+            pause_reasons: self.pause_reasons.clone(),
         }
     }
 }
@@ -159,6 +165,7 @@ struct Tally<'a> {
     batches_redone: i32,
     partitions: Vec<(String, i64, &'static str)>,
     partitions_dropped: i32,
+    pacer: pacing::Pacer,
 }
 
 /// Runs `rule` as run `run_id` (already committed as `running`), recording progress after every
@@ -180,6 +187,7 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
         batches_redone: 0,
         partitions: Vec::new(),
         partitions_dropped: 0,
+        pacer: pacing::Pacer::new(rule.pace_limits(), pg_sys::InvalidOid),
     };
     let outcome = run(rule, &mut tally).unwrap_or_else(|stopped| stopped);
     let report = RunReport {
@@ -193,6 +201,8 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
         batches_redone: tally.batches_redone,
         partitions: std::mem::take(&mut tally.partitions),
         partitions_dropped: tally.partitions_dropped,
+        paused: tally.pacer.paused,
+        pause_reasons: tally.pacer.reasons_json(),
     };
     BackgroundWorker::transaction(|| history::finish(run_id, &report.outcome, &report.counts()));
     report
@@ -322,12 +332,19 @@ impl Tally<'_> {
     /// long it took (ms, start to commit); `Err` ends the run (stop requested, or a failure).
     fn batch(&mut self, plan: &Plan, batch: Batch) -> Result<(Deleted, f64), Outcome> {
         self.keep_pace(plan.max_rows_per_second);
+        let stop = self.stop_check();
+        self.pacer.set_table(plan.table.oid);
+        self.pacer.wait(self.rule_name, || stop.check())?;
         self.check_stop()?;
         let started = Instant::now();
         let (run_id, done, batches) = (self.run_id, self.rows_deleted, self.batches);
+        let pacer = &mut self.pacer;
         let result = BackgroundWorker::transaction(|| {
             batch_settings(plan.wal_compression);
             let deleted = delete_batch(plan, &batch);
+            if deleted.is_ok() {
+                pacer.note_blocked_sessions(started);
+            }
             if let Ok(d) = &deleted {
                 history::progress(run_id, done + d.rows, batches + 1);
             }
@@ -355,16 +372,16 @@ impl Tally<'_> {
 
     /// Ends the run between batches: interrupted on SIGTERM, stopped at max_run_duration.
     fn check_stop(&self) -> Result<(), Outcome> {
-        if (self.stop_requested)() {
-            return Err(interrupted());
-        }
-        match self.max_duration {
-            Some(max) if self.started.elapsed() >= max => Err(Outcome::Stopped(format!(
-                "stopped after max_run_duration ({} s) with {} rows deleted; the rest go in the next run",
-                max.as_secs_f64(),
-                self.rows_deleted
-            ))),
-            _ => Ok(()),
+        self.stop_check().check()
+    }
+
+    /// What [`Tally::check_stop`] reads, apart from the tally (for a pause, which borrows it).
+    fn stop_check(&self) -> StopCheck<'_> {
+        StopCheck {
+            stop_requested: self.stop_requested,
+            started: self.started,
+            max_duration: self.max_duration,
+            rows_deleted: self.rows_deleted,
         }
     }
 
@@ -382,6 +399,30 @@ impl Tally<'_> {
                 return;
             };
             std::thread::sleep(ahead.min(Duration::from_millis(100)));
+        }
+    }
+}
+
+/// Why a run ends between batches: SIGTERM, or max_run_duration reached.
+struct StopCheck<'a> {
+    stop_requested: &'a dyn Fn() -> bool,
+    started: Instant,
+    max_duration: Option<Duration>,
+    rows_deleted: i64,
+}
+
+impl StopCheck<'_> {
+    fn check(&self) -> Result<(), Outcome> {
+        if (self.stop_requested)() {
+            return Err(interrupted());
+        }
+        match self.max_duration {
+            Some(max) if self.started.elapsed() >= max => Err(Outcome::Stopped(format!(
+                "stopped after max_run_duration ({} s) with {} rows deleted; the rest go in the next run",
+                max.as_secs_f64(),
+                self.rows_deleted
+            ))),
+            _ => Ok(()),
         }
     }
 }

@@ -3,11 +3,12 @@
 SET ROLE regress_app;
 INSERT INTO token_cleanup.rules (name, table_name, condition, schedule)
 VALUES ('refresh_tokens', 'refresh_tokens', 'revoked OR expires_at < now()', '0 3 * * *');
-INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size, timezone, max_run_duration)
+INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size, timezone, max_run_duration,
+                                  max_replica_lag, max_wal_rate, yield_to_waiters)
 VALUES ('hourly', 'public.refresh_tokens', 'expires_at < now() - interval ''30 days''', '@hourly', 500,
-        'America/New_York', '10 minutes');
+        'America/New_York', '10 minutes', '1 second', 16, true);
 SELECT name, table_name, condition, schedule, batch_size, enabled, owner, timezone, max_run_duration,
-       drop_partitions
+       drop_partitions, max_replica_lag, max_wal_rate, yield_to_waiters
   FROM token_cleanup.rules ORDER BY name;
 RESET ROLE;
 

@@ -33,6 +33,8 @@ INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, timezone
 INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, max_fraction) VALUES ('r', 'public.refresh_tokens', 'true', '@daily', 1.5);
 INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, drop_partitions) VALUES ('r', 'public.refresh_tokens', 'true', '@daily', 'drop');
 INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, archive_table) VALUES ('r', 'public.refresh_tokens', 'true', '@daily', 'public.nope');
+INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, max_replica_lag) VALUES ('r', 'public.refresh_tokens', 'true', '@daily', '-1 s');
+INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, max_wal_rate) VALUES ('r', 'public.refresh_tokens', 'true', '@daily', -5);
 -- Owners and NULLs
 INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, owner) VALUES ('r', 'public.refresh_tokens', 'true', '@daily', 'regress_other');
 INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('r', NULL, 'true', '@daily');

@@ -1,0 +1,402 @@
+//! Pacing by what the database shows, between batches (a run holds no lock there): the lag of
+//! streaming replicas, the WAL the run writes, and sessions waiting on the run's table. Each signal
+//! is a rule column with a setting of the same name (NULL: the setting; 0 or off: not paced by it).
+//!
+//! - **Replica lag**, as gh-ost's `--max-lag-millis`: pause while any streaming replica is further
+//!   behind than `max_replica_lag`. `pg_stat_replication.replay_lag` is refreshed only when the
+//!   standby replays something, so a standby that stopped replaying keeps showing its last, small
+//!   value. So the run also keeps its own samples of `(time, WAL insert position)`, and a replica's
+//!   lag is the age of the oldest sample its `replay_lsn` has not reached: a stalled standby's lag
+//!   grows with the clock. The larger of the two counts.
+//! - **WAL rate**: pause while the WAL this process wrote over the last second (`pgWalUsage`) is
+//!   above `max_wal_rate` MB/s.
+//! - **Waiters** (`yield_to_waiters`): pause while any session waits for a lock on the run's table
+//!   (a migration's ALTER or CREATE INDEX queued behind other sessions, which the next batch's DELETE
+//!   would otherwise queue behind and lengthen); and after a batch whose row locks made a session
+//!   wait, give way for as long as that batch took (at most a second) before the next.
+//!
+//! A pause wakes every 100 ms to notice SIGTERM and `max_run_duration`; `runs.paused` and
+//! `runs.pause_reasons` record it.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// How often a pause looks again.
+const RECHECK: Duration = Duration::from_millis(100);
+/// Longest a run gives way after a batch that made a session wait.
+const MAX_YIELD: Duration = Duration::from_secs(1);
+/// Most WAL position samples kept (one per batch or recheck): hours of batches.
+const MAX_SAMPLES: usize = 100_000;
+
+/// The limits a run is paced by; `None`/false: that signal is not watched.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PaceLimits {
+    pub max_replica_lag: Option<Duration>,
+    /// Bytes of WAL per second.
+    pub max_wal_rate: Option<f64>,
+    pub yield_to_waiters: bool,
+}
+
+impl PaceLimits {
+    fn any(&self) -> bool {
+        self.max_replica_lag.is_some() || self.max_wal_rate.is_some() || self.yield_to_waiters
+    }
+}
+
+/// Why a run paused (the keys of `runs.pause_reasons`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    ReplicaLag,
+    WalRate,
+    Waiters,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ReplicaLag => "replica_lag",
+            Reason::WalRate => "wal_rate",
+            Reason::Waiters => "waiters",
+        }
+    }
+}
+
+/// A streaming replica's position as `pg_stat_replication` shows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Replica {
+    pub replay_lsn: u64,
+    /// `replay_lag`, which stops moving when replay stops.
+    pub reported_lag: Duration,
+}
+
+/// The samples of the primary's WAL position a run keeps, to tell how far behind a replica is.
+#[derive(Debug, Default)]
+pub struct LagClock {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl LagClock {
+    pub fn sample(&mut self, at: Instant, lsn: u64) {
+        if self.samples.back().is_none_or(|&(_, last)| lsn > last) {
+            self.samples.push_back((at, lsn));
+        }
+        if self.samples.len() > MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+    }
+
+    /// The worst lag over `replicas` at `now` (and that replica's distance in bytes from `lsn`,
+    /// the newest position): the age of the oldest sample a replica has not replayed, or its
+    /// reported lag if larger. Forgets the samples every replica has replayed.
+    pub fn worst(&mut self, now: Instant, lsn: u64, replicas: &[Replica]) -> (Duration, u64) {
+        let mut worst = (Duration::ZERO, 0);
+        for replica in replicas {
+            let unreplayed = self
+                .samples
+                .iter()
+                .find(|&&(_, sampled)| sampled > replica.replay_lsn)
+                .map_or(Duration::ZERO, |&(at, _)| now.saturating_duration_since(at));
+            let lag = unreplayed.max(replica.reported_lag);
+            if lag >= worst.0 {
+                worst = (lag, lsn.saturating_sub(replica.replay_lsn));
+            }
+        }
+        if let Some(slowest) = replicas.iter().map(|r| r.replay_lsn).min() {
+            while self.samples.front().is_some_and(|&(_, s)| s <= slowest) {
+                self.samples.pop_front();
+            }
+        }
+        worst
+    }
+}
+
+/// WAL written by this process over the last second.
+#[derive(Debug, Default)]
+pub struct WalMeter {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl WalMeter {
+    /// Records the process's WAL total at `at` and returns the bytes written since one second
+    /// before `at` (since the first sample, if the run is younger).
+    pub fn last_second(&mut self, at: Instant, total: u64) -> u64 {
+        self.samples.push_back((at, total));
+        let window_start = at.checked_sub(Duration::from_secs(1));
+        // Keep one sample at or before the window's start: the base the window is measured from.
+        while self.samples.len() > 1 && window_start.is_some_and(|start| self.samples[1].0 <= start)
+        {
+            self.samples.pop_front();
+        }
+        total.saturating_sub(self.samples.front().map_or(total, |&(_, b)| b))
+    }
+}
+
+/// Decides and records a run's pauses.
+pub struct Pacer {
+    limits: PaceLimits,
+    table: pg_sys::Oid,
+    lag: LagClock,
+    wal: WalMeter,
+    /// Set by a batch whose row locks made a session wait: give way this long before the next.
+    give_way: Option<Duration>,
+    pub paused: Duration,
+    pub reasons: BTreeMap<Reason, Duration>,
+    /// The worst replica lag and byte gap seen while pacing by lag.
+    pub worst_lag: (Duration, u64),
+}
+
+impl Pacer {
+    pub fn new(limits: PaceLimits, table: pg_sys::Oid) -> Pacer {
+        let mut pacer = Pacer {
+            limits,
+            table,
+            lag: LagClock::default(),
+            wal: WalMeter::default(),
+            give_way: None,
+            paused: Duration::ZERO,
+            reasons: BTreeMap::new(),
+            worst_lag: (Duration::ZERO, 0),
+        };
+        if limits.max_replica_lag.is_some() {
+            pacer.lag.sample(Instant::now(), insert_lsn());
+        }
+        pacer
+    }
+
+    /// The table the next batch deletes from (a leaf partition, for a partitioned table).
+    pub fn set_table(&mut self, table: pg_sys::Oid) {
+        self.table = table;
+    }
+
+    /// Waits between batches while a signal says so. `check_stop` ends the wait (SIGTERM,
+    /// max_run_duration) with its error.
+    pub fn wait<E>(
+        &mut self,
+        rule_name: &str,
+        mut check_stop: impl FnMut() -> Result<(), E>,
+    ) -> Result<(), E> {
+        if !self.limits.any() {
+            return Ok(());
+        }
+        if let Some(give_way) = self.give_way.take() {
+            check_stop()?;
+            self.pause(rule_name, Reason::Waiters, give_way);
+        }
+        loop {
+            check_stop()?;
+            let Some(reason) = self.reason_to_pause() else {
+                return Ok(());
+            };
+            self.pause(rule_name, reason, RECHECK);
+        }
+    }
+
+    /// Inside a batch's transaction, after its DELETE: whether its row locks made a session wait;
+    /// if so, the next batch gives way for as long as this one has taken.
+    pub fn note_blocked_sessions(&mut self, batch_started: Instant) {
+        if !self.limits.yield_to_waiters {
+            return;
+        }
+        let blocked = Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a \
+                             WHERE pg_catalog.pg_backend_pid() = ANY (pg_catalog.pg_blocking_pids(a.pid)))",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+        if blocked {
+            self.give_way = Some(batch_started.elapsed().min(MAX_YIELD));
+        }
+    }
+
+    fn pause(&mut self, rule_name: &str, reason: Reason, how_long: Duration) {
+        super::report_activity(&format!(
+            "pg_token_cleanup: rule {rule_name}: paused ({})",
+            reason.as_str()
+        ));
+        std::thread::sleep(how_long);
+        self.paused += how_long;
+        *self.reasons.entry(reason).or_default() += how_long;
+    }
+
+    /// The first signal over its limit, if any (read in a short transaction of its own).
+    fn reason_to_pause(&mut self) -> Option<Reason> {
+        let limits = self.limits;
+        let table = self.table;
+        BackgroundWorker::transaction(|| {
+            let now = Instant::now();
+            if let Some(max_lag) = limits.max_replica_lag {
+                let lsn = insert_lsn();
+                self.lag.sample(now, lsn);
+                let (lag, bytes) = self.lag.worst(now, lsn, &streaming_replicas());
+                if lag > self.worst_lag.0 {
+                    self.worst_lag = (lag, bytes);
+                }
+                if lag > max_lag {
+                    return Some(Reason::ReplicaLag);
+                }
+            }
+            if let Some(max_rate) = limits.max_wal_rate {
+                // SAFETY: this process's own WAL counters.
+                let total = unsafe { pg_sys::pgWalUsage.wal_bytes };
+                if self.wal.last_second(now, total) as f64 > max_rate {
+                    return Some(Reason::WalRate);
+                }
+            }
+            if limits.yield_to_waiters && sessions_waiting_on(table) {
+                return Some(Reason::Waiters);
+            }
+            None
+        })
+    }
+
+    /// For `runs.pause_reasons`: seconds paused per reason, as JSON; `None` if never paused.
+    pub fn reasons_json(&self) -> Option<String> {
+        (!self.reasons.is_empty()).then(|| {
+            let map: serde_json::Map<String, serde_json::Value> = self
+                .reasons
+                .iter()
+                .map(|(reason, d)| (reason.as_str().to_string(), serde_json::json!(round_ms(*d))))
+                .collect();
+            serde_json::Value::Object(map).to_string()
+        })
+    }
+}
+
+fn round_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// Where the primary inserts WAL now.
+fn insert_lsn() -> u64 {
+    // SAFETY: reads the shared insert position; valid outside recovery, where runs happen.
+    unsafe { pg_sys::GetXLogInsertRecPtr() }
+}
+
+/// Replicas that are streaming (catching up, backing up or stopping ones are ignored).
+fn streaming_replicas() -> Vec<Replica> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT pg_catalog.pg_wal_lsn_diff(replay_lsn, '0/0')::int8, \
+                    coalesce(extract(epoch FROM replay_lag), 0)::float8 \
+               FROM pg_catalog.pg_stat_replication \
+              WHERE state = 'streaming' AND replay_lsn IS NOT NULL",
+            None,
+            &[],
+        )?;
+        let mut replicas = Vec::new();
+        for row in rows {
+            let replay: i64 = row.get(1)?.unwrap_or(0);
+            let reported: f64 = row.get(2)?.unwrap_or(0.0);
+            replicas.push(Replica {
+                replay_lsn: replay.max(0) as u64,
+                reported_lag: Duration::from_secs_f64(reported.max(0.0)),
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(replicas)
+    })
+    .unwrap_or_default()
+}
+
+/// Whether a session waits for a lock on `table` (the relation or one of its rows).
+fn sessions_waiting_on(table: pg_sys::Oid) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_locks l \
+                         WHERE NOT l.granted AND l.relation = $1 \
+                           AND l.database = (SELECT oid FROM pg_catalog.pg_database \
+                                              WHERE datname = pg_catalog.current_database()))",
+        &[table.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_replica_lags_by_the_age_of_what_it_has_not_replayed() {
+        let t0 = Instant::now();
+        let mut clock = LagClock::default();
+        clock.sample(t0, 100);
+        clock.sample(t0 + Duration::from_secs(1), 200);
+        clock.sample(t0 + Duration::from_secs(2), 300);
+        // Replayed up to 150 and stopped there, still reporting a small replay_lag.
+        let stalled = Replica {
+            replay_lsn: 150,
+            reported_lag: Duration::from_millis(20),
+        };
+        let (lag, bytes) = clock.worst(t0 + Duration::from_secs(5), 300, &[stalled]);
+        assert_eq!(lag, Duration::from_secs(4)); // the sample at 200, taken at t0 + 1 s
+        assert_eq!(bytes, 150);
+        // Forgot what every replica has replayed, kept the rest.
+        assert_eq!(clock.samples.len(), 2);
+    }
+
+    #[test]
+    fn a_replica_that_replayed_everything_does_not_lag_unless_it_says_so() {
+        let t0 = Instant::now();
+        let mut clock = LagClock::default();
+        clock.sample(t0, 100);
+        let caught_up = Replica {
+            replay_lsn: 100,
+            reported_lag: Duration::ZERO,
+        };
+        assert_eq!(
+            clock.worst(t0 + Duration::from_secs(9), 100, &[caught_up]),
+            (Duration::ZERO, 0)
+        );
+        let slow = Replica {
+            replay_lsn: 100,
+            reported_lag: Duration::from_secs(3),
+        };
+        assert_eq!(clock.worst(t0, 100, &[slow]).0, Duration::from_secs(3));
+        assert_eq!(clock.worst(t0, 100, &[]), (Duration::ZERO, 0));
+    }
+
+    #[test]
+    fn the_worst_replica_counts() {
+        let t0 = Instant::now();
+        let mut clock = LagClock::default();
+        clock.sample(t0, 100);
+        clock.sample(t0 + Duration::from_secs(3), 200);
+        let near = Replica {
+            replay_lsn: 150,
+            reported_lag: Duration::ZERO,
+        };
+        let far = Replica {
+            replay_lsn: 50,
+            reported_lag: Duration::ZERO,
+        };
+        let (lag, bytes) = clock.worst(t0 + Duration::from_secs(4), 200, &[near, far]);
+        assert_eq!((lag, bytes), (Duration::from_secs(4), 150));
+    }
+
+    #[test]
+    fn wal_rate_is_what_was_written_over_the_last_second() {
+        let t0 = Instant::now();
+        let mut meter = WalMeter::default();
+        assert_eq!(meter.last_second(t0, 1_000), 0);
+        assert_eq!(
+            meter.last_second(t0 + Duration::from_millis(500), 5_000),
+            4_000
+        );
+        assert_eq!(
+            meter.last_second(t0 + Duration::from_millis(900), 9_000),
+            8_000
+        );
+        // Nothing written for a while: the window slides past the burst.
+        assert_eq!(
+            meter.last_second(t0 + Duration::from_millis(1_600), 9_000),
+            4_000
+        );
+        assert_eq!(
+            meter.last_second(t0 + Duration::from_millis(2_500), 9_000),
+            0
+        );
+    }
+}
