@@ -118,8 +118,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Give the replica lag at which runs pause between batches, e.g. ''1 second'', 0 for off, or NULL for pg_token_cleanup.max_replica_lag.';
     END IF;
-    IF NEW.max_wal_rate OPERATOR(pg_catalog.<) 0::pg_catalog.real
-       OR NEW.max_wal_rate OPERATOR(pg_catalog.=) 'NaN'::pg_catalog.real THEN
+    IF NEW.max_wal_rate OPERATOR(pg_catalog.<) 0::pg_catalog.float4
+       OR NEW.max_wal_rate OPERATOR(pg_catalog.=) 'NaN'::pg_catalog.float4 THEN
         RAISE EXCEPTION 'max_wal_rate % of rule "%" is not a rate', NEW.max_wal_rate, NEW.name
             USING ERRCODE = 'numeric_value_out_of_range',
                   HINT = 'Give the MB of WAL per second a run may write, e.g. 16, 0 for no limit, or NULL for pg_token_cleanup.max_wal_rate.';

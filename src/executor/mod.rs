@@ -327,7 +327,7 @@ fn delete_through_index(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<O
     }
 }
 
-impl Tally<'_> {
+impl<'a> Tally<'a> {
     /// One batch in its own transaction, progress recorded in it. Returns what it deleted and how
     /// long it took (ms, start to commit); `Err` ends the run (stop requested, or a failure).
     fn batch(&mut self, plan: &Plan, batch: Batch) -> Result<(Deleted, f64), Outcome> {
@@ -338,21 +338,21 @@ impl Tally<'_> {
         self.check_stop()?;
         let started = Instant::now();
         let (run_id, done, batches) = (self.run_id, self.rows_deleted, self.batches);
-        let pacer = &mut self.pacer;
+        let watch_waiters = self.pacer.watches_waiters();
         let result = BackgroundWorker::transaction(|| {
             batch_settings(plan.wal_compression);
-            let deleted = delete_batch(plan, &batch);
-            if deleted.is_ok() {
-                pacer.note_blocked_sessions(started);
-            }
-            if let Ok(d) = &deleted {
-                history::progress(run_id, done + d.rows, batches + 1);
-            }
-            deleted
+            let deleted = delete_batch(plan, &batch)?;
+            history::progress(run_id, done + deleted.rows, batches + 1);
+            // Before commit, while this batch's row locks are held.
+            let blocked_someone = watch_waiters && pacing::blocking_sessions();
+            Ok::<_, Error>((deleted, blocked_someone))
         });
         let elapsed = started.elapsed();
         match result {
-            Ok(deleted) => {
+            Ok((deleted, blocked_someone)) => {
+                if blocked_someone {
+                    self.pacer.give_way_after(elapsed);
+                }
                 self.rows_deleted += deleted.rows;
                 self.batches_redone += i32::from(deleted.redone);
                 self.batches += 1;
@@ -376,7 +376,7 @@ impl Tally<'_> {
     }
 
     /// What [`Tally::check_stop`] reads, apart from the tally (for a pause, which borrows it).
-    fn stop_check(&self) -> StopCheck<'_> {
+    fn stop_check(&self) -> StopCheck<'a> {
         StopCheck {
             stop_requested: self.stop_requested,
             started: self.started,

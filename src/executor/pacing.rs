@@ -18,6 +18,7 @@
 //! A pause wakes every 100 ms to notice SIGTERM and `max_run_duration`; `runs.paused` and
 //! `runs.pause_reasons` record it.
 
+use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::collections::{BTreeMap, VecDeque};
@@ -88,17 +89,22 @@ impl LagClock {
     }
 
     /// The worst lag over `replicas` at `now` (and that replica's distance in bytes from `lsn`,
-    /// the newest position): the age of the oldest sample a replica has not replayed, or its
-    /// reported lag if larger. Forgets the samples every replica has replayed.
+    /// the newest position, sampled last): for a replica behind it, the age of the oldest sample it
+    /// has not replayed, or its reported lag if larger (it may have been behind before the run's
+    /// first sample); none for a replica that replayed it. Forgets the samples every replica has
+    /// replayed.
     pub fn worst(&mut self, now: Instant, lsn: u64, replicas: &[Replica]) -> (Duration, u64) {
         let mut worst = (Duration::ZERO, 0);
         for replica in replicas {
-            let unreplayed = self
+            // A replica that replayed the newest sample is caught up, whatever replay_lag still
+            // shows: PostgreSQL keeps showing the last measured lag for a while after catch-up.
+            let lag = self
                 .samples
                 .iter()
                 .find(|&&(_, sampled)| sampled > replica.replay_lsn)
-                .map_or(Duration::ZERO, |&(at, _)| now.saturating_duration_since(at));
-            let lag = unreplayed.max(replica.reported_lag);
+                .map_or(Duration::ZERO, |&(at, _)| {
+                    now.saturating_duration_since(at).max(replica.reported_lag)
+                });
             if lag >= worst.0 {
                 worst = (lag, lsn.saturating_sub(replica.replay_lsn));
             }
@@ -143,8 +149,9 @@ pub struct Pacer {
     give_way: Option<Duration>,
     pub paused: Duration,
     pub reasons: BTreeMap<Reason, Duration>,
-    /// The worst replica lag and byte gap seen while pacing by lag.
+    /// The worst replica lag and byte gap seen while pacing by lag, and the latest.
     pub worst_lag: (Duration, u64),
+    last_lag: (Duration, u64),
 }
 
 impl Pacer {
@@ -158,6 +165,7 @@ impl Pacer {
             paused: Duration::ZERO,
             reasons: BTreeMap::new(),
             worst_lag: (Duration::ZERO, 0),
+            last_lag: (Duration::ZERO, 0),
         };
         if limits.max_replica_lag.is_some() {
             pacer.lag.sample(Instant::now(), insert_lsn());
@@ -193,27 +201,28 @@ impl Pacer {
         }
     }
 
-    /// Inside a batch's transaction, after its DELETE: whether its row locks made a session wait;
-    /// if so, the next batch gives way for as long as this one has taken.
-    pub fn note_blocked_sessions(&mut self, batch_started: Instant) {
-        if !self.limits.yield_to_waiters {
-            return;
-        }
-        let blocked = Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a \
-                             WHERE pg_catalog.pg_backend_pid() = ANY (pg_catalog.pg_blocking_pids(a.pid)))",
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(false);
-        if blocked {
-            self.give_way = Some(batch_started.elapsed().min(MAX_YIELD));
-        }
+    /// Whether batches should look, before they commit, for sessions their row locks hold up.
+    pub fn watches_waiters(&self) -> bool {
+        self.limits.yield_to_waiters
+    }
+
+    /// After a batch whose row locks made a session wait: the next batch gives way for as long as
+    /// this one took (at most [`MAX_YIELD`]).
+    pub fn give_way_after(&mut self, batch_took: Duration) {
+        self.give_way = Some(batch_took.min(MAX_YIELD));
     }
 
     fn pause(&mut self, rule_name: &str, reason: Reason, how_long: Duration) {
+        let detail = match reason {
+            Reason::ReplicaLag => format!(
+                ": {:.1} s, {} kB behind",
+                self.last_lag.0.as_secs_f64(),
+                self.last_lag.1 / 1024
+            ),
+            _ => String::new(),
+        };
         super::report_activity(&format!(
-            "pg_token_cleanup: rule {rule_name}: paused ({})",
+            "pg_token_cleanup: rule {rule_name}: paused ({}{detail})",
             reason.as_str()
         ));
         std::thread::sleep(how_long);
@@ -223,43 +232,58 @@ impl Pacer {
 
     /// The first signal over its limit, if any (read in a short transaction of its own).
     fn reason_to_pause(&mut self) -> Option<Reason> {
-        let limits = self.limits;
-        let table = self.table;
-        BackgroundWorker::transaction(|| {
-            let now = Instant::now();
-            if let Some(max_lag) = limits.max_replica_lag {
-                let lsn = insert_lsn();
-                self.lag.sample(now, lsn);
-                let (lag, bytes) = self.lag.worst(now, lsn, &streaming_replicas());
-                if lag > self.worst_lag.0 {
-                    self.worst_lag = (lag, bytes);
-                }
-                if lag > max_lag {
-                    return Some(Reason::ReplicaLag);
-                }
-            }
-            if let Some(max_rate) = limits.max_wal_rate {
+        let (limits, table) = (self.limits, self.table);
+        let (position, wal_total, waiting) = BackgroundWorker::transaction(move || {
+            (
+                limits
+                    .max_replica_lag
+                    .map(|_| (insert_lsn(), streaming_replicas())),
                 // SAFETY: this process's own WAL counters.
-                let total = unsafe { pg_sys::pgWalUsage.wal_bytes };
-                if self.wal.last_second(now, total) as f64 > max_rate {
-                    return Some(Reason::WalRate);
-                }
+                limits
+                    .max_wal_rate
+                    .map(|_| unsafe { pg_sys::pgWalUsage.wal_bytes }),
+                limits.yield_to_waiters && sessions_waiting_on(table),
+            )
+        });
+        let now = Instant::now();
+        if let (Some(max_lag), Some((lsn, replicas))) = (limits.max_replica_lag, position) {
+            self.lag.sample(now, lsn);
+            let (lag, bytes) = self.lag.worst(now, lsn, &replicas);
+            self.last_lag = (lag, bytes);
+            if lag > self.worst_lag.0 {
+                self.worst_lag = (lag, bytes);
             }
-            if limits.yield_to_waiters && sessions_waiting_on(table) {
-                return Some(Reason::Waiters);
+            if lag > max_lag {
+                return Some(Reason::ReplicaLag);
             }
-            None
-        })
+        }
+        if let (Some(max_rate), Some(total)) = (limits.max_wal_rate, wal_total) {
+            if self.wal.last_second(now, total) as f64 > max_rate {
+                return Some(Reason::WalRate);
+            }
+        }
+        waiting.then_some(Reason::Waiters)
     }
 
-    /// For `runs.pause_reasons`: seconds paused per reason, as JSON; `None` if never paused.
+    /// For `runs.pause_reasons`: seconds paused per reason, as JSON, with the worst replica lag
+    /// seen (seconds and bytes) when the run was paced by it; `None` if never paused.
     pub fn reasons_json(&self) -> Option<String> {
         (!self.reasons.is_empty()).then(|| {
-            let map: serde_json::Map<String, serde_json::Value> = self
+            let mut map: serde_json::Map<String, serde_json::Value> = self
                 .reasons
                 .iter()
                 .map(|(reason, d)| (reason.as_str().to_string(), serde_json::json!(round_ms(*d))))
                 .collect();
+            if self.worst_lag.0 > Duration::ZERO {
+                map.insert(
+                    "worst_replica_lag".into(),
+                    serde_json::json!(round_ms(self.worst_lag.0)),
+                );
+                map.insert(
+                    "worst_replica_lag_bytes".into(),
+                    serde_json::json!(self.worst_lag.1),
+                );
+            }
             serde_json::Value::Object(map).to_string()
         })
     }
@@ -300,6 +324,18 @@ fn streaming_replicas() -> Vec<Replica> {
     .unwrap_or_default()
 }
 
+/// Inside a batch's transaction, after its DELETE: whether a session waits for a lock this process
+/// holds.
+pub fn blocking_sessions() -> bool {
+    Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a \
+                         WHERE pg_catalog.pg_backend_pid() = ANY (pg_catalog.pg_blocking_pids(a.pid)))",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
 /// Whether a session waits for a lock on `table` (the relation or one of its rows).
 fn sessions_waiting_on(table: pg_sys::Oid) -> bool {
     Spi::get_one_with_args::<bool>(
@@ -338,24 +374,32 @@ mod tests {
     }
 
     #[test]
-    fn a_replica_that_replayed_everything_does_not_lag_unless_it_says_so() {
+    fn a_replica_that_replayed_everything_does_not_lag_whatever_it_last_reported() {
         let t0 = Instant::now();
         let mut clock = LagClock::default();
         clock.sample(t0, 100);
+        // Caught up after a stall: replay_lag still shows the stall for a while.
         let caught_up = Replica {
             replay_lsn: 100,
-            reported_lag: Duration::ZERO,
+            reported_lag: Duration::from_secs(12),
         };
         assert_eq!(
             clock.worst(t0 + Duration::from_secs(9), 100, &[caught_up]),
             (Duration::ZERO, 0)
         );
+        assert_eq!(clock.worst(t0, 100, &[]), (Duration::ZERO, 0));
+    }
+
+    #[test]
+    fn a_replica_already_behind_at_the_first_sample_lags_by_what_it_reports() {
+        let t0 = Instant::now();
+        let mut clock = LagClock::default();
+        clock.sample(t0, 100);
         let slow = Replica {
-            replay_lsn: 100,
+            replay_lsn: 90,
             reported_lag: Duration::from_secs(3),
         };
-        assert_eq!(clock.worst(t0, 100, &[slow]).0, Duration::from_secs(3));
-        assert_eq!(clock.worst(t0, 100, &[]), (Duration::ZERO, 0));
+        assert_eq!(clock.worst(t0, 100, &[slow]), (Duration::from_secs(3), 10));
     }
 
     #[test]
