@@ -52,8 +52,6 @@ def start():
     subprocess.run(b.as_postgres([f"{b.BIN}/pg_ctl", "-D", str(b.DIR / "data"), "-l",
                                   str(b.DIR / "server.log"), "-w", "start"]), check=True, capture_output=True)
     b.psql("CREATE EXTENSION pg_wait_sampling")
-    b.psql(f"INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size) "
-           f"VALUES ('bench', 'public.refresh_tokens', '{b.CONDITION}', '@yearly', {b.BATCH})")
     b.psql(f"""CREATE PROCEDURE walk(pages int) LANGUAGE plpgsql AS $$
 DECLARE n int := pg_relation_size('public.refresh_tokens') / current_setting('block_size')::int; p int := 0;
 BEGIN
@@ -130,25 +128,43 @@ def walk_purge():
     return {}
 
 
+def wal_compression(mode):
+    """pg_token_cleanup.wal_compression for the runners started from now on."""
+    def apply():
+        b.psql(f"ALTER SYSTEM SET pg_token_cleanup.wal_compression = '{mode}'; SELECT pg_reload_conf()")
+        time.sleep(0.5)  # the postmaster, which forks the runners, reloads asynchronously
+    return apply
+
+
+# (name, how to find the purging process in pg_stat_activity, the purge, what to set before it)
 CONTENDERS = [
-    ("pg_token_cleanup run() (runner worker)", "backend_type = 'pg_token_cleanup runner'", run_purge),
-    ("PL/pgSQL walk, same table (client backend)", "query LIKE '%CALL walk%' AND pid <> pg_backend_pid()", walk_purge),
+    ("pg_token_cleanup run() (runner worker, wal_compression = lz4, the default)",
+     "backend_type = 'pg_token_cleanup runner'", run_purge, wal_compression("lz4")),
+    ("the same, wal_compression = server (off here, as for the PL/pgSQL walk)",
+     "backend_type = 'pg_token_cleanup runner'", run_purge, wal_compression("server")),
+    ("PL/pgSQL walk, same table (client backend)",
+     "query LIKE '%CALL walk%' AND pid <> pg_backend_pid()", walk_purge, lambda: None),
 ]
 
 
 def main():
     ensure_wait_sampling()
     start()
-    results = {name: [] for name, _, _ in CONTENDERS}
+    results = {name: [] for name, _, _, _ in CONTENDERS}
     traces = {}
     try:
         b.make_source("source_a", b.ROWS)
+        b.fresh_table("source_a")
+        b.psql(f"INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size) "
+               f"VALUES ('bench', 'public.refresh_tokens', '{b.CONDITION}', '@yearly', {b.BATCH})")
         for _ in range(REPEAT):
-            for name, query, purge in CONTENDERS:
+            for name, query, purge, setup in CONTENDERS:
+                setup()
                 b.fresh_table("source_a")
                 _, _, t0, t1 = b.with_workload(15, lambda q=query, p=purge: results[name].append(watch(q, p)))
                 print(f"  {name}: {results[name][-1]['wall']:.2f} s", flush=True)
-        for name, query, purge in CONTENDERS:
+        for name, query, purge, setup in CONTENDERS:
+            setup()
             b.fresh_table("source_a")
             box = []
             b.with_workload(20, lambda q=query, p=purge: box.append(watch(q, p, strace=True)))
