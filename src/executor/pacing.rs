@@ -7,7 +7,9 @@
 //!   standby replays something, so a standby that stopped replaying keeps showing its last, small
 //!   value. So the run also keeps its own samples of `(time, WAL insert position)`, and a replica's
 //!   lag is the age of the oldest sample its `replay_lsn` has not reached: a stalled standby's lag
-//!   grows with the clock. The larger of the two counts.
+//!   grows with the clock. The reported `replay_lag` counts too when larger (a standby already
+//!   behind before the run's first sample), but not once the replica has replayed the newest
+//!   sample: after catching up, PostgreSQL keeps showing the old lag for a while.
 //! - **WAL rate**: pause while the WAL this process wrote over the last second (`pgWalUsage`) is
 //!   above `max_wal_rate` MB/s.
 //! - **Waiters** (`yield_to_waiters`): pause while any session waits for a lock on the run's table
