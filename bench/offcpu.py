@@ -52,17 +52,7 @@ def start():
     subprocess.run(b.as_postgres([f"{b.BIN}/pg_ctl", "-D", str(b.DIR / "data"), "-l",
                                   str(b.DIR / "server.log"), "-w", "start"]), check=True, capture_output=True)
     b.psql("CREATE EXTENSION pg_wait_sampling")
-    b.psql(f"""CREATE PROCEDURE walk(pages int) LANGUAGE plpgsql AS $$
-DECLARE n int := pg_relation_size('public.refresh_tokens') / current_setting('block_size')::int; p int := 0;
-BEGIN
-  WHILE p < n LOOP
-    SET LOCAL synchronous_commit = off;
-    EXECUTE format('DELETE FROM public.refresh_tokens WHERE ctid >= %L::tid AND ctid < %L::tid AND ({b.CONDITION})',
-                   '(' || p || ',0)', '(' || (p + pages) || ',0)');
-    COMMIT;
-    p := p + pages;
-  END LOOP;
-END $$""")
+    b.create_walk_procedure()
 
 
 def find_pid(query_like, timeout=5.0):

@@ -33,17 +33,7 @@ def main():
         b.fresh_table("source_a")
         b.psql(f"INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size) "
                f"VALUES ('bench', 'public.refresh_tokens', '{b.CONDITION}', '@yearly', {b.BATCH})")
-        b.psql(f"""CREATE PROCEDURE walk(pages int) LANGUAGE plpgsql AS $$
-DECLARE n int := pg_relation_size('public.refresh_tokens') / current_setting('block_size')::int; p int := 0;
-BEGIN
-  WHILE p < n LOOP
-    SET LOCAL synchronous_commit = off;
-    EXECUTE format('DELETE FROM public.refresh_tokens WHERE ctid >= %L::tid AND ctid < %L::tid AND ({b.CONDITION})',
-                   '(' || p || ',0)', '(' || (p + pages) || ',0)');
-    COMMIT;
-    p := p + pages;
-  END LOOP;
-END $$""")
+        b.create_walk_procedure()
 
         def walk():
             b.psql(f"SET enable_seqscan = off; CALL walk({PAGES_PER_BATCH})")
