@@ -40,10 +40,9 @@ diff -u "sql/pg_token_cleanup--$FROM_VERSION.sql" "$from/pkg$sharedir/extension/
     || { echo "sql/pg_token_cleanup--$FROM_VERSION.sql is not what $FROM_COMMIT generates" >&2; exit 1; }
 
 echo "==> package this version"
-bash scripts/package.sh >/dev/null
-version=$(cargo metadata --no-deps --format-version 1 \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["packages"][0]["version"])')
-to=$(ls -d "$PWD"/target/package/postgresql-*-pg-token-cleanup_"$version")
+deb=$(bash scripts/package.sh)
+# The package's tree: target/package/<package>_<version>, as package.sh builds it beside the .deb.
+to=$PWD/target/package/$(basename "$deb" _amd64.deb)
 
 echo "==> a copy of PostgreSQL 15 in $work/pg15"
 rm -rf "$work/pg15" && mkdir -p "$work/pg15/usr/lib/postgresql" "$work/pg15/usr/share/postgresql"

@@ -10,9 +10,10 @@ use common::{count, expiring_tokens, wait_for, Cluster};
 use postgres::Client;
 use std::time::{Duration, Instant};
 
-/// A manual run of `rule` in a thread of its own (run() waits for the run to end): its status.
-fn run_in_background(cluster: &Cluster, rule: &str) -> std::thread::JoinHandle<String> {
-    let mut client = cluster.connect("app");
+/// A manual run of `rule` by `role`, in a thread of its own (run() waits for the run to end): its
+/// status.
+fn run_in_background(cluster: &Cluster, role: &str, rule: &str) -> std::thread::JoinHandle<String> {
+    let mut client = cluster.connect_as("app", role);
     let rule = rule.to_string();
     std::thread::spawn(move || {
         match client.query_one("SELECT status FROM token_cleanup.run($1)", &[&rule]) {
@@ -80,7 +81,9 @@ fn a_standby_that_stops_replaying_stops_the_purge_until_it_resumes() {
         .unwrap();
     let started = Instant::now();
     assert_eq!(
-        run_in_background(&primary, "unpaced").join().unwrap(),
+        run_in_background(&primary, "postgres", "unpaced")
+            .join()
+            .unwrap(),
         "succeeded"
     );
     let unpaced = started.elapsed();
@@ -90,21 +93,38 @@ fn a_standby_that_stops_replaying_stops_the_purge_until_it_resumes() {
         .unwrap();
 
     // With max_replica_lag = 1 s: paused within about a second of the standby stopping, and for as
-    // long as it stays stopped; done once it replays again.
+    // long as it stays stopped; done once it replays again. The rule is an application role's, with
+    // only the README's grants: that role cannot read the standby's position in
+    // pg_stat_replication, and the pacing must not depend on it.
     db.batch_execute(
         "INSERT INTO public.tokens SELECT g, now() - interval '1 day' FROM generate_series(1, 40000) g;
-         INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size, max_rows_per_second,
-                                          max_replica_lag)
-           VALUES ('paced', 'public.tokens', 'expires_at < now()', '@yearly', 500, 10000, '1 second');",
+         CREATE ROLE cleaner LOGIN;
+         GRANT SELECT, DELETE ON public.tokens TO cleaner;",
     )
     .unwrap();
+    let mut cleaner = primary.connect_as("app", "cleaner");
+    cleaner
+        .batch_execute(
+            "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size, max_rows_per_second,
+                                              max_replica_lag)
+               VALUES ('paced', 'public.tokens', 'expires_at < now()', '@yearly', 500, 10000, '1 second');",
+        )
+        .unwrap();
+    assert_eq!(
+        count(
+            &mut cleaner,
+            "SELECT count(*) FROM pg_stat_replication WHERE replay_lsn IS NOT NULL"
+        ),
+        0,
+        "the application role sees no replay position"
+    );
     wait_for("the standby to catch up", Duration::from_secs(30), || {
         (count(&mut replica, "SELECT count(*) FROM public.tokens") == 40_100).then_some(())
     });
     replica
         .batch_execute("SELECT pg_wal_replay_pause()")
         .unwrap();
-    let run = run_in_background(&primary, "paced");
+    let run = run_in_background(&primary, "cleaner", "paced");
     let stalled_at = wait_for("the purge to stall", Duration::from_secs(15), || {
         let before = progress(&mut db, "paced");
         std::thread::sleep(Duration::from_millis(1_500));
@@ -223,7 +243,7 @@ fn yield_to_waiters_steps_aside_for_a_migration_queued_on_the_table() {
             &[&rule, &table, &yield_to_waiters],
         )
         .unwrap();
-        let run = run_in_background(&cluster, rule);
+        let run = run_in_background(&cluster, "postgres", rule);
         wait_for("the purge to start", Duration::from_secs(10), || {
             (progress(db, rule) > 0).then_some(())
         });

@@ -152,7 +152,7 @@ pub struct Pacer {
     pub paused: Duration,
     pub reasons: BTreeMap<Reason, Duration>,
     /// The worst replica lag and byte gap seen while pacing by lag, and the latest.
-    pub worst_lag: (Duration, u64),
+    worst_lag: (Duration, u64),
     last_lag: (Duration, u64),
 }
 
@@ -342,10 +342,9 @@ pub fn blocking_sessions() -> bool {
 fn sessions_waiting_on(table: pg_sys::Oid) -> bool {
     Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_locks l \
-                         WHERE NOT l.granted AND l.relation = $1 \
-                           AND l.database = (SELECT oid FROM pg_catalog.pg_database \
-                                              WHERE datname = pg_catalog.current_database()))",
-        &[table.into()],
+                         WHERE NOT l.granted AND l.relation = $1 AND l.database = $2)",
+        // SAFETY: this backend's database, set once it connected.
+        &[table.into(), unsafe { pg_sys::MyDatabaseId }.into()],
     )
     .ok()
     .flatten()
