@@ -51,6 +51,8 @@ server_for() {
 
 build_for() {
     local v=$1 target=$PWD/target/matrix/pg$1
+    # A fresh clone has no target/matrix yet, and the build log lives beside the build directory.
+    mkdir -p "$target"
     local build=(env DOCS_RS=1 CARGO_TARGET_DIR="$target" cargo build --lib --release
                  --no-default-features --features "pg$v")
     copy_bindings() {
