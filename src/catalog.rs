@@ -148,22 +148,67 @@ fn rule_from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Rule> {
     })
 }
 
-/// Every enabled rule with the start time (epoch seconds) of its last scheduled run, if any. The
-/// start, not the slot it was due for: after a catch-up run, the next due time is the first slot
-/// after the catch-up, so a restart does not fire the missed slots one by one.
+/// An enabled rule as the scheduler loads it.
+pub struct LoadedRule {
+    pub rule: Rule,
+    /// Start time (epoch seconds) of its last scheduled run, if any. The start, not the slot it was
+    /// due for: after a catch-up run, the next due time is the first slot after the catch-up, so a
+    /// restart does not fire the missed slots one by one.
+    pub last_scheduled: Option<f64>,
+    /// The row's version (see [`enabled_rule_versions`]).
+    pub version: i64,
+}
+
+/// Each enabled rule's id and row version: the row's `xmin`, which every UPDATE of the row
+/// renews. The scheduler compares them with the versions it loaded to read only what changed; a
+/// row whose `xmin` reads differently for another reason (a freeze) is merely read again.
 /// Runs as the worker (RLS does not apply to it).
-pub fn load_enabled_rules() -> Vec<(Rule, Option<f64>)> {
+pub fn enabled_rule_versions() -> Vec<(i64, i64)> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT id, xmin::text::int8 FROM token_cleanup.rules WHERE enabled",
+            None,
+            &[],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push((
+                row.get::<i64>(1)?.unwrap_or_default(),
+                row.get::<i64>(2)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .expect("reading the versions of token_cleanup.rules")
+}
+
+/// The enabled rules, all of them or those of `only`, with their last scheduled run and version.
+/// Runs as the worker (RLS does not apply to it).
+pub fn load_enabled_rules(only: Option<&[i64]>) -> Vec<LoadedRule> {
+    let filter = if only.is_some() {
+        "AND r.id = ANY($1)"
+    } else {
+        ""
+    };
     let sql = format!(
         "SELECT {RULE_COLUMNS}, \
            (SELECT extract(epoch FROM h.started_at)::float8 \
               FROM token_cleanup.runs h WHERE h.rule_id = r.id AND h.trigger IN ('schedule', 'retry') \
-             ORDER BY h.started_at DESC LIMIT 1) AS last_run \
-         FROM token_cleanup.rules r WHERE r.enabled ORDER BY r.id"
+             ORDER BY h.started_at DESC LIMIT 1) AS last_run, \
+           r.xmin::text::int8 AS version \
+         FROM token_cleanup.rules r WHERE r.enabled {filter} ORDER BY r.id"
     );
+    let args = only
+        .map(|ids| vec![ids.to_vec().into()])
+        .unwrap_or_default();
     Spi::connect(|client| {
         let mut out = Vec::new();
-        for row in client.select(sql.as_str(), None, &[])? {
-            out.push((rule_from_row(&row)?, row.get_by_name::<f64, _>("last_run")?));
+        for row in client.select(sql.as_str(), None, &args)? {
+            out.push(LoadedRule {
+                rule: rule_from_row(&row)?,
+                last_scheduled: row.get_by_name::<f64, _>("last_run")?,
+                version: row.get_by_name::<i64, _>("version")?.unwrap_or_default(),
+            });
         }
         Ok::<_, pgrx::spi::Error>(out)
     })

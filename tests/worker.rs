@@ -137,6 +137,104 @@ fn rule_changes_take_effect_within_a_second_without_restart() {
     });
 }
 
+/// A reload reads only the rules whose row changed (their `xmin`): a changed condition and a changed
+/// schedule reach the runs, a deleted rule stops, and a rule nobody touched keeps running.
+#[test]
+fn each_changed_rule_is_read_again_and_the_others_keep_running() {
+    let cluster = Cluster::start("incremental", &[]);
+    let mut db = cluster.database_with_extension("app");
+    token_table(&mut db, "public.t_a", 100, 10);
+    token_table(&mut db, "public.t_b", 100, 10);
+    token_table(&mut db, "public.t_c", 100, 10);
+    add_rule(
+        &mut db,
+        "a",
+        "public.t_a",
+        "expires_at < now() AND id <= 10",
+        EVERY_SECOND,
+        None,
+    );
+    add_rule(
+        &mut db,
+        "b",
+        "public.t_b",
+        "expires_at < now()",
+        EVERY_SECOND,
+        None,
+    );
+    add_rule(
+        &mut db,
+        "c",
+        "public.t_c",
+        "expires_at < now()",
+        "0 0 1 1 *",
+        None,
+    );
+    let a_left = "SELECT count(*) FROM public.t_a WHERE expires_at < now()";
+    wait_for_count(
+        &mut db,
+        "rule a's first run",
+        a_left,
+        90,
+        Duration::from_secs(20),
+    );
+    let runs_of = |db: &mut postgres::Client, rule: &str| {
+        count(
+            db,
+            &format!("SELECT count(*) FROM token_cleanup.runs WHERE rule_name = '{rule}'"),
+        )
+    };
+    // Control: rule a keeps to its old condition until the change (ids 11..100 stay).
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count(&mut db, a_left), 90);
+
+    db.execute(
+        "UPDATE token_cleanup.rules SET condition = 'expires_at < now() AND id <= 50' WHERE name = 'a'",
+        &[],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE token_cleanup.rules SET schedule = '* * * * * *' WHERE name = 'c'",
+        &[],
+    )
+    .unwrap();
+    let b_runs = runs_of(&mut db, "b");
+    wait_for_count(
+        &mut db,
+        "rule a's new condition",
+        a_left,
+        50,
+        Duration::from_secs(10),
+    );
+    wait_for_count(
+        &mut db,
+        "rule c's new schedule",
+        "SELECT count(*) FROM public.t_c WHERE expires_at < now()",
+        0,
+        Duration::from_secs(10),
+    );
+    assert!(
+        runs_of(&mut db, "b") > b_runs,
+        "rule b, unchanged, stopped running"
+    );
+
+    db.execute("DELETE FROM token_cleanup.rules WHERE name = 'b'", &[])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let b_runs = runs_of(&mut db, "b");
+    let a_runs = runs_of(&mut db, "a");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        runs_of(&mut db, "b"),
+        b_runs,
+        "rule b ran after it was deleted"
+    );
+    assert!(
+        runs_of(&mut db, "a") > a_runs,
+        "rule a stopped when b was deleted"
+    );
+}
+
 const RUNS_OF_S: &str = "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'";
 
 /// Asserts that rule `s` starts no run for a few seconds (after a moment for the change to land);

@@ -10,7 +10,7 @@
 //! - **scheduler** (dynamic, one per database): loads enabled rules, sleeps until the next due time,
 //!   hands due rules to **runners** (at most `pg_token_cleanup.max_parallel_runs`, round-robin by
 //!   owner), prunes history. A committed rule change (relcache invalidation of the rules table, and a
-//!   latch set at commit) makes it reload.
+//!   latch set at commit) makes it reload the rules whose rows changed ([`reload`]).
 //! - **runner** (dynamic): performs runs. Pooled runners serve their scheduler; a manual runner
 //!   performs the one run of a `token_cleanup.run()` call while the caller waits.
 //!
@@ -30,6 +30,7 @@ pub mod handoff;
 pub mod launcher;
 pub mod lifecycle;
 pub mod registry;
+pub mod reload;
 pub mod runner;
 pub mod scheduler;
 pub mod signals;

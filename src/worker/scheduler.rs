@@ -1,6 +1,7 @@
 //! The scheduler: one dynamic worker per database with the extension. Its loop reads like a table of
-//! contents: notice rule changes → collect finished runs → reload rules if they changed → hand due
-//! rules to runners → prune history → sleep until the next due time, a runner's end, or a signal.
+//! contents: notice rule changes → collect finished runs → reload the rules that changed (see
+//! `reload`) → hand due rules to runners → prune history → sleep until the next due time, a
+//! runner's end, or a signal.
 //!
 //! It runs no rule itself: due rules go to pooled runners (see `runner`), at most
 //! `pg_token_cleanup.max_parallel_runs` at once, round-robin by owner (see `dispatch`). So a long
@@ -20,8 +21,9 @@ use super::dispatch::{self, Candidate, RoundRobin};
 use super::handoff::Handoff;
 use super::lifecycle::Job;
 use super::registry::{self, Assignment, Kind, Refused};
+use super::reload::{self, Load, Plan};
 use super::{extension_present, runner, signals};
-use crate::catalog::{self, Rule};
+use crate::catalog::{self, LoadedRule, Rule};
 use crate::errors::{in_subtransaction, Error};
 use crate::gucs;
 use crate::history::{self, Trigger};
@@ -71,6 +73,8 @@ struct Scheduler {
     database_name: String,
     agenda: Agenda,
     rules: HashMap<i64, Rule>,
+    /// The row version of each rule in `rules` (see `reload`).
+    versions: HashMap<i64, i64>,
     reload_due: bool,
     /// Reloads are coalesced: none before this instant.
     next_reload_at: Option<Instant>,
@@ -128,6 +132,7 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
         database_name: database_name(database),
         agenda: Agenda::new(gucs::timezone()),
         rules: HashMap::new(),
+        versions: HashMap::new(),
         reload_due: true,
         next_reload_at: None,
         outdated: None,
@@ -229,10 +234,16 @@ impl Scheduler {
         Some(sleep.min(POLL))
     }
 
-    /// Reloads the enabled rules. `None`: the extension is gone. `Some(false)`: the rules could not
-    /// be read (a lock held on them, say); the ones already loaded stay in service.
+    /// Reloads the enabled rules that changed (see `reload`). `None`: the extension is gone.
+    /// `Some(false)`: the rules could not be read (a lock held on them, say); the ones already
+    /// loaded stay in service.
     fn reload_rules(&mut self) -> Option<bool> {
         self.next_reload_at = Some(Instant::now() + RELOAD_GAP);
+        if self.agenda.timezone() != gucs::timezone() {
+            // A new pg_token_cleanup.timezone moves every rule without its own: read them all.
+            self.versions.clear();
+        }
+        let known = &self.versions;
         let loaded = BackgroundWorker::transaction(|| {
             if !extension_present() {
                 return None;
@@ -244,7 +255,15 @@ impl Scheduler {
             if let Some(installed) = catalog::outdated_sql_version() {
                 return Some(Err(installed));
             }
-            Some(Ok(in_subtransaction(catalog::load_enabled_rules)))
+            Some(Ok(in_subtransaction(|| {
+                let plan = reload::plan(known, &catalog::enabled_rule_versions());
+                let rules = match &plan.load {
+                    Load::All => catalog::load_enabled_rules(None),
+                    Load::Only(ids) if ids.is_empty() => Vec::new(),
+                    Load::Only(ids) => catalog::load_enabled_rules(Some(ids)),
+                };
+                (plan, rules)
+            })))
         })?;
         let loaded = match loaded {
             Err(installed) => {
@@ -267,7 +286,7 @@ impl Scheduler {
                 log!("pg_token_cleanup: marked {marked} unfinished run(s) as interrupted");
             }
         }
-        let loaded = match loaded {
+        let (plan, loaded) = match loaded {
             Ok(loaded) => loaded,
             // Read while DROP EXTENSION was committing.
             Err(_) if !BackgroundWorker::transaction(extension_present) => return None,
@@ -280,36 +299,62 @@ impl Scheduler {
             }
         };
         self.reload_due = false;
+        self.take_rules(&plan, loaded);
+        Some(true)
+    }
+
+    /// Puts freshly loaded rules in service: all of them (`Load::All`), or the changed ones beside
+    /// those loaded before, less the ones gone.
+    fn take_rules(&mut self, plan: &Plan, loaded: Vec<LoadedRule>) {
         let agenda_rules: Vec<AgendaRule> = loaded
             .iter()
-            .map(|(r, last)| AgendaRule {
-                id: r.id,
-                schedule: r.schedule.clone(),
-                timezone: r.timezone.clone(),
-                updated_at: r.updated_at,
-                last_scheduled: *last,
+            .map(|l| AgendaRule {
+                id: l.rule.id,
+                schedule: l.rule.schedule.clone(),
+                timezone: l.rule.timezone.clone(),
+                updated_at: l.rule.updated_at,
+                last_scheduled: l.last_scheduled,
             })
             .collect();
-        for rejected in self
-            .agenda
-            .sync(&agenda_rules, gucs::timezone(), Utc::now())
-        {
+        let now = Utc::now();
+        let rejected = match plan.load {
+            Load::All => {
+                self.rules.clear();
+                self.versions.clear();
+                self.agenda.sync(&agenda_rules, gucs::timezone(), now)
+            }
+            Load::Only(_) => {
+                let ids: HashSet<i64> = loaded.iter().map(|l| l.rule.id).collect();
+                let gone = reload::gone_after_load(plan, &ids);
+                for id in &gone {
+                    self.rules.remove(id);
+                    self.versions.remove(id);
+                }
+                self.agenda.update(&agenda_rules, &gone, now)
+            }
+        };
+        for rejected in rejected {
             warning!(
                 "pg_token_cleanup: rule {} skipped: {}",
                 rejected.id,
                 rejected.reason
             );
         }
-        self.rules = loaded.into_iter().map(|(r, _)| (r.id, r)).collect();
+        let changed = loaded.len();
+        for l in loaded {
+            self.versions.insert(l.rule.id, l.version);
+            self.rules.insert(l.rule.id, l.rule);
+        }
         debug1!(
-            "pg_token_cleanup: loaded {} enabled rule(s)",
+            "pg_token_cleanup: read {changed} new or changed rule(s); {} enabled",
             self.rules.len()
         );
-        // A reload of many rules briefly holds two copies and the query's result; give the freed
-        // memory back to the system so the worker's footprint follows its live data.
-        // SAFETY: glibc's malloc_trim only releases free heap memory.
-        unsafe { libc::malloc_trim(0) };
-        Some(true)
+        if plan.load == Load::All {
+            // A full load briefly holds two copies and the query's result; give the freed memory
+            // back to the system so the worker's footprint follows its live data.
+            // SAFETY: glibc's malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
+        }
     }
 
     /// The database's extension is older than the library (new files installed, server restarted,
@@ -325,6 +370,7 @@ impl Scheduler {
         }
         self.outdated = Some(installed);
         self.rules.clear();
+        self.versions.clear();
         self.agenda.sync(&[], gucs::timezone(), Utc::now());
         self.next_reload_at = Some(Instant::now() + OUTDATED_RECHECK);
     }
