@@ -12,8 +12,10 @@ C. Scheduler: 100,000 rules (C_RULES) in one database; memory per rule, the firs
    with 10,000 of them (C_DUE) due every minute.
 
 Run it with `bash bench/run.sh` (installs what it needs, builds the extension in release mode).
-Environment: ROWS, REPEAT (runs of the plain DELETE and of pg_token_cleanup in A, default 3),
-RATE_LIMITS (max_rows_per_second values tried in A, default "750000 500000 250000"), STEADY_SIZES
+Environment: ROWS (another size is recorded beside A as a variant, e.g. A20M), REPEAT (runs of the
+plain DELETE and of pg_token_cleanup in A, default 3), RATE_LIMITS (max_rows_per_second values tried
+in A, default "750000 500000 250000"), WAL_LIMITS (max_wal_rate values, MB/s, default "100 50 25"),
+YIELD (0: no run with yield_to_waiters), STEADY_SIZES
 (e.g. "1000000 5000000 10000000"), STEADY_PURGEABLE, RATE (tps), SKIP (letters of scenarios to skip,
 e.g. "BC").
 """
@@ -28,11 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = os.environ["PG_BIN"]  # set by bench/run.sh from scripts/pg_env.sh
 DIR = Path("/tmp/pg_token_cleanup_bench")
 PORT = 54330
-ROWS = int(os.environ.get("ROWS", "2000000"))
+ROWS = int(os.environ.get("ROWS", "2000000"))  # not DEFAULT_ROWS: recorded as a variant of A
 RATE = int(os.environ.get("RATE", "400"))
 BATCH = 5000
 REPEAT = int(os.environ.get("REPEAT", "3"))
 RATE_LIMITS = [int(x) for x in os.environ.get("RATE_LIMITS", "750000 500000 250000").split()]
+WAL_LIMITS = [float(x) for x in os.environ.get("WAL_LIMITS", "100 50 25").split()]  # max_wal_rate, MB/s
+YIELD = os.environ.get("YIELD", "1") == "1"  # a run with yield_to_waiters in scenario A
+DEFAULT_ROWS = 2000000
 STEADY_SIZES = [int(x) for x in os.environ.get("STEADY_SIZES", "1000000 5000000 10000000").split()]
 STEADY_PURGEABLE = int(os.environ.get("STEADY_PURGEABLE", "100000"))
 STEADY_LAYOUTS = os.environ.get("STEADY_LAYOUTS", "oldest spread").split()
@@ -265,17 +270,19 @@ def pg_cron_delete():
     return {"rows": None, "longest_batch_ms": float(ms), "started_epoch": float(start), "waited_for_minute": True}
 
 
-def token_cleanup_run(max_rows_per_second=0):
-    psql(f"UPDATE token_cleanup.rules SET max_rows_per_second = {max_rows_per_second} WHERE name = 'bench'")
+def token_cleanup_run(max_rows_per_second=0, max_wal_rate=0, yield_to_waiters=False):
+    psql(f"UPDATE token_cleanup.rules SET max_rows_per_second = {max_rows_per_second}, "
+         f"max_wal_rate = {max_wal_rate}, yield_to_waiters = {yield_to_waiters} WHERE name = 'bench'")
     return token_cleanup_run_now()
 
 
 def token_cleanup_run_now():
     run_id, rows = psql("SELECT run_id, rows_deleted FROM token_cleanup.run('bench')").split("|")
     # A new statement: the run's row was committed by the runner after the call's snapshot.
-    longest, inside = psql(f"SELECT longest_batch_ms, extract(epoch FROM finished_at - started_at) "
-                           f"FROM token_cleanup.runs WHERE id = {run_id}").split("|")
-    return {"rows": int(rows), "longest_batch_ms": float(longest), "inside_s": float(inside)}
+    longest, inside, paused = psql(f"SELECT longest_batch_ms, extract(epoch FROM finished_at - started_at), "
+                                   f"extract(epoch FROM paused) FROM token_cleanup.runs WHERE id = {run_id}").split("|")
+    return {"rows": int(rows), "longest_batch_ms": float(longest), "inside_s": float(inside),
+            "paused_s": float(paused)}
 
 
 def scenario_a(results):
@@ -292,6 +299,13 @@ def scenario_a(results):
     for limit in RATE_LIMITS:
         contenders.append((f"{ours}, max_rows_per_second {limit:,}",
                            lambda limit=limit: token_cleanup_run(limit), 15 + ROWS // 2 // limit))
+    # About 100 MB of WAL per million rows deleted (see the WAL column).
+    for limit in WAL_LIMITS:
+        contenders.append((f"{ours}, max_wal_rate {limit:g} MB/s",
+                           lambda limit=limit: token_cleanup_run(max_wal_rate=limit),
+                           15 + int(ROWS / 1e4 / limit)))
+    if YIELD:
+        contenders.append((f"{ours}, yield_to_waiters", lambda: token_cleanup_run(yield_to_waiters=True), 15))
     contenders += [("pg_cron running the plain DELETE", pg_cron_delete, None),
                    ("naive ctid loop", naive_loop, 30 * max(1, ROWS // 2000000))]
     rows_a = []
@@ -312,7 +326,8 @@ def scenario_a(results):
         seconds = t1 - t0
         stats = latency_stats(samples, t0, t1)
         gone = matching - int(psql(f"SELECT count(*) FROM public.refresh_tokens WHERE {CONDITION}"))
-        rows_a.append({"name": name, "seconds": seconds, "inside_s": res.get("inside_s"), "matching": matching, "deleted": gone,
+        rows_a.append({"name": name, "table_rows": ROWS, "seconds": seconds, "inside_s": res.get("inside_s"),
+                       "paused_s": res.get("paused_s"), "matching": matching, "deleted": gone,
                        "wal": wal_bytes(lsn), "longest_batch_ms": res["longest_batch_ms"], **stats})
         timelines.setdefault(name, (samples, t0, t1))
         print(f"  {name}: {seconds:.2f} s, {gone} rows, longest batch {res['longest_batch_ms']:.0f} ms, "
@@ -481,6 +496,29 @@ def charts(results):
         fig.tight_layout()
         fig.savefig(img / "purge_latency_timeline.png", dpi=110)
         plt.close(fig)
+    if "A" in results and any(r["name"].startswith("pg_token_cleanup run(), ") for r in results["A"]):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        series = [("no pacing", lambda n: n == "pg_token_cleanup run()", "o"),
+                  ("max_rows_per_second", lambda n: "max_rows_per_second" in n, "s-"),
+                  ("max_wal_rate", lambda n: "max_wal_rate" in n, "^-"),
+                  ("yield_to_waiters", lambda n: "yield_to_waiters" in n, "D"),
+                  ("plain DELETE", lambda n: n == "plain DELETE", "x")]
+        for label, match, style in series:
+            rs = sorted((r for r in results["A"] if match(r["name"])), key=lambda r: r["seconds"])
+            if rs:
+                ax.plot([r["seconds"] for r in rs], [r["p99"] / r["idle_p99"] for r in rs], style, label=label)
+                for r in rs:
+                    if ", " in r["name"]:
+                        ax.annotate(r["name"].split(", ", 1)[1].split(" ", 1)[-1], (r["seconds"], r["p99"] / r["idle_p99"]),
+                                    fontsize=6, textcoords="offset points", xytext=(3, 3))
+        ax.axhline(1.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("purge time (s)")
+        ax.set_ylabel("workload p99 during the purge / idle p99")
+        ax.set_title("Pacing a run: the workload's p99 against the purge's time", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(img / "pacing.png", dpi=110)
+        plt.close(fig)
     if "B" in results:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for layout in STEADY_LAYOUTS:
@@ -506,6 +544,70 @@ def charts(results):
         plt.close(fig)
 
 
+def report_a(runs, measured, title, timeline=True):
+    """Scenario A's section (or a larger variant's)."""
+    lines = []
+    plain = [r for r in runs if r["name"] == "plain DELETE"]
+    ours = [r for r in runs if r["name"] == "pg_token_cleanup run()"]
+    base = statistics.median(r["seconds"] for r in plain)
+    rows = runs[0].get("table_rows", DEFAULT_ROWS)
+    repeat = len(ours)
+    lines += [f"## {title}: {rows:,} rows, half of them `{CONDITION}`", "",
+              f"Each contender on a fresh copy of the same table (indexes on `expires_at` and `user_id`), while "
+              f"pgbench runs a token-refresh workload at {RATE} transactions/s (revoke one live token of a random "
+              "user, insert a new one). Latency is that workload's, during the purge, against its idle baseline "
+              f"(the {IDLE_S} s before the purge). Batch size {BATCH} for the batched contenders. The plain DELETE "
+              f"and pg_token_cleanup ran {repeat} times each, alternating; ratios are to the plain DELETE's median "
+              f"time ({base:.2f} s). A pg_token_cleanup time is `token_cleanup.run()`'s, as the caller sees it: it "
+              "includes starting the background worker and recording the run; \"the run itself\" is "
+              "`finished_at - started_at` of its record.", "",
+              measured, "", "### Medians of the repeated runs", "",
+              "| contender | runs | time (s) | × plain DELETE | longest batch (ms) | workload p99 × idle p99 |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, group in [("plain DELETE", plain), ("pg_token_cleanup run()", ours)]:
+        if group:
+            t = statistics.median(r["seconds"] for r in group)
+            lines.append(f"| {name} | {len(group)} | {t:.2f} | {t / base:.2f} | "
+                         f"{statistics.median(r['longest_batch_ms'] for r in group):.0f} | "
+                         f"{statistics.median(r['p99'] / r['idle_p99'] for r in group):.2f} |")
+    lines += ["", "### Every run", "",
+              "| contender | time (s) | × plain DELETE | of which the run itself (s) | rows deleted | rows/s | WAL | longest batch (ms) | workload p50 / p99 / max (ms) | idle p99 (ms) | p99 × idle |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for r in runs:
+        inside = f"{r['inside_s']:.2f}" if r.get("inside_s") is not None else ""
+        lines.append(
+            f"| {r['name']} | {r['seconds']:.2f} | {r['seconds'] / base:.2f} | {inside} | {r['deleted']:,} | "
+            f"{r['deleted'] / r['seconds']:,.0f} | "
+            f"{r['wal'] / 2**20:.0f} MB | {r['longest_batch_ms']:.0f} | {r['p50']:.1f} / {r['p99']:.1f} / {r['max']:.1f} | "
+            f"{r['idle_p99']:.1f} | {r['p99'] / r['idle_p99']:.2f} |")
+    lines += ["", "![latency timeline](img/purge_latency_timeline.png)", ""] if timeline else [""]
+    return lines
+
+
+def report_pacing(runs):
+    """The workload's p99 against the purge's time, for each way of pacing a run."""
+    unpaced = [r for r in runs if r["name"] == "pg_token_cleanup run()"]
+    paced = [r for r in runs if r["name"].startswith("pg_token_cleanup run(), ")]
+    if not paced:
+        return []
+    lines = ["### Pacing: the workload's p99 against the purge's time", "",
+             "Each way of pacing a run, on the same table under the same workload: a blind rate "
+             "(`max_rows_per_second`), a WAL rate (`max_wal_rate`, MB/s averaged over the last second), and "
+             "giving way to sessions that wait on the run's locks (`yield_to_waiters`). The workload's p99 is "
+             "divided by its own idle p99 of the 5 s before (the machine's noise differs between runs).", "",
+             "![pacing](img/pacing.png)", "",
+             "| run | time (s) | paused (s) | workload p99 (ms) | p99 × idle |", "|---|---:|---:|---:|---:|"]
+    for r in unpaced + paced:
+        paused = f"{r['paused_s']:.2f}" if r.get("paused_s") is not None else ""
+        lines.append(f"| {r['name']} | {r['seconds']:.2f} | {paused} | {r['p99']:.1f} | {r['p99'] / r['idle_p99']:.2f} |")
+    return lines + [""]
+
+
+def a_variants(results):
+    """Larger runs of scenario A recorded beside it (`ROWS=20000000` gives `A20M`)."""
+    return sorted(k for k in results if k.startswith("A") and k.endswith("M") and k[1:-1].isdigit())
+
+
 def report(results):
     lines = ["# Benchmarks", "",
              f"Generated by `bash bench/run.sh` on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d', time.gmtime())}, "
@@ -517,39 +619,11 @@ def report(results):
         return f"_Measured at commit {w.get('commit', '?')}, {w.get('date', '?')}._"
 
     if "A" in results:
-        runs = results["A"]
-        plain = [r for r in runs if r["name"] == "plain DELETE"]
-        ours = [r for r in runs if r["name"] == "pg_token_cleanup run()"]
-        base = statistics.median(r["seconds"] for r in plain)
-        lines += [f"## A. Bulk purge: {ROWS:,} rows, half of them `{CONDITION}`", "",
-                  f"Each contender on a fresh copy of the same table (indexes on `expires_at` and `user_id`), while "
-                  f"pgbench runs a token-refresh workload at {RATE} transactions/s (revoke one live token of a random "
-                  "user, insert a new one). Latency is that workload's, during the purge, against its idle baseline "
-                  f"(the {IDLE_S} s before the purge). Batch size {BATCH} for the batched contenders. The plain DELETE "
-                  f"and pg_token_cleanup ran {REPEAT} times each, alternating; ratios are to the plain DELETE's median "
-                  f"time ({base:.2f} s). A pg_token_cleanup time is `token_cleanup.run()`'s, as the caller sees it: it "
-                  "includes starting the background worker and recording the run; \"the run itself\" is "
-                  "`finished_at - started_at` of its record.", "",
-                  measured("A"), "", "### Medians of the repeated runs", "",
-                  "| contender | runs | time (s) | × plain DELETE | longest batch (ms) | workload p99 × idle p99 |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        for name, group in [("plain DELETE", plain), ("pg_token_cleanup run()", ours)]:
-            if group:
-                t = statistics.median(r["seconds"] for r in group)
-                lines.append(f"| {name} | {len(group)} | {t:.2f} | {t / base:.2f} | "
-                             f"{statistics.median(r['longest_batch_ms'] for r in group):.0f} | "
-                             f"{statistics.median(r['p99'] / r['idle_p99'] for r in group):.2f} |")
-        lines += ["", "### Every run", "",
-                  "| contender | time (s) | × plain DELETE | of which the run itself (s) | rows deleted | rows/s | WAL | longest batch (ms) | workload p50 / p99 / max (ms) | idle p99 (ms) | p99 × idle |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
-        for r in runs:
-            inside = f"{r['inside_s']:.2f}" if r.get("inside_s") is not None else ""
-            lines.append(
-                f"| {r['name']} | {r['seconds']:.2f} | {r['seconds'] / base:.2f} | {inside} | {r['deleted']:,} | "
-                f"{r['deleted'] / r['seconds']:,.0f} | "
-                f"{r['wal'] / 2**20:.0f} MB | {r['longest_batch_ms']:.0f} | {r['p50']:.1f} / {r['p99']:.1f} / {r['max']:.1f} | "
-                f"{r['idle_p99']:.1f} | {r['p99'] / r['idle_p99']:.2f} |")
-        lines += ["", "![latency timeline](img/purge_latency_timeline.png)", ""]
+        lines += report_a(results["A"], measured("A"), "A. Bulk purge")
+        lines += report_pacing(results["A"])
+    for variant in a_variants(results):
+        lines += report_a(results[variant], measured(variant), f"{variant}. The bulk purge of A, larger, run once",
+                          timeline=False)
     if "B" in results:
         lines += [f"## B. Steady state: {STEADY_PURGEABLE:,} purgeable rows in tables of growing size", "",
                   "Index on `expires_at`; rule condition `expires_at < now()`. The full-scan DELETE is the same "
@@ -581,7 +655,31 @@ def report(results):
                   + (f"; the scheduler used {c['busy_cpu_pct']:.1f}% of a core." if "busy_cpu_pct" in c else "."),
                   "", "![start delay](img/start_delay.png)", ""]
     lines += targets(results)
+    lines += included_reports()
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
+
+
+# The reports of the other scripts bench/run.sh runs before this one, as letter, file, title.
+INCLUDED = [("D", "overhead.md", "Where a run's time goes, next to the plain DELETE"),
+            ("E", "offcpu.md", "Where a run's off-CPU time goes"),
+            ("F", "oncpu.md", "Where a run's CPU time goes"),
+            ("G", "replica_lag.md", "Replica lag during a purge")]
+
+
+def included_reports():
+    """docs/overhead.md, offcpu.md, oncpu.md and replica_lag.md, one level down, so that every
+    figure of a `bash bench/run.sh` is in this one file (each keeps its own file too)."""
+    lines = []
+    for letter, name, title in INCLUDED:
+        path = ROOT / "docs" / name
+        if not path.exists():
+            continue
+        body = path.read_text().split("\n")
+        if body and body[0].startswith("# "):
+            body = body[1:]
+        lines += [f"## {letter}. {title}", "", f"_From [{name}]({name})._"]
+        lines += [("#" + l) if l.startswith("#") else l for l in body]
+    return lines
 
 
 def targets(results):
@@ -602,10 +700,10 @@ def targets(results):
             row("A: no batch holds its locks > 100 ms", f"longest batch {longest:.0f} ms over {len(ours)} runs", longest <= 100)
             p99 = statistics.median(r["p99"] / r["idle_p99"] for r in ours)
             row("A: workload p99 during the purge ≤ 1.5× idle p99", f"{p99:.2f}× (median of {len(ours)} runs)", p99 <= 1.5)
-        both = [r for r in runs if "max_rows_per_second" in r["name"]
-                and r["seconds"] / plain <= 1.3 and r["p99"] / r["idle_p99"] <= 1.5]
-        if any("max_rows_per_second" in r["name"] for r in runs):
-            row("A: both at once, with a rate limit", ", ".join(r["name"].split(", ")[1] for r in both) or "no limit tried met both",
+        paced = [r for r in runs if r["name"].startswith("pg_token_cleanup run(), ")]
+        both = [r for r in paced if r["seconds"] / plain <= 1.3 and r["p99"] / r["idle_p99"] <= 1.5]
+        if paced:
+            row("A: both at once, with pacing", ", ".join(r["name"].split(", ")[1] for r in both) or "no pacing tried met both",
                 bool(both))
     if "B" in results:
         for layout in STEADY_LAYOUTS:
@@ -647,7 +745,7 @@ def keep(results):
     at, and fills in skipped scenarios from the previous save, so `SKIP=BC` reruns A alone."""
     import json
     saved = json.loads(SAVED.read_text()) if SAVED.exists() else {}
-    for scenario in "ABC":
+    for scenario in ["A", "B", "C", *a_variants({**saved, **results})]:
         if scenario in results:
             saved[scenario] = {"results": results[scenario], **results[f"{scenario}_with"]}
         elif scenario in saved:
@@ -664,6 +762,11 @@ def main():
             print("==> A: bulk purge under a token-refresh workload", flush=True)
             scenario_a(results)
             results["A_with"] = measured_with()
+            if ROWS != DEFAULT_ROWS:
+                # Recorded beside scenario A, not instead of it.
+                variant = f"A{ROWS // 1000000}M"
+                results[variant], results[f"{variant}_with"] = results.pop("A"), results.pop("A_with")
+                results.pop("A_timelines")
         if "B" not in SKIP:
             print("==> B: steady state", flush=True)
             psql("DELETE FROM token_cleanup.rules")
