@@ -235,6 +235,52 @@ fn each_changed_rule_is_read_again_and_the_others_keep_running() {
     );
 }
 
+/// A new pg_token_cleanup.timezone, applied with a reload of the configuration, moves the next run
+/// of every rule without a zone of its own at once, without any rule changing.
+#[test]
+fn a_new_timezone_setting_moves_the_rules_at_the_configuration_reload() {
+    let cluster = Cluster::start("timezone", &[]);
+    let mut db = cluster.database_with_extension("app");
+    token_table(&mut db, "public.codes", 10, 10);
+    // Twelve seconds from now on the clocks of Kiritimati (UTC+14): in UTC, that time of day is
+    // 14 hours away, or 10 hours past.
+    let at: String = db
+        .query_one(
+            "SELECT to_char((now() + interval '12 seconds') AT TIME ZONE 'Pacific/Kiritimati', 'SS MI HH24')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    add_rule(
+        &mut db,
+        "daily",
+        "public.codes",
+        "expires_at < now()",
+        &format!("{at} * * *"),
+        None,
+    );
+    let expired = "SELECT count(*) FROM public.codes WHERE expires_at < now()";
+    // Control: evaluated in UTC, the rule does not run.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count(&mut db, expired), 10, "ran while evaluated in UTC");
+    common::alter_system(&mut db, "pg_token_cleanup.timezone", "Pacific/Kiritimati");
+    wait_for_count(
+        &mut db,
+        "the run at the Kiritimati time",
+        expired,
+        0,
+        Duration::from_secs(20),
+    );
+    let late: f64 = db
+        .query_one(
+            "SELECT extract(epoch FROM started_at - scheduled_for)::float8 FROM token_cleanup.runs WHERE rule_name = 'daily'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(late < 2.0, "started {late} s after its due time");
+}
+
 const RUNS_OF_S: &str = "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 's'";
 
 /// Asserts that rule `s` starts no run for a few seconds (after a moment for the change to land);

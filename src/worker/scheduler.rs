@@ -195,6 +195,10 @@ impl Scheduler {
     /// One pass of the loop; returns how long to sleep, or `None` to exit (extension dropped).
     fn step(&mut self) -> Option<Duration> {
         signals::reload_config_if_asked();
+        if self.agenda.timezone() != gucs::timezone() && self.outdated.is_none() {
+            // pg_token_cleanup.timezone changed (SIGHUP): rules without a zone of their own move.
+            self.reload_due = true;
+        }
         // SAFETY: reads pending invalidation messages; our callback only sets a flag.
         unsafe { pg_sys::AcceptInvalidationMessages() };
         if RULES_CHANGED.swap(false, Ordering::SeqCst) {
