@@ -15,7 +15,7 @@ Run it with `bash bench/run.sh` (installs what it needs, builds the extension in
 Environment: ROWS (another size is recorded beside A as a variant, e.g. A20M), REPEAT (runs of the
 plain DELETE and of pg_token_cleanup in A, default 3), RATE_LIMITS (max_rows_per_second values tried
 in A, default "750000 500000 250000"), WAL_LIMITS (max_wal_rate values, MB/s, default "100 50 25"),
-YIELD (0: no run with yield_to_waiters), STEADY_SIZES
+YIELD (0: no run with yield_to_waiters), NAIVE (0: no naive loop), STEADY_SIZES
 (e.g. "1000000 5000000 10000000"), STEADY_PURGEABLE, RATE (tps), SKIP (letters of scenarios to skip,
 e.g. "BC").
 """
@@ -37,6 +37,7 @@ REPEAT = int(os.environ.get("REPEAT", "3"))
 RATE_LIMITS = [int(x) for x in os.environ.get("RATE_LIMITS", "750000 500000 250000").split()]
 WAL_LIMITS = [float(x) for x in os.environ.get("WAL_LIMITS", "100 50 25").split()]  # max_wal_rate, MB/s
 YIELD = os.environ.get("YIELD", "1") == "1"  # a run with yield_to_waiters in scenario A
+NAIVE = os.environ.get("NAIVE", "1") == "1"  # the naive ctid loop in scenario A (slow at 20M rows)
 DEFAULT_ROWS = 2000000
 STEADY_SIZES = [int(x) for x in os.environ.get("STEADY_SIZES", "1000000 5000000 10000000").split()]
 STEADY_PURGEABLE = int(os.environ.get("STEADY_PURGEABLE", "100000"))
@@ -306,8 +307,9 @@ def scenario_a(results):
                            15 + int(ROWS / 1e4 / limit)))
     if YIELD:
         contenders.append((f"{ours}, yield_to_waiters", lambda: token_cleanup_run(yield_to_waiters=True), 15))
-    contenders += [("pg_cron running the plain DELETE", pg_cron_delete, None),
-                   ("naive ctid loop", naive_loop, 30 * max(1, ROWS // 2000000))]
+    contenders.append(("pg_cron running the plain DELETE", pg_cron_delete, None))
+    if NAIVE:
+        contenders.append(("naive ctid loop", naive_loop, 30 * max(1, ROWS // 2000000)))
     rows_a = []
     timelines = {}
     for name, purge, duration in contenders:

@@ -5,7 +5,7 @@
 # bench/bench.py, which writes docs/benchmarks.md with scenarios A-C and the others' reports
 # included, and docs/img/*.png. Takes about 45 minutes on 2 cores.
 #   SKIP=DEFG bash bench/run.sh          # scenarios A-C only (letters as in docs/benchmarks.md)
-#   ROWS=20000000 REPEAT=1 RATE_LIMITS= WAL_LIMITS= YIELD=0 SKIP=BCDEFG bash bench/run.sh
+#   ROWS=20000000 REPEAT=1 RATE_LIMITS= WAL_LIMITS= YIELD=0 NAIVE=0 SKIP=BCDEFG bash bench/run.sh
 #                                        # the 20M-row variant of A, recorded beside A as A20M
 set -euo pipefail
 cd "$(dirname "$0")/.."
