@@ -86,7 +86,7 @@ def main():
     create_walk_returning_procedure()
     contenders = [("pg_token_cleanup run() (runner worker, wal_compression = server, off as for the walks)", q, p, s)
                   for name, q, p, s in offcpu.CONTENDERS if "= server" in name]
-    contenders += [c for c in offcpu.CONTENDERS if "PL/pgSQL" in c[0]] + [
+    contenders += [c for c in offcpu.CONTENDERS if c[0].startswith("PL/pgSQL")] + [
         ("PL/pgSQL walk with RETURNING ctid, as run() batches (client backend)",
          "query LIKE '%CALL walk_returning%' AND pid <> pg_backend_pid()", walk_returning_purge, lambda: None)]
     totals = {name: collections.Counter() for name, *_ in contenders}
