@@ -140,16 +140,17 @@ VALUES (:uid, sha256(random()::text::bytea), false, now() + interval '30 days', 
 """
 
 
-def create_walk_procedure():
+def create_walk_procedure(name="walk", returning=""):
     """walk(pages): the table walk of a run, in PL/pgSQL — the same page ranges (TID range scans),
     each its own asynchronously committed transaction — the algorithm without the worker
-    (bench/overhead.py, bench/offcpu.py)."""
-    psql(f"""CREATE PROCEDURE walk(pages int) LANGUAGE plpgsql AS $$
+    (bench/overhead.py, bench/offcpu.py). `returning` ends each DELETE (its rows are discarded):
+    bench/oncpu.py's `walk_returning` has the ` RETURNING ctid` of a run's batches."""
+    psql(f"""CREATE PROCEDURE {name}(pages int) LANGUAGE plpgsql AS $$
 DECLARE n int := pg_relation_size('public.refresh_tokens') / current_setting('block_size')::int; p int := 0;
 BEGIN
   WHILE p < n LOOP
     SET LOCAL synchronous_commit = off;
-    EXECUTE format('DELETE FROM public.refresh_tokens WHERE ctid >= %L::tid AND ctid < %L::tid AND ({CONDITION})',
+    EXECUTE format('DELETE FROM public.refresh_tokens WHERE ctid >= %L::tid AND ctid < %L::tid AND ({CONDITION}){returning}',
                    '(' || p || ',0)', '(' || (p + pages) || ',0)');
     COMMIT;
     p := p + pages;

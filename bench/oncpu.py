@@ -33,22 +33,6 @@ def ensure_perf():
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
-def create_walk_returning_procedure():
-    """The walk of bench.create_walk_procedure with `RETURNING ctid` on each DELETE (results
-    discarded), as a run's batches have it: what that clause alone costs."""
-    b.psql(f"""CREATE PROCEDURE walk_returning(pages int) LANGUAGE plpgsql AS $$
-DECLARE n int := pg_relation_size('public.refresh_tokens') / current_setting('block_size')::int; p int := 0;
-BEGIN
-  WHILE p < n LOOP
-    SET LOCAL synchronous_commit = off;
-    EXECUTE format('DELETE FROM public.refresh_tokens WHERE ctid >= %L::tid AND ctid < %L::tid AND ({b.CONDITION}) RETURNING ctid',
-                   '(' || p || ',0)', '(' || (p + pages) || ',0)');
-    COMMIT;
-    p := p + pages;
-  END LOOP;
-END $$""")
-
-
 def walk_returning_purge():
     b.psql(f"SET enable_seqscan = off; CALL walk_returning({offcpu.PAGES_PER_BATCH})")
 
@@ -83,7 +67,8 @@ def main():
     ensure_perf()
     offcpu.ensure_wait_sampling()
     offcpu.start()
-    create_walk_returning_procedure()
+    # The walk with the `RETURNING ctid` of a run's batches: what that clause alone costs.
+    b.create_walk_procedure("walk_returning", " RETURNING ctid")
     contenders = [("pg_token_cleanup run() (runner worker, wal_compression = server, off as for the walks)", q, p, s)
                   for name, q, p, s in offcpu.CONTENDERS if "= server" in name]
     contenders += [c for c in offcpu.CONTENDERS if c[0].startswith("PL/pgSQL")] + [
