@@ -25,8 +25,23 @@ pub struct Plan {
 /// Above this share of the rules changed, loading them all beats a list of ids.
 const LOAD_ALL_ABOVE: f64 = 0.5;
 
-/// Compares the versions loaded before (`known`) with the current ones.
-pub fn plan(known: &HashMap<i64, i64>, current: &[(i64, i64)]) -> Plan {
+impl Plan {
+    /// Read every rule (the agenda is rebuilt from them, so nothing is "gone").
+    pub fn everything() -> Plan {
+        Plan {
+            load: Load::All,
+            gone: Vec::new(),
+        }
+    }
+}
+
+/// Compares the rules loaded before (`known`, each with the `version` it was read at) with the
+/// current versions.
+pub fn plan<V>(
+    known: &HashMap<i64, V>,
+    version: impl Fn(&V) -> i64,
+    current: &[(i64, i64)],
+) -> Plan {
     let present: HashSet<i64> = current.iter().map(|(id, _)| *id).collect();
     let mut gone: Vec<i64> = known
         .keys()
@@ -36,7 +51,7 @@ pub fn plan(known: &HashMap<i64, i64>, current: &[(i64, i64)]) -> Plan {
     gone.sort_unstable();
     let changed: Vec<i64> = current
         .iter()
-        .filter(|(id, version)| known.get(id) != Some(version))
+        .filter(|(id, now)| known.get(id).map(&version) != Some(*now))
         .map(|(id, _)| *id)
         .collect();
     let load = if known.is_empty() || changed.len() as f64 > current.len() as f64 * LOAD_ALL_ABOVE {
@@ -65,14 +80,15 @@ mod tests {
         pairs.iter().copied().collect()
     }
 
+    fn plan(known: &HashMap<i64, i64>, current: &[(i64, i64)]) -> Plan {
+        super::plan(known, |v| *v, current)
+    }
+
     #[test]
     fn the_first_load_reads_everything() {
         assert_eq!(
             plan(&HashMap::new(), &[(1, 10), (2, 11)]),
-            Plan {
-                load: Load::All,
-                gone: vec![]
-            }
+            Plan::everything()
         );
     }
 

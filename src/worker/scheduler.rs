@@ -59,6 +59,12 @@ static RULES_CHANGED: AtomicBool = AtomicBool::new(false);
 /// The rules table's OID, for the callback to recognise it.
 static RULES_OID: AtomicU32 = AtomicU32::new(0);
 
+/// A rule in service, and the version of its row it was read at.
+struct Served {
+    rule: Rule,
+    version: i64,
+}
+
 /// A run handed to a runner and not yet finished.
 struct InFlight {
     runner_slot: usize,
@@ -72,9 +78,8 @@ struct Scheduler {
     database: pg_sys::Oid,
     database_name: String,
     agenda: Agenda,
-    rules: HashMap<i64, Rule>,
-    /// The row version of each rule in `rules` (see `reload`).
-    versions: HashMap<i64, i64>,
+    /// The enabled rules, with the row version each was read at (see `reload`).
+    rules: HashMap<i64, Served>,
     reload_due: bool,
     /// Reloads are coalesced: none before this instant.
     next_reload_at: Option<Instant>,
@@ -132,7 +137,6 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
         database_name: database_name(database),
         agenda: Agenda::new(gucs::timezone()),
         rules: HashMap::new(),
-        versions: HashMap::new(),
         reload_due: true,
         next_reload_at: None,
         outdated: None,
@@ -194,9 +198,8 @@ fn database_name(database: pg_sys::Oid) -> String {
 impl Scheduler {
     /// One pass of the loop; returns how long to sleep, or `None` to exit (extension dropped).
     fn step(&mut self) -> Option<Duration> {
-        signals::reload_config_if_asked();
-        if self.agenda.timezone() != gucs::timezone() && self.outdated.is_none() {
-            // pg_token_cleanup.timezone changed (SIGHUP): rules without a zone of their own move.
+        if signals::reload_config_if_asked() && self.agenda.timezone() != gucs::timezone() {
+            // A new pg_token_cleanup.timezone moves the rules without a zone of their own.
             self.reload_due = true;
         }
         // SAFETY: reads pending invalidation messages; our callback only sets a flag.
@@ -243,11 +246,9 @@ impl Scheduler {
     /// loaded stay in service.
     fn reload_rules(&mut self) -> Option<bool> {
         self.next_reload_at = Some(Instant::now() + RELOAD_GAP);
-        if self.agenda.timezone() != gucs::timezone() {
-            // A new pg_token_cleanup.timezone moves every rule without its own: read them all.
-            self.versions.clear();
-        }
-        let known = &self.versions;
+        // A new pg_token_cleanup.timezone moves every rule without its own: read them all.
+        let everything = self.agenda.timezone() != gucs::timezone();
+        let known = &self.rules;
         let loaded = BackgroundWorker::transaction(|| {
             if !extension_present() {
                 return None;
@@ -260,7 +261,11 @@ impl Scheduler {
                 return Some(Err(installed));
             }
             Some(Ok(in_subtransaction(|| {
-                let plan = reload::plan(known, &catalog::enabled_rule_versions());
+                let plan = if everything {
+                    Plan::everything()
+                } else {
+                    reload::plan(known, |s| s.version, &catalog::enabled_rule_versions())
+                };
                 let rules = match &plan.load {
                     Load::All => catalog::load_enabled_rules(None),
                     Load::Only(ids) if ids.is_empty() => Vec::new(),
@@ -324,7 +329,6 @@ impl Scheduler {
         let rejected = match plan.load {
             Load::All => {
                 self.rules.clear();
-                self.versions.clear();
                 self.agenda.sync(&agenda_rules, gucs::timezone(), now)
             }
             Load::Only(_) => {
@@ -332,7 +336,6 @@ impl Scheduler {
                 let gone = reload::gone_after_load(plan, &ids);
                 for id in &gone {
                     self.rules.remove(id);
-                    self.versions.remove(id);
                 }
                 self.agenda.update(&agenda_rules, &gone, now)
             }
@@ -346,8 +349,11 @@ impl Scheduler {
         }
         let changed = loaded.len();
         for l in loaded {
-            self.versions.insert(l.rule.id, l.version);
-            self.rules.insert(l.rule.id, l.rule);
+            let served = Served {
+                rule: l.rule,
+                version: l.version,
+            };
+            self.rules.insert(served.rule.id, served);
         }
         debug1!(
             "pg_token_cleanup: read {changed} new or changed rule(s); {} enabled",
@@ -374,7 +380,6 @@ impl Scheduler {
         }
         self.outdated = Some(installed);
         self.rules.clear();
-        self.versions.clear();
         self.agenda.sync(&[], gucs::timezone(), Utc::now());
         self.next_reload_at = Some(Instant::now() + OUTDATED_RECHECK);
     }
@@ -467,7 +472,7 @@ impl Scheduler {
             .collect();
         let mut candidates = Vec::new();
         for (id, due_at) in due {
-            let Some(rule) = self.rules.get(&id) else {
+            let Some(Served { rule, .. }) = self.rules.get(&id) else {
                 self.agenda.done(id, now);
                 continue;
             };
@@ -505,7 +510,7 @@ impl Scheduler {
                 wanted += 1;
                 continue;
             };
-            let rule = self.rules[&id].clone();
+            let rule = self.rules[&id].rule.clone();
             let trigger = if self.retry_next.remove(&id) {
                 Trigger::Retry
             } else {

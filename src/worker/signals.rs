@@ -79,12 +79,14 @@ fn leave_owner_statement() {
     }
 }
 
-/// Applies a pending SIGHUP (reloads postgresql.conf into this process).
-pub fn reload_config_if_asked() {
-    if BackgroundWorker::sighup_received() {
+/// Applies a pending SIGHUP (reloads postgresql.conf into this process); returns whether it did.
+pub fn reload_config_if_asked() -> bool {
+    let asked = BackgroundWorker::sighup_received();
+    if asked {
         // SAFETY: what PostgreSQL's own processes do on SIGHUP.
         unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
     }
+    asked
 }
 
 /// Sleeps until `timeout` passes or the latch is set. Returns true when woken by the latch
