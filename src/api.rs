@@ -184,7 +184,7 @@ fn run(
             "All background worker slots are in use: raise max_worker_processes (restart needed) or try again.",
         );
     };
-    if worker.wait_for_shutdown().is_err() {
+    if runner::wait_for_run(&worker, &handoff).is_err() {
         refuse(
             PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
             format!("the server shut down while rule \"{name}\" was running"),

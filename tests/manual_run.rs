@@ -322,3 +322,54 @@ fn batches_compress_their_wal_unless_told_to_keep_the_servers_setting() {
         "WAL with {method} {compressed} bytes, with the server's setting (off) {uncompressed} bytes"
     );
 }
+
+/// A walk's batch is capped by `token_cleanup.within_batch(ctid)`, which any role may call. A
+/// condition of an application role that calls it too spends the batch's budget: its batches get
+/// smaller (at most half of batch_size; the control, the same number of rows under a condition
+/// without the call, takes batches of up to batch_size), but the run ends, and it deletes every
+/// matching row and no other.
+#[test]
+fn a_condition_that_calls_the_batch_cap_itself_only_makes_its_batches_smaller() {
+    let cluster = Cluster::start("cap", &[]);
+    let mut admin = cluster.database_with_extension("app");
+    admin
+        .batch_execute("CREATE ROLE app LOGIN; GRANT CREATE ON DATABASE app TO app;")
+        .unwrap();
+    let mut app = cluster.connect_as("app", "app");
+    app.batch_execute("CREATE SCHEMA app").unwrap();
+    token_table(&mut app, "app.codes", 0, 20_000);
+    app.batch_execute(
+        "ALTER TABLE app.codes SET (autovacuum_enabled = off);
+         UPDATE app.codes SET revoked = true WHERE id % 2 = 0;
+         ANALYZE app.codes;
+         INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size) VALUES
+           ('control', 'app.codes', 'revoked AND id <= 10000', '@yearly', 100),
+           ('spender', 'app.codes', 'revoked AND token_cleanup.within_batch(ctid)', '@yearly', 100);",
+    )
+    .unwrap();
+    let kept = |db: &mut postgres::Client| -> String {
+        db.query_one(
+            "SELECT count(*)::text || ':' || sum(id)::text FROM app.codes WHERE NOT revoked",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let kept_before = kept(&mut app);
+
+    let (deleted, method, control_batches) = run_now(&mut app, "control");
+    assert_eq!((deleted, method.as_str()), (5_000, "table walk"));
+    assert!(control_batches >= 50, "{control_batches} batches");
+    let (deleted, method, batches) = run_now(&mut app, "spender");
+    assert_eq!((deleted, method.as_str()), (5_000, "table walk"));
+    // Each row spends two calls of the budget of 100: at most 50 rows a batch.
+    assert!(
+        batches >= 100,
+        "{batches} batches, {control_batches} without the condition's call"
+    );
+    assert_eq!(
+        count(&mut app, "SELECT count(*) FROM app.codes WHERE revoked"),
+        0
+    );
+    assert_eq!(kept(&mut app), kept_before);
+}

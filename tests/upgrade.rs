@@ -1,8 +1,8 @@
-//! The upgrade from the released 0.1.0 to this version, end to end (run by scripts/upgrade_test.sh,
-//! which builds 0.1.0 from its git commit and this version's package, and gives them here with a copy
-//! of PostgreSQL 15 to install them into):
-//! - create the extension at 0.1.0, add rules as a superuser and as an ordinary role, let them run
-//!   so that history exists;
+//! The upgrade from a released version (`UPGRADE_FROM_VERSION`: 0.1.0, 0.2.0) to this version, end to
+//! end (run by scripts/upgrade_test.sh once per release, which builds the release from its git commit
+//! and this version's package, and gives them here with a copy of PostgreSQL 15 to install them into):
+//! - create the extension at the release, add rules as a superuser and as an ordinary role, let them
+//!   run so that history exists;
 //! - install this version, restart: the scheduler serves nothing in the outdated database and says
 //!   why, `run()` refuses with a hint;
 //! - `ALTER EXTENSION pg_token_cleanup UPDATE`: rules, owners, history and statistics kept, the
@@ -145,7 +145,7 @@ fn statements(dump: &str) -> Vec<String> {
 
 #[test]
 #[ignore = "needs the builds scripts/upgrade_test.sh makes"]
-fn upgrade_from_0_1_0_keeps_rules_owners_history_and_statistics() {
+fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
     let from_version = std::env::var("UPGRADE_FROM_VERSION").unwrap_or_else(|_| "0.1.0".into());
     let to_version = env!("CARGO_PKG_VERSION");
     install(&env_path("UPGRADE_FROM"));
@@ -161,7 +161,7 @@ fn upgrade_from_0_1_0_keeps_rules_owners_history_and_statistics() {
     assert_eq!(installed, from_version);
 
     // A superuser's rule on its own table, every second; an ordinary role's rule on its table, run
-    // by hand (0.1.0's scheduler learns of an ordinary role's rule only when it restarts).
+    // by hand (0.1.0's scheduler learned of an ordinary role's rule only when it restarted).
     admin
         .batch_execute(
             "CREATE TABLE public.sessions (id bigint PRIMARY KEY, expires_at timestamptz NOT NULL);
@@ -191,7 +191,7 @@ fn upgrade_from_0_1_0_keeps_rules_owners_history_and_statistics() {
     );
     common::wait_for_count(
         &mut admin,
-        "0.1.0's scheduler to purge public.sessions",
+        "the release's scheduler to purge public.sessions",
         "SELECT count(*) FROM public.sessions",
         0,
         Duration::from_secs(30),

@@ -10,6 +10,15 @@
 //!   grows with the clock. The reported `replay_lag` counts too when larger (a standby already
 //!   behind before the run's first sample), but not once the replica has replayed the newest
 //!   sample: after catching up, PostgreSQL keeps showing the old lag for a while.
+//!   The age of what is unreplayed grows only as time passes, so a burst of batches could write far
+//!   more WAL than the standby replays in `max_replica_lag` before that age reaches it. So the lag
+//!   also counts what the standby has still to replay, plus what the next batch will write (as much
+//!   as the last one), at the rate it replayed over the last second: the time it needs to catch up
+//!   ([`ReplayRates`]). A standby that is not behind never holds up a batch, however big.
+//!   While paused for lag, the run writes a tiny WAL record (a logical message) at every recheck:
+//!   a standby reports its replay position when new WAL reaches it, and otherwise only every
+//!   `wal_receiver_status_interval` (10 s), which would keep a run paused long after the standby
+//!   caught up.
 //! - **WAL rate**: pause while the WAL this process wrote over the last second (`pgWalUsage`) is
 //!   above `max_wal_rate` MB/s.
 //! - **Waiters** (`yield_to_waiters`): pause while any session waits for a lock on the run's table
@@ -66,9 +75,17 @@ impl Reason {
     }
 }
 
+/// How long replay rates are measured over.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// The shortest stretch a replay rate is measured over; before it, a standby behind counts as
+/// unable to catch up (a pause of one recheck measures it).
+const MIN_RATE_SPAN: Duration = Duration::from_millis(50);
+
 /// A streaming replica's position as `pg_stat_replication` shows it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Replica {
+    /// Its WAL sender's process id: which replica it is from one look to the next.
+    pub pid: i32,
     pub replay_lsn: u64,
     /// `replay_lag`, which stops moving when replay stops.
     pub reported_lag: Duration,
@@ -120,6 +137,62 @@ impl LagClock {
     }
 }
 
+/// Each replica's recent replay positions: how fast it replays while it is behind.
+#[derive(Debug, Default)]
+pub struct ReplayRates {
+    /// Per WAL sender: (when, replay position, whether it was behind then).
+    seen: std::collections::HashMap<i32, VecDeque<(Instant, u64, bool)>>,
+}
+
+impl ReplayRates {
+    /// Records `replicas` as seen at `now`, with the primary at `lsn`, and returns the longest time
+    /// one of them needs to replay what it has not, plus `next` bytes more: the bytes over its
+    /// replay rate in the last second (measured from when it fell behind). A replica not behind needs
+    /// nothing; one behind whose rate is not known yet (one look), or that replayed nothing, never
+    /// catches up (so a run's first batches wait one recheck to measure it).
+    pub fn catch_up(
+        &mut self,
+        now: Instant,
+        lsn: u64,
+        next: u64,
+        replicas: &[Replica],
+    ) -> Duration {
+        self.seen
+            .retain(|pid, _| replicas.iter().any(|r| r.pid == *pid));
+        let mut longest = Duration::ZERO;
+        for replica in replicas {
+            let gap = lsn.saturating_sub(replica.replay_lsn);
+            let seen = self.seen.entry(replica.pid).or_default();
+            seen.push_back((now, replica.replay_lsn, gap > 0));
+            while seen.len() > 2 && now.duration_since(seen[1].0) >= RATE_WINDOW {
+                seen.pop_front();
+            }
+            if gap == 0 {
+                continue;
+            }
+            // Measured from the last look before it fell behind, if it is in the window (replay
+            // started after it: a rate no higher than the true one), else from the oldest look.
+            let first_behind = seen.iter().position(|&(_, _, behind)| behind).unwrap_or(0);
+            let start = seen.get(first_behind.saturating_sub(1)).copied();
+            let need = match start {
+                Some((since, from, _)) if now.duration_since(since) >= MIN_RATE_SPAN => {
+                    let rate = replica.replay_lsn.saturating_sub(from) as f64
+                        / now.duration_since(since).as_secs_f64();
+                    let seconds = (gap + next) as f64 / rate;
+                    if seconds.is_finite() {
+                        Duration::from_secs_f64(seconds.min(1e9))
+                    } else {
+                        Duration::MAX
+                    }
+                }
+                _ => Duration::MAX,
+            };
+            longest = longest.max(need);
+        }
+        longest
+    }
+}
+
 /// WAL written by this process over the last second.
 #[derive(Debug, Default)]
 pub struct WalMeter {
@@ -146,6 +219,12 @@ pub struct Pacer {
     limits: PaceLimits,
     table: pg_sys::Oid,
     lag: LagClock,
+    rates: ReplayRates,
+    /// This process's WAL total when the last batch started, and what that batch wrote.
+    wal_at_batch_start: Option<u64>,
+    last_batch_wal: u64,
+    /// The last look found a replica too far behind: the next one probes for fresh positions.
+    paused_for_lag: bool,
     wal: WalMeter,
     /// Set by a batch whose row locks made a session wait: give way this long before the next.
     give_way: Option<Duration>,
@@ -162,6 +241,10 @@ impl Pacer {
             limits,
             table,
             lag: LagClock::default(),
+            rates: ReplayRates::default(),
+            wal_at_batch_start: None,
+            last_batch_wal: 0,
+            paused_for_lag: false,
             wal: WalMeter::default(),
             give_way: None,
             paused: Duration::ZERO,
@@ -190,6 +273,20 @@ impl Pacer {
         if !self.limits.any() {
             return Ok(());
         }
+        let wal_total = process_wal_bytes();
+        if let Some(start) = self.wal_at_batch_start {
+            self.last_batch_wal = wal_total.saturating_sub(start);
+        }
+        let result = self.wait_for_signals(rule_name, &mut check_stop);
+        self.wal_at_batch_start = Some(process_wal_bytes());
+        result
+    }
+
+    fn wait_for_signals<E>(
+        &mut self,
+        rule_name: &str,
+        check_stop: &mut impl FnMut() -> Result<(), E>,
+    ) -> Result<(), E> {
         if let Some(give_way) = self.give_way.take() {
             check_stop()?;
             self.pause(rule_name, Reason::Waiters, give_way);
@@ -235,27 +332,33 @@ impl Pacer {
     /// The first signal over its limit, if any (read in a short transaction of its own).
     fn reason_to_pause(&mut self) -> Option<Reason> {
         let (limits, table) = (self.limits, self.table);
+        let probe = self.paused_for_lag;
         let (position, wal_total, waiting) = BackgroundWorker::transaction(move || {
             (
-                limits
-                    .max_replica_lag
-                    .map(|_| (insert_lsn(), streaming_replicas())),
-                // SAFETY: this process's own WAL counters.
-                limits
-                    .max_wal_rate
-                    .map(|_| unsafe { pg_sys::pgWalUsage.wal_bytes }),
+                limits.max_replica_lag.map(|_| {
+                    if probe {
+                        ask_replicas_for_their_position();
+                    }
+                    (insert_lsn(), streaming_replicas())
+                }),
+                limits.max_wal_rate.map(|_| process_wal_bytes()),
                 limits.yield_to_waiters && sessions_waiting_on(table),
             )
         });
         let now = Instant::now();
         if let (Some(max_lag), Some((lsn, replicas))) = (limits.max_replica_lag, position) {
             self.lag.sample(now, lsn);
-            let (lag, bytes) = self.lag.worst(now, lsn, &replicas);
-            self.last_lag = (lag, bytes);
-            if lag > self.worst_lag.0 {
-                self.worst_lag = (lag, bytes);
+            let (age, bytes) = self.lag.worst(now, lsn, &replicas);
+            let catch_up = self
+                .rates
+                .catch_up(now, lsn, self.last_batch_wal, &replicas);
+            // What is reported: how old the oldest unreplayed WAL is (what the standby shows).
+            self.last_lag = (age, bytes);
+            if age > self.worst_lag.0 {
+                self.worst_lag = (age, bytes);
             }
-            if lag > max_lag {
+            self.paused_for_lag = age > max_lag || catch_up > max_lag;
+            if self.paused_for_lag {
                 return Some(Reason::ReplicaLag);
             }
         }
@@ -295,6 +398,24 @@ fn round_ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
+/// The WAL this process has written.
+fn process_wal_bytes() -> u64 {
+    // SAFETY: this process's own WAL counters.
+    unsafe { pg_sys::pgWalUsage.wal_bytes }
+}
+
+/// Writes a tiny WAL record and flushes it, so that streaming standbys receive new WAL and answer
+/// with their replay position now (see the module's header).
+fn ask_replicas_for_their_position() {
+    let lsn = Spi::get_one::<i64>(
+        "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_logical_emit_message(false,                 'pg_token_cleanup', 'replica lag probe'), '0/0')::int8",
+    );
+    if let Ok(Some(lsn)) = lsn {
+        // SAFETY: flushes WAL up to a position already inserted.
+        unsafe { pg_sys::XLogFlush(lsn as u64) };
+    }
+}
+
 /// Where the primary inserts WAL now.
 fn insert_lsn() -> u64 {
     // SAFETY: reads the shared insert position; valid outside recovery, where runs happen.
@@ -305,7 +426,7 @@ fn insert_lsn() -> u64 {
 fn streaming_replicas() -> Vec<Replica> {
     Spi::connect(|client| {
         let rows = client.select(
-            "SELECT pg_catalog.pg_wal_lsn_diff(replay_lsn, '0/0')::int8, \
+            "SELECT pid, pg_catalog.pg_wal_lsn_diff(replay_lsn, '0/0')::int8, \
                     coalesce(extract(epoch FROM replay_lag), 0)::float8 \
                FROM pg_catalog.pg_stat_replication \
               WHERE state = 'streaming' AND replay_lsn IS NOT NULL",
@@ -314,9 +435,11 @@ fn streaming_replicas() -> Vec<Replica> {
         )?;
         let mut replicas = Vec::new();
         for row in rows {
-            let replay: i64 = row.get(1)?.unwrap_or(0);
-            let reported: f64 = row.get(2)?.unwrap_or(0.0);
+            let pid: i32 = row.get(1)?.unwrap_or(0);
+            let replay: i64 = row.get(2)?.unwrap_or(0);
+            let reported: f64 = row.get(3)?.unwrap_or(0.0);
             replicas.push(Replica {
+                pid,
                 replay_lsn: replay.max(0) as u64,
                 reported_lag: Duration::from_secs_f64(reported.max(0.0)),
             });
@@ -364,6 +487,7 @@ mod tests {
         clock.sample(t0 + Duration::from_secs(2), 300);
         // Replayed up to 150 and stopped there, still reporting a small replay_lag.
         let stalled = Replica {
+            pid: 1,
             replay_lsn: 150,
             reported_lag: Duration::from_millis(20),
         };
@@ -381,6 +505,7 @@ mod tests {
         clock.sample(t0, 100);
         // Caught up after a stall: replay_lag still shows the stall for a while.
         let caught_up = Replica {
+            pid: 1,
             replay_lsn: 100,
             reported_lag: Duration::from_secs(12),
         };
@@ -397,6 +522,7 @@ mod tests {
         let mut clock = LagClock::default();
         clock.sample(t0, 100);
         let slow = Replica {
+            pid: 1,
             replay_lsn: 90,
             reported_lag: Duration::from_secs(3),
         };
@@ -410,15 +536,80 @@ mod tests {
         clock.sample(t0, 100);
         clock.sample(t0 + Duration::from_secs(3), 200);
         let near = Replica {
+            pid: 2,
             replay_lsn: 150,
             reported_lag: Duration::ZERO,
         };
         let far = Replica {
+            pid: 1,
             replay_lsn: 50,
             reported_lag: Duration::ZERO,
         };
         let (lag, bytes) = clock.worst(t0 + Duration::from_secs(4), 200, &[near, far]);
         assert_eq!((lag, bytes), (Duration::from_secs(4), 150));
+    }
+
+    fn at(pid: i32, replay_lsn: u64) -> Replica {
+        Replica {
+            pid,
+            replay_lsn,
+            reported_lag: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_replica_behind_needs_its_gap_and_the_next_batch_over_its_replay_rate() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut rates = ReplayRates::default();
+        // Caught up: needs nothing, however big the next batch.
+        assert_eq!(rates.catch_up(t0, 1_000, 1 << 40, &[at(7, 1_000)]), ms(0));
+        // Behind, and replayed nothing yet since the look at which it was caught up.
+        assert_eq!(
+            rates.catch_up(t0 + ms(100), 5_000, 1_000, &[at(7, 1_000)]),
+            Duration::MAX
+        );
+        // 1,000 bytes replayed in the 500 ms since it was last caught up: 2,000 bytes/s. 3,000
+        // behind and 1,000 to come: 2 s.
+        assert_eq!(
+            rates.catch_up(t0 + ms(500), 5_000, 1_000, &[at(7, 2_000)]),
+            Duration::from_secs(2)
+        );
+        // Behind at its first look: its rate is not known.
+        let mut first = ReplayRates::default();
+        assert_eq!(first.catch_up(t0, 5_000, 0, &[at(3, 1_000)]), Duration::MAX);
+        // Replayed nothing since: it never catches up.
+        assert_eq!(
+            first.catch_up(t0 + ms(300), 5_000, 0, &[at(3, 1_000)]),
+            Duration::MAX
+        );
+        // Then 2,000 bytes in 400 ms: 5,000 bytes/s, 2,000 behind: 400 ms.
+        assert_eq!(
+            first.catch_up(t0 + ms(400), 5_000, 0, &[at(3, 3_000)]),
+            ms(400)
+        );
+    }
+
+    #[test]
+    fn replay_rates_follow_the_last_second_and_the_slowest_replica() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut rates = ReplayRates::default();
+        // Replica 1 replays 1,000 bytes/s for 3 s, then 4,000 bytes/s; replica 2 is always caught up.
+        for second in 0..=3u64 {
+            rates.catch_up(
+                t0 + s(second),
+                100_000,
+                0,
+                &[at(1, 1_000 * second), at(2, 100_000)],
+            );
+        }
+        let need = rates.catch_up(t0 + s(4), 100_000, 0, &[at(1, 7_000), at(2, 100_000)]);
+        // Over the last second only: 4,000 bytes/s, 93,000 bytes behind.
+        assert_eq!(need, Duration::from_secs_f64(93_000.0 / 4_000.0));
+        // A replica that went away is forgotten.
+        rates.catch_up(t0 + s(5), 100_000, 0, &[at(2, 100_000)]);
+        assert_eq!(rates.seen.len(), 1);
     }
 
     #[test]

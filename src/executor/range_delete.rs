@@ -1,6 +1,7 @@
-//! A table walk's batch statement, run through SPI with a receiver of its own.
+//! A table walk's batch statement that returns the ctids it deleted (one that skips locked rows, or
+//! archives them), run through SPI with a receiver of its own.
 //!
-//! A walk's DELETE ends in `RETURNING ctid` so that SPI can stop it after `batch_size` rows and the
+//! Such a statement ends in `RETURNING ctid` so that SPI can stop it after `batch_size` rows and the
 //! next batch can resume after the last row deleted. SPI's usual receiver copies every returned
 //! row into a tuple table: on 1M deleted rows that cost a third of the whole run. [`LastCtid`]
 //! keeps only the count and the highest ctid.
@@ -34,7 +35,7 @@ unsafe extern "C-unwind" fn receive(
         }
         if !*(*slot).tts_isnull {
             let tid = &*(*(*slot).tts_values).cast_mut_ptr::<pg_sys::ItemPointerData>();
-            let at = (super::block_number(tid), tid.ip_posid);
+            let at = super::at(tid);
             if this.last.is_none_or(|last| at > last) {
                 this.last = Some(at);
             }

@@ -4,23 +4,34 @@
 //! never in both). Each comes in two forms: the optimistic one, and one that skips rows locked by
 //! other sessions (`FOR UPDATE SKIP LOCKED`).
 //!
-//! A table walk's batch must return the ctids it deleted (the next batch resumes after the last)
-//! and stop at `batch_size` rows. A plain DELETE … RETURNING ctid is stopped by SPI; a data-modifying
-//! WITH runs to its end whatever its outer query reads, so with an archive the rows are picked by a
-//! `LIMIT` in a sub-select.
+//! A table walk's batch must stop at `batch_size` rows and tell where the next batch resumes. The
+//! optimistic plain DELETE ends in `token_cleanup.within_batch(ctid)`, which does both (see
+//! `batch_cap`). The others return the ctids they deleted (the next batch resumes after the last):
+//! the one that skips locked rows picks them by a `LIMIT` in a sub-select, and so does an archiving
+//! one, because a data-modifying WITH runs to its end whatever its outer query reads.
 
 /// A batch statement around the clause that picks the batch's rows: `before` + rows + `after`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchSql {
     before: String,
     after: String,
+    /// A walk's batch stopped by `token_cleanup.within_batch(ctid)` (see `batch_cap`), returning
+    /// nothing; otherwise a walk's batch returns the ctids it deleted and SPI stops it.
+    capped: bool,
 }
 
 impl BatchSql {
     pub fn with(&self, rows: &str) -> String {
         format!("{}{rows}{}", self.before, self.after)
     }
+
+    pub fn capped(&self) -> bool {
+        self.capped
+    }
 }
+
+/// The last condition of a capped walk's DELETE (the extension's schema is fixed: not relocatable).
+const CAP: &str = "token_cleanup.within_batch(ctid)";
 
 /// How a run finds its rows, as the statements need to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,14 +78,23 @@ pub fn build(
     };
     match archive {
         None => {
-            let optimistic = BatchSql {
-                before: format!("DELETE FROM ONLY {table} WHERE "),
-                after: format!(" AND {condition}{returning}"),
+            let optimistic = match shape {
+                Shape::Walk { .. } => BatchSql {
+                    before: format!("DELETE FROM ONLY {table} WHERE "),
+                    after: format!(" AND {condition} AND {CAP}"),
+                    capped: true,
+                },
+                Shape::Ctids => BatchSql {
+                    before: format!("DELETE FROM ONLY {table} WHERE "),
+                    after: format!(" AND {condition}"),
+                    capped: false,
+                },
             };
             let (open, close) = pick(true, walk_limit);
             let skipping = BatchSql {
                 before: format!("DELETE FROM ONLY {table} WHERE {open}"),
                 after: format!("{close}{returning}"),
+                capped: false,
             };
             (optimistic, skipping)
         }
@@ -88,6 +108,7 @@ pub fn build(
                         "{close} AND {condition} RETURNING {columns}) INSERT INTO {} ({columns}) SELECT {columns} FROM d",
                         archive.table
                     ),
+                    capped: false,
                 },
                 Shape::Walk { .. } => BatchSql {
                     before: format!("WITH d AS (DELETE FROM ONLY {table} WHERE {open}"),
@@ -96,6 +117,7 @@ pub fn build(
                          a AS (INSERT INTO {} ({columns}) SELECT {columns} FROM d) SELECT {CTID_ALIAS} FROM d",
                         archive.table
                     ),
+                    capped: false,
                 },
             }
             };
@@ -133,8 +155,9 @@ mod tests {
         let (walk, skip) = build(T, C, Shape::Walk { limit: 100 }, None);
         assert_eq!(
             walk.with("R"),
-            "DELETE FROM ONLY public.tokens WHERE R AND (expires_at < now()\n) RETURNING ctid"
+            "DELETE FROM ONLY public.tokens WHERE R AND (expires_at < now()\n) AND token_cleanup.within_batch(ctid)"
         );
+        assert!(walk.capped() && !skip.capped());
         assert!(skip
             .with("R")
             .ends_with("LIMIT 100 FOR UPDATE SKIP LOCKED)) RETURNING ctid"));

@@ -12,7 +12,9 @@ use super::handoff::{self, Handoff};
 use super::lifecycle::{self, Job};
 use super::registry::{self, Kind};
 use super::{signals, LIBRARY, RUNNER_TYPE};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker,
+};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
@@ -42,6 +44,39 @@ pub fn spawn_manual(handoff: &Handoff, rule_name: &str) -> Option<DynamicBackgro
         database,
         &format!("manual {}", handoff.handle()),
     )
+}
+
+/// Waits until the runner of a manual run says it is done (its outcome committed), or stopped
+/// without saying so; `Err` if the postmaster died. Cancellable (the run goes on).
+pub fn wait_for_run(
+    worker: &DynamicBackgroundWorker,
+    handoff: &Handoff,
+) -> Result<(), BackgroundWorkerStatus> {
+    loop {
+        // SAFETY: this backend's own latch, reset before the flag is read (no wake-up is lost).
+        unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+        if handoff.done() {
+            return Ok(());
+        }
+        match worker.pid() {
+            // The postmaster sets this backend's latch when the worker starts and when it stops.
+            Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted) => {}
+            Err(BackgroundWorkerStatus::PostmasterDied) => {
+                return Err(BackgroundWorkerStatus::PostmasterDied)
+            }
+            Err(_) => return Ok(()),
+        }
+        // SAFETY: waits on this backend's latch; a second's timeout bounds any missed signal.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH) as i32,
+                1000,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+        }
+        pgrx::check_for_interrupts!();
+    }
 }
 
 fn start(title: &str, database: pg_sys::Oid, extra: &str) -> Option<DynamicBackgroundWorker> {
@@ -98,6 +133,7 @@ pub extern "C-unwind" fn pg_token_cleanup_runner_main(arg: pg_sys::Datum) {
             match handoff::read::<Job>(number) {
                 Some(job) => {
                     lifecycle::perform(&job, &signals::stop_requested);
+                    handoff::signal_done(number);
                 }
                 None => {
                     warning!("pg_token_cleanup: the caller of run() left before its runner started")
