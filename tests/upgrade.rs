@@ -323,6 +323,7 @@ fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
         "CREATE VIEW token_cleanup.rule_stats WITH (security_invoker='true') AS",
         "CREATE VIEW token_cleanup.metrics WITH (security_invoker='true') AS",
         "CREATE FUNCTION token_cleanup.check_rule(",
+        "CREATE FUNCTION token_cleanup.within_batch(",
         "CREATE FUNCTION token_cleanup.rules_before_write()",
         "CREATE POLICY rule_totals_owner ON token_cleanup.rule_totals",
         "GRANT SELECT ON TABLE token_cleanup.rule_totals TO PUBLIC",

@@ -277,7 +277,8 @@ fn walk_table(
     let mut from = tid(0, 0);
     while block_number(&from) < end_block {
         let start_block = block_number(&from);
-        let to_block = (u64::from(start_block) + sizer.units()).min(u64::from(end_block)) as u32;
+        let units = tally.pacer.batch_units(sizer.units());
+        let to_block = (u64::from(start_block) + units).min(u64::from(end_block)) as u32;
         let (deleted, ms) = tally.batch(
             plan,
             Batch::Range {
@@ -296,6 +297,7 @@ fn walk_table(
             None => tid(to_block, 0),
         };
         let pages_done = (block_number(&from) - start_block).max(1);
+        tally.pacer.batch_done(u64::from(pages_done));
         sizer.observe(u64::from(pages_done), deleted.rows, ms);
     }
     Ok(Outcome::Succeeded)
@@ -323,8 +325,10 @@ fn delete_through_index(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<O
         let mut rest = candidates.as_slice();
         let mut deleted_this_round = 0;
         while !rest.is_empty() {
-            let (chunk, tail) = rest.split_at((sizer.units() as usize).min(rest.len()));
+            let units = tally.pacer.batch_units(sizer.units());
+            let (chunk, tail) = rest.split_at((units as usize).min(rest.len()));
             let (deleted, ms) = tally.batch(plan, Batch::Ctids(chunk))?;
+            tally.pacer.batch_done(chunk.len() as u64);
             sizer.observe(chunk.len() as u64, deleted.rows, ms);
             deleted_this_round += deleted.rows;
             rest = tail;

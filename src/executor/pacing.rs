@@ -77,9 +77,12 @@ impl Reason {
 
 /// How long replay rates are measured over.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
-/// The shortest stretch a replay rate is measured over; before it, a standby behind counts as
-/// unable to catch up (a pause of one recheck measures it).
+/// The shortest stretch a replay capacity is measured over.
 const MIN_RATE_SPAN: Duration = Duration::from_millis(50);
+/// The WAL a run's first batch may write under max_replica_lag, before any replica's capacity is
+/// known; doubled after every batch all replicas kept up with (as TCP's slow start).
+const FIRST_WAL_BUDGET: f64 = 1_048_576.0;
+const MAX_WAL_BUDGET: f64 = 1_073_741_824.0;
 
 /// A streaming replica's position as `pg_stat_replication` shows it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -137,60 +140,97 @@ impl LagClock {
     }
 }
 
-/// Each replica's recent replay positions: how fast it replays while it is behind.
+/// Each replica's recent replay positions: how fast it can replay, and whether it keeps up.
+///
+/// A replica's replay rate tells its capacity only while it has WAL waiting: a replica that keeps up
+/// replays just what arrives. So a capacity is measured only over a stretch in which it always had
+/// WAL to replay (since a look whose primary position it has still not reached).
 #[derive(Debug, Default)]
 pub struct ReplayRates {
-    /// Per WAL sender: (when, replay position, whether it was behind then).
-    seen: std::collections::HashMap<i32, VecDeque<(Instant, u64, bool)>>,
+    /// Per WAL sender: its looks of the last second, (when, its replay position, the primary's).
+    seen: std::collections::HashMap<i32, VecDeque<(Instant, u64, u64)>>,
+    /// Per WAL sender: bytes/s it replayed over the last stretch in which it had WAL waiting.
+    capacity: std::collections::HashMap<i32, f64>,
+    /// At the last look, every replica had replayed all the WAL there was at the look before.
+    kept_up: bool,
 }
 
 impl ReplayRates {
-    /// Records `replicas` as seen at `now`, with the primary at `lsn`, and returns the longest time
-    /// one of them needs to replay what it has not, plus `next` bytes more: the bytes over its
-    /// replay rate in the last second (measured from when it fell behind). A replica not behind needs
-    /// nothing; one behind whose rate is not known yet (one look), or that replayed nothing, never
-    /// catches up (so a run's first batches wait one recheck to measure it).
-    pub fn catch_up(
-        &mut self,
-        now: Instant,
-        lsn: u64,
-        next: u64,
-        replicas: &[Replica],
-    ) -> Duration {
-        self.seen
-            .retain(|pid, _| replicas.iter().any(|r| r.pid == *pid));
-        let mut longest = Duration::ZERO;
+    /// Records a look at `replicas` at `now`, the primary at `lsn`.
+    pub fn look(&mut self, now: Instant, lsn: u64, replicas: &[Replica]) {
+        let present = |pid: &i32| replicas.iter().any(|r| r.pid == *pid);
+        self.seen.retain(|pid, _| present(pid));
+        self.capacity.retain(|pid, _| present(pid));
+        self.kept_up = true;
         for replica in replicas {
-            let gap = lsn.saturating_sub(replica.replay_lsn);
             let seen = self.seen.entry(replica.pid).or_default();
-            seen.push_back((now, replica.replay_lsn, gap > 0));
+            if seen
+                .back()
+                .is_some_and(|&(_, _, primary)| replica.replay_lsn < primary)
+            {
+                self.kept_up = false;
+            }
+            seen.push_back((now, replica.replay_lsn, lsn));
+            // Keep one look at or before the window's start.
             while seen.len() > 2 && now.duration_since(seen[1].0) >= RATE_WINDOW {
                 seen.pop_front();
             }
+            // Since the oldest look whose WAL it has not all replayed, it always had WAL waiting.
+            let busy_since = seen
+                .iter()
+                .find(|&&(_, _, primary)| replica.replay_lsn < primary);
+            if let Some(&(since, from, _)) = busy_since {
+                let span = now.duration_since(since);
+                if span >= MIN_RATE_SPAN {
+                    let rate = replica.replay_lsn.saturating_sub(from) as f64 / span.as_secs_f64();
+                    self.capacity.insert(replica.pid, rate);
+                }
+            }
+        }
+    }
+
+    /// The longest a replica behind `lsn` needs to replay what it has not, plus `next` bytes more,
+    /// at its capacity (one that replays nothing never catches up); zero when no replica behind has
+    /// a capacity measured.
+    pub fn catch_up(&self, lsn: u64, next: u64, replicas: &[Replica]) -> Duration {
+        let mut longest = Duration::ZERO;
+        for replica in replicas {
+            let gap = lsn.saturating_sub(replica.replay_lsn);
+            let Some(&rate) = self.capacity.get(&replica.pid) else {
+                continue;
+            };
             if gap == 0 {
                 continue;
             }
-            // Measured from the last look before it fell behind, if it is in the window (replay
-            // started after it: a rate no higher than the true one), else from the oldest look.
-            let first_behind = seen.iter().position(|&(_, _, behind)| behind).unwrap_or(0);
-            let start = seen.get(first_behind.saturating_sub(1)).copied();
-            let need = match start {
-                Some((since, from, _)) if now.duration_since(since) >= MIN_RATE_SPAN => {
-                    let rate = replica.replay_lsn.saturating_sub(from) as f64
-                        / now.duration_since(since).as_secs_f64();
-                    let seconds = (gap + next) as f64 / rate;
-                    if seconds.is_finite() {
-                        Duration::from_secs_f64(seconds.min(1e9))
-                    } else {
-                        Duration::MAX
-                    }
-                }
-                _ => Duration::MAX,
+            let seconds = (gap + next) as f64 / rate;
+            let need = if seconds.is_finite() {
+                Duration::from_secs_f64(seconds.min(1e9))
+            } else {
+                Duration::MAX
             };
             longest = longest.max(need);
         }
         longest
     }
+
+    /// Whether, at the last look, every replica had replayed what there was at the look before.
+    pub fn kept_up(&self) -> bool {
+        self.kept_up
+    }
+
+    /// The lowest capacity measured among the replicas of the last look.
+    pub fn slowest(&self) -> Option<f64> {
+        self.capacity.values().copied().reduce(f64::min)
+    }
+}
+
+/// At most `units`, and no more than write `budget` bytes of WAL at `wal_per_unit` bytes a unit
+/// (unknown if 0); at least one.
+fn units_within(units: u64, wal_per_unit: f64, budget: f64) -> u64 {
+    if wal_per_unit <= 0.0 {
+        return units;
+    }
+    units.min((budget / wal_per_unit) as u64).max(1)
 }
 
 /// WAL written by this process over the last second.
@@ -225,6 +265,12 @@ pub struct Pacer {
     last_batch_wal: u64,
     /// The last look found a replica too far behind: the next one probes for fresh positions.
     paused_for_lag: bool,
+    /// WAL the last batch wrote per unit (page or ctid) it covered.
+    wal_per_unit: f64,
+    /// WAL the next batch may write (under max_replica_lag), and whether the next look is the
+    /// first after a batch (which adjusts it).
+    wal_budget: f64,
+    batch_to_judge: bool,
     wal: WalMeter,
     /// Set by a batch whose row locks made a session wait: give way this long before the next.
     give_way: Option<Duration>,
@@ -245,6 +291,9 @@ impl Pacer {
             wal_at_batch_start: None,
             last_batch_wal: 0,
             paused_for_lag: false,
+            wal_per_unit: 0.0,
+            wal_budget: FIRST_WAL_BUDGET,
+            batch_to_judge: false,
             wal: WalMeter::default(),
             give_way: None,
             paused: Duration::ZERO,
@@ -300,6 +349,37 @@ impl Pacer {
         }
     }
 
+    /// The units (pages or ctids) the next batch may cover, at most `units`: under max_replica_lag,
+    /// no more than its WAL budget (see [`Pacer::adjust_budget`]).
+    pub fn batch_units(&self, units: u64) -> u64 {
+        if self.limits.max_replica_lag.is_none() {
+            return units;
+        }
+        units_within(units, self.wal_per_unit, self.wal_budget)
+    }
+
+    /// After a batch of `units`: learns the WAL it wrote per unit (under max_replica_lag only).
+    pub fn batch_done(&mut self, units: u64) {
+        if let (Some(_), Some(start)) = (self.limits.max_replica_lag, self.wal_at_batch_start) {
+            let wrote = process_wal_bytes().saturating_sub(start);
+            self.wal_per_unit = wrote as f64 / units.max(1) as f64;
+            self.batch_to_judge = true;
+        }
+    }
+
+    /// At the first look after a batch: the next batch may write twice the WAL if every replica
+    /// kept up with everything before this one; if one did not, as much as the slowest replays in
+    /// half of max_replica_lag. A batch's WAL reaches a standby at once: a bigger one would put it
+    /// behind by more than the limit however long the run paused before it.
+    fn adjust_budget(&mut self, max_lag: Duration) {
+        if self.rates.kept_up() {
+            self.wal_budget = (self.wal_budget * 2.0).min(MAX_WAL_BUDGET);
+        } else if let Some(capacity) = self.rates.slowest() {
+            let half = max_lag.as_secs_f64() / 2.0;
+            self.wal_budget = (capacity * half).clamp(1.0, MAX_WAL_BUDGET);
+        }
+    }
+
     /// Whether batches should look, before they commit, for sessions their row locks hold up.
     pub fn watches_waiters(&self) -> bool {
         self.limits.yield_to_waiters
@@ -336,10 +416,13 @@ impl Pacer {
         let (position, wal_total, waiting) = BackgroundWorker::transaction(move || {
             (
                 limits.max_replica_lag.map(|_| {
+                    let seen = (insert_lsn(), streaming_replicas());
+                    // After reading: this look's position is behind the probe, which standbys
+                    // replay in time for the next look.
                     if probe {
                         ask_replicas_for_their_position();
                     }
-                    (insert_lsn(), streaming_replicas())
+                    seen
                 }),
                 limits.max_wal_rate.map(|_| process_wal_bytes()),
                 limits.yield_to_waiters && sessions_waiting_on(table),
@@ -349,9 +432,12 @@ impl Pacer {
         if let (Some(max_lag), Some((lsn, replicas))) = (limits.max_replica_lag, position) {
             self.lag.sample(now, lsn);
             let (age, bytes) = self.lag.worst(now, lsn, &replicas);
-            let catch_up = self
-                .rates
-                .catch_up(now, lsn, self.last_batch_wal, &replicas);
+            self.rates.look(now, lsn, &replicas);
+            if std::mem::take(&mut self.batch_to_judge) {
+                self.adjust_budget(max_lag);
+            }
+            let next = (self.last_batch_wal as f64).min(self.wal_budget) as u64;
+            let catch_up = self.rates.catch_up(lsn, next, &replicas);
             // What is reported: how old the oldest unreplayed WAL is (what the standby shows).
             self.last_lag = (age, bytes);
             if age > self.worst_lag.0 {
@@ -558,58 +644,85 @@ mod tests {
     }
 
     #[test]
-    fn a_replica_behind_needs_its_gap_and_the_next_batch_over_its_replay_rate() {
+    fn capacity_is_measured_only_while_a_replica_has_wal_waiting() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut rates = ReplayRates::default();
+        rates.look(t0, 1_000, &[at(7, 1_000)]);
+        // 4,000 bytes written; it has replayed none of them yet.
+        rates.look(t0 + ms(100), 5_000, &[at(7, 1_000)]);
+        assert!(
+            rates.kept_up(),
+            "it had replayed all there was at the look before"
+        );
+        assert_eq!(rates.slowest(), None);
+        assert_eq!(
+            rates.catch_up(5_000, 1_000, &[at(7, 1_000)]),
+            ms(0),
+            "capacity not known"
+        );
+        // 1,000 bytes in the 400 ms since: 2,500 bytes/s. 3,000 behind and 1,000 to come: 1.6 s.
+        rates.look(t0 + ms(500), 5_000, &[at(7, 2_000)]);
+        assert!(!rates.kept_up());
+        assert_eq!(rates.slowest(), Some(2_500.0));
+        assert_eq!(
+            rates.catch_up(5_000, 1_000, &[at(7, 2_000)]),
+            Duration::from_secs_f64(1.6)
+        );
         // Caught up: needs nothing, however big the next batch.
-        assert_eq!(rates.catch_up(t0, 1_000, 1 << 40, &[at(7, 1_000)]), ms(0));
-        // Behind, and replayed nothing yet since the look at which it was caught up.
-        assert_eq!(
-            rates.catch_up(t0 + ms(100), 5_000, 1_000, &[at(7, 1_000)]),
-            Duration::MAX
-        );
-        // 1,000 bytes replayed in the 500 ms since it was last caught up: 2,000 bytes/s. 3,000
-        // behind and 1,000 to come: 2 s.
-        assert_eq!(
-            rates.catch_up(t0 + ms(500), 5_000, 1_000, &[at(7, 2_000)]),
-            Duration::from_secs(2)
-        );
-        // Behind at its first look: its rate is not known.
-        let mut first = ReplayRates::default();
-        assert_eq!(first.catch_up(t0, 5_000, 0, &[at(3, 1_000)]), Duration::MAX);
-        // Replayed nothing since: it never catches up.
-        assert_eq!(
-            first.catch_up(t0 + ms(300), 5_000, 0, &[at(3, 1_000)]),
-            Duration::MAX
-        );
-        // Then 2,000 bytes in 400 ms: 5,000 bytes/s, 2,000 behind: 400 ms.
-        assert_eq!(
-            first.catch_up(t0 + ms(400), 5_000, 0, &[at(3, 3_000)]),
-            ms(400)
-        );
+        assert_eq!(rates.catch_up(5_000, 1 << 40, &[at(7, 5_000)]), ms(0));
+
+        // Keeping up with a trickle (what is in flight is behind only until the next look): no
+        // capacity, as what it replays is what arrives.
+        let mut trickle = ReplayRates::default();
+        for i in 0..10u64 {
+            trickle.look(
+                t0 + ms(100 * i),
+                1_000 * (i + 1),
+                &[at(3, 1_000 * (i + 1) - 10)],
+            );
+        }
+        assert!(trickle.kept_up());
+        assert_eq!(trickle.slowest(), None);
+
+        // Stopped replaying with WAL waiting: it never catches up.
+        let mut stalled = ReplayRates::default();
+        stalled.look(t0, 5_000, &[at(4, 1_000)]);
+        stalled.look(t0 + ms(300), 5_000, &[at(4, 1_000)]);
+        assert_eq!(stalled.catch_up(5_000, 0, &[at(4, 1_000)]), Duration::MAX);
     }
 
     #[test]
-    fn replay_rates_follow_the_last_second_and_the_slowest_replica() {
+    fn capacity_follows_the_last_second_and_the_slowest_replica() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let mut rates = ReplayRates::default();
-        // Replica 1 replays 1,000 bytes/s for 3 s, then 4,000 bytes/s; replica 2 is always caught up.
+        // Replica 1 replays 1,000 bytes/s for 3 s, then 4,000 bytes/s, always behind; replica 2
+        // is caught up.
         for second in 0..=3u64 {
-            rates.catch_up(
+            rates.look(
                 t0 + s(second),
                 100_000,
-                0,
                 &[at(1, 1_000 * second), at(2, 100_000)],
             );
         }
-        let need = rates.catch_up(t0 + s(4), 100_000, 0, &[at(1, 7_000), at(2, 100_000)]);
-        // Over the last second only: 4,000 bytes/s, 93,000 bytes behind.
+        rates.look(t0 + s(4), 100_000, &[at(1, 7_000), at(2, 100_000)]);
+        assert_eq!(rates.slowest(), Some(4_000.0));
+        let need = rates.catch_up(100_000, 0, &[at(1, 7_000), at(2, 100_000)]);
         assert_eq!(need, Duration::from_secs_f64(93_000.0 / 4_000.0));
         // A replica that went away is forgotten.
-        rates.catch_up(t0 + s(5), 100_000, 0, &[at(2, 100_000)]);
-        assert_eq!(rates.seen.len(), 1);
+        rates.look(t0 + s(5), 100_000, &[at(2, 100_000)]);
+        assert_eq!((rates.seen.len(), rates.slowest()), (1, None));
+    }
+
+    #[test]
+    fn a_batch_writes_no_more_wal_than_its_budget() {
+        // 1 MB at 8 kB a page: 128 pages.
+        assert_eq!(units_within(1_000, 8_192.0, 1_048_576.0), 128);
+        assert_eq!(units_within(100, 8_192.0, 1_048_576.0), 100);
+        // Never none, and unchanged while the WAL per unit is not known.
+        assert_eq!(units_within(1_000, 8_192.0, 0.0), 1);
+        assert_eq!(units_within(1_000, 0.0, 1.0), 1_000);
     }
 
     #[test]
