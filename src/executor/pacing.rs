@@ -26,8 +26,8 @@
 //!   would otherwise queue behind and lengthen); and after a batch whose row locks made a session
 //!   wait, give way for as long as that batch took (at most a second) before the next.
 //!
-//! A pause wakes every 100 ms to notice SIGTERM and `max_run_duration`; `runs.paused` and
-//! `runs.pause_reasons` record it.
+//! A pause wakes every 100 ms (for replica lag, sooner when the standby needs less to catch up) to
+//! notice SIGTERM and `max_run_duration`; `runs.paused` and `runs.pause_reasons` record it.
 
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
@@ -37,6 +37,8 @@ use std::time::{Duration, Instant};
 
 /// How often a pause looks again.
 const RECHECK: Duration = Duration::from_millis(100);
+/// The shortest pause for replica lag (see `reason_to_pause`).
+const MIN_RECHECK: Duration = Duration::from_millis(10);
 /// Longest a run gives way after a batch that made a session wait.
 const MAX_YIELD: Duration = Duration::from_secs(1);
 /// Most WAL position samples kept (one per batch or recheck): hours of batches.
@@ -342,10 +344,10 @@ impl Pacer {
         }
         loop {
             check_stop()?;
-            let Some(reason) = self.reason_to_pause() else {
+            let Some((reason, how_long)) = self.reason_to_pause() else {
                 return Ok(());
             };
-            self.pause(rule_name, reason, RECHECK);
+            self.pause(rule_name, reason, how_long);
         }
     }
 
@@ -410,7 +412,7 @@ impl Pacer {
     }
 
     /// The first signal over its limit, if any (read in a short transaction of its own).
-    fn reason_to_pause(&mut self) -> Option<Reason> {
+    fn reason_to_pause(&mut self) -> Option<(Reason, Duration)> {
         let (limits, table) = (self.limits, self.table);
         let probe = self.paused_for_lag;
         let (position, wal_total, waiting) = BackgroundWorker::transaction(move || {
@@ -445,15 +447,22 @@ impl Pacer {
             }
             self.paused_for_lag = age > max_lag || catch_up > max_lag;
             if self.paused_for_lag {
-                return Some(Reason::ReplicaLag);
+                // Only as long as the standby needs to catch up, when that is what holds the run
+                // (a small max_replica_lag would otherwise cap a run at a batch per recheck).
+                let how_long = if age > max_lag {
+                    RECHECK
+                } else {
+                    (catch_up - max_lag).clamp(MIN_RECHECK, RECHECK)
+                };
+                return Some((Reason::ReplicaLag, how_long));
             }
         }
         if let (Some(max_rate), Some(total)) = (limits.max_wal_rate, wal_total) {
             if self.wal.last_second(now, total) as f64 > max_rate {
-                return Some(Reason::WalRate);
+                return Some((Reason::WalRate, RECHECK));
             }
         }
-        waiting.then_some(Reason::Waiters)
+        waiting.then_some((Reason::Waiters, RECHECK))
     }
 
     /// For `runs.pause_reasons`: seconds paused per reason, as JSON, with the worst replica lag
