@@ -79,8 +79,9 @@ impl Reason {
 
 /// How long replay rates are measured over.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
-/// The shortest stretch a replay capacity is measured over.
-const MIN_RATE_SPAN: Duration = Duration::from_millis(50);
+/// The shortest stretch a replay rate is measured over (a standby that replays in bursts, as one
+/// busy with queries does, would show its bursts' rate over a shorter one).
+const MIN_RATE_SPAN: Duration = Duration::from_millis(200);
 /// The WAL a run's first batch may write under max_replica_lag, before any replica's capacity is
 /// known; doubled after every batch all replicas kept up with (as TCP's slow start).
 const FIRST_WAL_BUDGET: f64 = 1_048_576.0;
@@ -153,6 +154,8 @@ pub struct ReplayRates {
     seen: std::collections::HashMap<i32, VecDeque<(Instant, u64, u64)>>,
     /// Per WAL sender: bytes/s it replayed over the last stretch in which it had WAL waiting.
     capacity: std::collections::HashMap<i32, f64>,
+    /// Per WAL sender: bytes/s it replayed over its looks of the last second, waiting or not.
+    average: std::collections::HashMap<i32, f64>,
     /// At the last look, every replica had replayed all the WAL there was at the look before.
     kept_up: bool,
 }
@@ -163,6 +166,7 @@ impl ReplayRates {
         let present = |pid: &i32| replicas.iter().any(|r| r.pid == *pid);
         self.seen.retain(|pid, _| present(pid));
         self.capacity.retain(|pid, _| present(pid));
+        self.average.retain(|pid, _| present(pid));
         self.kept_up = true;
         for replica in replicas {
             let seen = self.seen.entry(replica.pid).or_default();
@@ -177,16 +181,23 @@ impl ReplayRates {
             while seen.len() > 2 && now.duration_since(seen[1].0) >= RATE_WINDOW {
                 seen.pop_front();
             }
+            let rate_since = |since: Instant, from: u64| {
+                let span = now.duration_since(since);
+                (span >= MIN_RATE_SPAN)
+                    .then(|| replica.replay_lsn.saturating_sub(from) as f64 / span.as_secs_f64())
+            };
+            if let Some(rate) = seen
+                .front()
+                .and_then(|&(since, from, _)| rate_since(since, from))
+            {
+                self.average.insert(replica.pid, rate);
+            }
             // Since the oldest look whose WAL it has not all replayed, it always had WAL waiting.
             let busy_since = seen
                 .iter()
                 .find(|&&(_, _, primary)| replica.replay_lsn < primary);
-            if let Some(&(since, from, _)) = busy_since {
-                let span = now.duration_since(since);
-                if span >= MIN_RATE_SPAN {
-                    let rate = replica.replay_lsn.saturating_sub(from) as f64 / span.as_secs_f64();
-                    self.capacity.insert(replica.pid, rate);
-                }
+            if let Some(rate) = busy_since.and_then(|&(since, from, _)| rate_since(since, from)) {
+                self.capacity.insert(replica.pid, rate);
             }
         }
     }
@@ -223,6 +234,11 @@ impl ReplayRates {
     /// The lowest capacity measured among the replicas of the last look.
     pub fn slowest(&self) -> Option<f64> {
         self.capacity.values().copied().reduce(f64::min)
+    }
+
+    /// The lowest replay rate over the last second among the replicas of the last look.
+    pub fn slowest_average(&self) -> Option<f64> {
+        self.average.values().copied().reduce(f64::min)
     }
 }
 
@@ -371,14 +387,20 @@ impl Pacer {
 
     /// At the first look after a batch: the next batch may write twice the WAL if every replica
     /// kept up with everything before this one; if one did not, as much as the slowest replays in
-    /// half of max_replica_lag. A batch's WAL reaches a standby at once: a bigger one would put it
-    /// behind by more than the limit however long the run paused before it.
+    /// half of max_replica_lag. Either way no more than the slowest replayed in half of it over the
+    /// last second, so that a standby replaying in bursts, which keeps up with small batches
+    /// between them, does not let the budget grow past what it replays on average. A batch's WAL
+    /// reaches a standby at once: a bigger one would put it behind by more than the limit however
+    /// long the run paused before it.
     fn adjust_budget(&mut self, max_lag: Duration) {
+        let half = max_lag.as_secs_f64() / 2.0;
         if self.rates.kept_up() {
             self.wal_budget = (self.wal_budget * 2.0).min(MAX_WAL_BUDGET);
         } else if let Some(capacity) = self.rates.slowest() {
-            let half = max_lag.as_secs_f64() / 2.0;
             self.wal_budget = (capacity * half).clamp(1.0, MAX_WAL_BUDGET);
+        }
+        if let Some(average) = self.rates.slowest_average() {
+            self.wal_budget = self.wal_budget.min((average * half).max(FIRST_WAL_BUDGET));
         }
     }
 
@@ -664,7 +686,8 @@ mod tests {
             rates.kept_up(),
             "it had replayed all there was at the look before"
         );
-        assert_eq!(rates.slowest(), None);
+        // 100 ms: too short to measure a rate over.
+        assert_eq!((rates.slowest(), rates.slowest_average()), (None, None));
         assert_eq!(
             rates.catch_up(5_000, 1_000, &[at(7, 1_000)]),
             ms(0),
@@ -674,6 +697,8 @@ mod tests {
         rates.look(t0 + ms(500), 5_000, &[at(7, 2_000)]);
         assert!(!rates.kept_up());
         assert_eq!(rates.slowest(), Some(2_500.0));
+        // Over its looks (500 ms, waiting or not): 2,000 bytes/s.
+        assert_eq!(rates.slowest_average(), Some(2_000.0));
         assert_eq!(
             rates.catch_up(5_000, 1_000, &[at(7, 2_000)]),
             Duration::from_secs_f64(1.6)
