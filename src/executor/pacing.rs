@@ -93,6 +93,8 @@ pub struct Replica {
     /// Its WAL sender's process id: which replica it is from one look to the next.
     pub pid: i32,
     pub replay_lsn: u64,
+    /// What it has received and flushed (reported with `replay_lsn`).
+    pub flush_lsn: u64,
     /// `replay_lag`, which stops moving when replay stops.
     pub reported_lag: Duration,
 }
@@ -150,33 +152,33 @@ impl LagClock {
 /// WAL to replay (since a look whose primary position it has still not reached).
 #[derive(Debug, Default)]
 pub struct ReplayRates {
-    /// Per WAL sender: its looks of the last second, (when, its replay position, the primary's).
+    /// Per WAL sender: its looks of the last second, (when, its replay position, what it had
+    /// received and flushed).
     seen: std::collections::HashMap<i32, VecDeque<(Instant, u64, u64)>>,
     /// Per WAL sender: bytes/s it replayed over the last stretch in which it had WAL waiting.
     capacity: std::collections::HashMap<i32, f64>,
     /// Per WAL sender: bytes/s it replayed over its looks of the last second, waiting or not.
     average: std::collections::HashMap<i32, f64>,
-    /// At the last look, every replica had replayed all the WAL there was at the look before.
-    kept_up: bool,
+    /// Per WAL sender: at the last look, it held no more WAL unreplayed than a healthy one does.
+    kept_up: std::collections::HashMap<i32, bool>,
 }
 
 impl ReplayRates {
-    /// Records a look at `replicas` at `now`, the primary at `lsn`.
-    pub fn look(&mut self, now: Instant, lsn: u64, replicas: &[Replica]) {
+    /// Records a look at `replicas` at `now`. A replica holding at most `backlog` bytes received
+    /// and not replayed keeps up: a standby reports its position when WAL reaches it, before
+    /// replaying it, so a healthy one shows about what it has just received.
+    pub fn look(&mut self, now: Instant, replicas: &[Replica], backlog: u64) {
         let present = |pid: &i32| replicas.iter().any(|r| r.pid == *pid);
         self.seen.retain(|pid, _| present(pid));
         self.capacity.retain(|pid, _| present(pid));
         self.average.retain(|pid, _| present(pid));
-        self.kept_up = true;
+        self.kept_up.clear();
         for replica in replicas {
+            let waiting = |replay: u64, received: u64| received.saturating_sub(replay) > backlog;
+            let kept_up = !waiting(replica.replay_lsn, replica.flush_lsn);
+            self.kept_up.insert(replica.pid, kept_up);
             let seen = self.seen.entry(replica.pid).or_default();
-            if seen
-                .back()
-                .is_some_and(|&(_, _, primary)| replica.replay_lsn < primary)
-            {
-                self.kept_up = false;
-            }
-            seen.push_back((now, replica.replay_lsn, lsn));
+            seen.push_back((now, replica.replay_lsn, replica.flush_lsn));
             // Keep one look at or before the window's start.
             while seen.len() > 2 && now.duration_since(seen[1].0) >= RATE_WINDOW {
                 seen.pop_front();
@@ -192,10 +194,17 @@ impl ReplayRates {
             {
                 self.average.insert(replica.pid, rate);
             }
-            // Since the oldest look whose WAL it has not all replayed, it always had WAL waiting.
-            let busy_since = seen
-                .iter()
-                .find(|&&(_, _, primary)| replica.replay_lsn < primary);
+            if kept_up {
+                // Nothing was waiting for it: an old measure (say, while it was stopped) no
+                // longer holds.
+                self.capacity.remove(&replica.pid);
+                continue;
+            }
+            // Since the oldest look at which WAL was waiting for it, if it has not replayed all
+            // it had received then, it always had WAL to replay: its rate is its capacity.
+            let busy_since = seen.iter().find(|&&(_, replay, received)| {
+                waiting(replay, received) && replica.replay_lsn < received
+            });
             if let Some(rate) = busy_since.and_then(|&(since, from, _)| rate_since(since, from)) {
                 self.capacity.insert(replica.pid, rate);
             }
@@ -203,18 +212,23 @@ impl ReplayRates {
     }
 
     /// The longest a replica behind `lsn` needs to replay what it has not, plus `next` bytes more,
-    /// at its capacity (one that replays nothing never catches up); zero when no replica behind has
-    /// a capacity measured.
+    /// at its capacity (one that replays nothing never catches up). A replica behind whose capacity
+    /// is not measured yet needs nothing if it kept up at the last look, and never catches up if it
+    /// did not: the run waits until it is measured (a run writes far more in the time it takes to
+    /// measure than a slow standby replays).
     pub fn catch_up(&self, lsn: u64, next: u64, replicas: &[Replica]) -> Duration {
         let mut longest = Duration::ZERO;
         for replica in replicas {
             let gap = lsn.saturating_sub(replica.replay_lsn);
-            let Some(&rate) = self.capacity.get(&replica.pid) else {
-                continue;
-            };
             if gap == 0 {
                 continue;
             }
+            let Some(&rate) = self.capacity.get(&replica.pid) else {
+                if self.kept_up.get(&replica.pid) == Some(&false) {
+                    longest = Duration::MAX;
+                }
+                continue;
+            };
             let seconds = (gap + next) as f64 / rate;
             let need = if seconds.is_finite() {
                 Duration::from_secs_f64(seconds.min(1e9))
@@ -226,9 +240,9 @@ impl ReplayRates {
         longest
     }
 
-    /// Whether, at the last look, every replica had replayed what there was at the look before.
+    /// Whether, at the last look, no replica held more WAL unreplayed than a healthy one does.
     pub fn kept_up(&self) -> bool {
-        self.kept_up
+        self.kept_up.values().all(|&kept| kept)
     }
 
     /// The lowest capacity measured among the replicas of the last look.
@@ -456,7 +470,8 @@ impl Pacer {
         if let (Some(max_lag), Some((lsn, replicas))) = (limits.max_replica_lag, position) {
             self.lag.sample(now, lsn);
             let (age, bytes) = self.lag.worst(now, lsn, &replicas);
-            self.rates.look(now, lsn, &replicas);
+            let backlog = (2 * self.last_batch_wal).max(FIRST_WAL_BUDGET as u64);
+            self.rates.look(now, &replicas, backlog);
             if std::mem::take(&mut self.batch_to_judge) {
                 self.adjust_budget(max_lag);
             }
@@ -544,6 +559,7 @@ fn streaming_replicas() -> Vec<Replica> {
     Spi::connect(|client| {
         let rows = client.select(
             "SELECT pid, pg_catalog.pg_wal_lsn_diff(replay_lsn, '0/0')::int8, \
+                    pg_catalog.pg_wal_lsn_diff(coalesce(flush_lsn, replay_lsn), '0/0')::int8, \
                     coalesce(extract(epoch FROM replay_lag), 0)::float8 \
                FROM pg_catalog.pg_stat_replication \
               WHERE state = 'streaming' AND replay_lsn IS NOT NULL",
@@ -554,9 +570,11 @@ fn streaming_replicas() -> Vec<Replica> {
         for row in rows {
             let pid: i32 = row.get(1)?.unwrap_or(0);
             let replay: i64 = row.get(2)?.unwrap_or(0);
-            let reported: f64 = row.get(3)?.unwrap_or(0.0);
+            let flush: i64 = row.get(3)?.unwrap_or(0);
+            let reported: f64 = row.get(4)?.unwrap_or(0.0);
             replicas.push(Replica {
                 pid,
+                flush_lsn: flush.max(replay).max(0) as u64,
                 replay_lsn: replay.max(0) as u64,
                 reported_lag: Duration::from_secs_f64(reported.max(0.0)),
             });
@@ -606,6 +624,7 @@ mod tests {
         let stalled = Replica {
             pid: 1,
             replay_lsn: 150,
+            flush_lsn: 150,
             reported_lag: Duration::from_millis(20),
         };
         let (lag, bytes) = clock.worst(t0 + Duration::from_secs(5), 300, &[stalled]);
@@ -624,6 +643,7 @@ mod tests {
         let caught_up = Replica {
             pid: 1,
             replay_lsn: 100,
+            flush_lsn: 100,
             reported_lag: Duration::from_secs(12),
         };
         assert_eq!(
@@ -641,6 +661,7 @@ mod tests {
         let slow = Replica {
             pid: 1,
             replay_lsn: 90,
+            flush_lsn: 90,
             reported_lag: Duration::from_secs(3),
         };
         assert_eq!(clock.worst(t0, 100, &[slow]), (Duration::from_secs(3), 10));
@@ -655,21 +676,24 @@ mod tests {
         let near = Replica {
             pid: 2,
             replay_lsn: 150,
+            flush_lsn: 150,
             reported_lag: Duration::ZERO,
         };
         let far = Replica {
             pid: 1,
             replay_lsn: 50,
+            flush_lsn: 50,
             reported_lag: Duration::ZERO,
         };
         let (lag, bytes) = clock.worst(t0 + Duration::from_secs(4), 200, &[near, far]);
         assert_eq!((lag, bytes), (Duration::from_secs(4), 150));
     }
 
-    fn at(pid: i32, replay_lsn: u64) -> Replica {
+    fn at(pid: i32, replay_lsn: u64, flush_lsn: u64) -> Replica {
         Replica {
             pid,
             replay_lsn,
+            flush_lsn,
             reported_lag: Duration::ZERO,
         }
     }
@@ -678,52 +702,64 @@ mod tests {
     fn capacity_is_measured_only_while_a_replica_has_wal_waiting() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
+        let backlog = 100;
         let mut rates = ReplayRates::default();
-        rates.look(t0, 1_000, &[at(7, 1_000)]);
-        // 4,000 bytes written; it has replayed none of them yet.
-        rates.look(t0 + ms(100), 5_000, &[at(7, 1_000)]);
-        assert!(
-            rates.kept_up(),
-            "it had replayed all there was at the look before"
-        );
-        // 100 ms: too short to measure a rate over.
-        assert_eq!((rates.slowest(), rates.slowest_average()), (None, None));
+        rates.look(t0, &[at(7, 1_000, 1_000)], backlog);
+        assert!(rates.kept_up());
+        // 4,000 bytes received, none replayed: behind, its capacity not known yet, so it never
+        // catches up (the run waits to measure it).
+        rates.look(t0 + ms(100), &[at(7, 1_000, 5_000)], backlog);
+        assert!(!rates.kept_up());
         assert_eq!(
-            rates.catch_up(5_000, 1_000, &[at(7, 1_000)]),
-            ms(0),
-            "capacity not known"
+            (rates.slowest(), rates.slowest_average()),
+            (None, None),
+            "100 ms: too short"
+        );
+        assert_eq!(
+            rates.catch_up(5_000, 1_000, &[at(7, 1_000, 5_000)]),
+            Duration::MAX
         );
         // 1,000 bytes in the 400 ms since: 2,500 bytes/s. 3,000 behind and 1,000 to come: 1.6 s.
-        rates.look(t0 + ms(500), 5_000, &[at(7, 2_000)]);
-        assert!(!rates.kept_up());
+        rates.look(t0 + ms(500), &[at(7, 2_000, 5_000)], backlog);
         assert_eq!(rates.slowest(), Some(2_500.0));
         // Over its looks (500 ms, waiting or not): 2,000 bytes/s.
         assert_eq!(rates.slowest_average(), Some(2_000.0));
         assert_eq!(
-            rates.catch_up(5_000, 1_000, &[at(7, 2_000)]),
+            rates.catch_up(5_000, 1_000, &[at(7, 2_000, 5_000)]),
             Duration::from_secs_f64(1.6)
         );
-        // Caught up: needs nothing, however big the next batch.
-        assert_eq!(rates.catch_up(5_000, 1 << 40, &[at(7, 5_000)]), ms(0));
+        // Caught up: needs nothing, however big the next batch, and its old capacity is dropped.
+        rates.look(t0 + ms(600), &[at(7, 5_000, 5_000)], backlog);
+        assert!(rates.kept_up());
+        assert_eq!(rates.slowest(), None);
+        assert_eq!(
+            rates.catch_up(5_000, 1 << 40, &[at(7, 5_000, 5_000)]),
+            ms(0)
+        );
 
-        // Keeping up with a trickle (what is in flight is behind only until the next look): no
-        // capacity, as what it replays is what arrives.
-        let mut trickle = ReplayRates::default();
+        // Healthy: shows a little received and not replayed at every look (within the backlog),
+        // with the primary further on (WAL not yet sent). It keeps up, and needs nothing.
+        let mut healthy = ReplayRates::default();
         for i in 0..10u64 {
-            trickle.look(
-                t0 + ms(100 * i),
-                1_000 * (i + 1),
-                &[at(3, 1_000 * (i + 1) - 10)],
-            );
+            let replay = 1_000 * (i + 1);
+            healthy.look(t0 + ms(100 * i), &[at(3, replay, replay + 80)], backlog);
         }
-        assert!(trickle.kept_up());
-        assert_eq!(trickle.slowest(), None);
+        assert!(healthy.kept_up());
+        assert_eq!(healthy.slowest(), None);
+        assert_eq!(
+            healthy.catch_up(20_000, 5_000, &[at(3, 10_000, 10_080)]),
+            ms(0)
+        );
 
         // Stopped replaying with WAL waiting: it never catches up.
         let mut stalled = ReplayRates::default();
-        stalled.look(t0, 5_000, &[at(4, 1_000)]);
-        stalled.look(t0 + ms(300), 5_000, &[at(4, 1_000)]);
-        assert_eq!(stalled.catch_up(5_000, 0, &[at(4, 1_000)]), Duration::MAX);
+        stalled.look(t0, &[at(4, 1_000, 5_000)], backlog);
+        stalled.look(t0 + ms(300), &[at(4, 1_000, 5_000)], backlog);
+        assert_eq!(stalled.slowest(), Some(0.0));
+        assert_eq!(
+            stalled.catch_up(5_000, 0, &[at(4, 1_000, 5_000)]),
+            Duration::MAX
+        );
     }
 
     #[test]
@@ -734,18 +770,16 @@ mod tests {
         // Replica 1 replays 1,000 bytes/s for 3 s, then 4,000 bytes/s, always behind; replica 2
         // is caught up.
         for second in 0..=3u64 {
-            rates.look(
-                t0 + s(second),
-                100_000,
-                &[at(1, 1_000 * second), at(2, 100_000)],
-            );
+            let replicas = [at(1, 1_000 * second, 100_000), at(2, 100_000, 100_000)];
+            rates.look(t0 + s(second), &replicas, 100);
         }
-        rates.look(t0 + s(4), 100_000, &[at(1, 7_000), at(2, 100_000)]);
+        let replicas = [at(1, 7_000, 100_000), at(2, 100_000, 100_000)];
+        rates.look(t0 + s(4), &replicas, 100);
         assert_eq!(rates.slowest(), Some(4_000.0));
-        let need = rates.catch_up(100_000, 0, &[at(1, 7_000), at(2, 100_000)]);
+        let need = rates.catch_up(100_000, 0, &replicas);
         assert_eq!(need, Duration::from_secs_f64(93_000.0 / 4_000.0));
         // A replica that went away is forgotten.
-        rates.look(t0 + s(5), 100_000, &[at(2, 100_000)]);
+        rates.look(t0 + s(5), &[at(2, 100_000, 100_000)], 100);
         assert_eq!((rates.seen.len(), rates.slowest()), (1, None));
     }
 
