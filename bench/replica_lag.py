@@ -14,7 +14,11 @@ throttle off. (Pinning the standby to one core at nice 19 beside a busy loop was
 replaying each fresh 2M-row copy of the table then took over ten minutes.)
 
 While each purge runs and until the standby has caught up, a sampler reads the primary every 100 ms:
-its WAL position, and the standby's replay_lsn and replay_lag from pg_stat_replication. The lag
+its WAL position, and the standby's replay_lsn and replay_lag from pg_stat_replication. Before each
+read it commits a tiny WAL record (a logical message): a standby reports its replay position when
+new WAL reaches it, otherwise only every wal_receiver_status_interval (10 s), which after a purge
+would show a standby that has caught up as still behind. Autovacuum is off on the purged table: its
+WAL after a purge is not the purge's. The lag
 plotted is the age of the oldest WAL position the standby had not replayed (the measure the
 extension paces by, which also shows a stalled standby); the byte gap is beside it.
 
