@@ -204,14 +204,7 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
         paused: tally.pacer.paused,
         pause_reasons: tally.pacer.reasons_json(),
     };
-    BackgroundWorker::transaction(|| {
-        // Without waiting for the WAL flush, as the batches commit: waiting would flush the WAL of
-        // the last batches too, which held up the end of a 2M-row run by 15-25 ms. A crash before
-        // the flush leaves the run `running` (marked `interrupted` at the restart) with the
-        // progress of its last durable batch: the record still tells what was deleted.
-        crate::owner::set_for_transaction("synchronous_commit", "off");
-        history::finish(run_id, &report.outcome, &report.counts())
-    });
+    BackgroundWorker::transaction(|| history::finish(run_id, &report.outcome, &report.counts()));
     report
 }
 
@@ -453,8 +446,7 @@ pub fn report_activity(what: &str) {
 ///
 /// Batches commit without waiting for their WAL flush (one fsync per batch would dominate small
 /// batches). A crash can lose only the last few batches' deletes, and those rows still match and go
-/// in the next run. The run's `running` record commits synchronously (a run is never lost); its
-/// final record does not, see [`execute`].
+/// in the next run; the run's `running` and final records commit synchronously.
 ///
 /// The batches' full-page images are compressed (see pg_token_cleanup.wal_compression): less WAL
 /// to write, replicate and archive, and shorter WAL flushes for concurrent commits. Recovery reads

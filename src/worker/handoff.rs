@@ -7,7 +7,7 @@
 //! JSON. The giver keeps the segment mapped (a [`Handoff`]) until the runner is done with it; the
 //! runner attaches, copies and detaches, and a manual run's runner attaches again to say it is done
 //! ([`signal_done`]): `run()` returns when the run is recorded, not when the worker process is
-//! gone (tearing down a process that touched a large table took 10-15 ms more).
+//! gone (tearing down a process that touched a large table took 10-25 ms more).
 
 use pgrx::pg_sys;
 use serde::{de::DeserializeOwned, Serialize};
