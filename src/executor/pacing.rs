@@ -400,7 +400,7 @@ impl Pacer {
     }
 
     /// At the first look after a batch: the next batch may write twice the WAL if every replica
-    /// kept up with everything before this one; if one did not, as much as the slowest replays in
+    /// keeps up (see [`ReplayRates::look`]); if one does not, as much as the slowest replays in
     /// half of max_replica_lag. Either way no more than the slowest replayed in half of it over the
     /// last second, so that a standby replaying in bursts, which keeps up with small batches
     /// between them, does not let the budget grow past what it replays on average. A batch's WAL
