@@ -49,7 +49,7 @@ postgres15() {
 part "PostgreSQL 15: unit, #[pg_test], end-to-end, load and ${SOAK_SECS} s soak" postgres15
 part "pg_regress: the SQL surface" bash scripts/regress.sh
 part "PostgreSQL 14, 16, 17, 18: build and end-to-end suites" bash scripts/matrix.sh
-part "upgrade 0.1.0 -> $(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)" bash scripts/upgrade_test.sh
+part "upgrades from 0.1.0 and 0.2.0 to this version" bash scripts/upgrade_test.sh
 part "Debian package" bash scripts/package_test.sh
 
 echo
