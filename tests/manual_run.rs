@@ -159,6 +159,16 @@ fn rows_locked_by_other_sessions_are_skipped_not_waited_on() {
 }
 
 /// Runs `rule` now; returns the rows it deleted, how it found them, and how many batches it took.
+/// Count and sum of ids of the rows of `table` that are not revoked: what a rule on `revoked` keeps.
+fn not_revoked(db: &mut postgres::Client, table: &str) -> String {
+    db.query_one(
+        &format!("SELECT count(*)::text || ':' || sum(id)::text FROM {table} WHERE NOT revoked"),
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
 fn run_now(db: &mut postgres::Client, rule: &str) -> (i64, String, i32) {
     let run = db
         .query_one(
@@ -212,15 +222,7 @@ fn runs_walk_the_table_or_use_an_index_as_the_planner_would_and_keep_to_batch_si
            VALUES ('codes', 'public.codes', 'revoked', '@yearly', 100);",
     )
     .unwrap();
-    let kept = |db: &mut postgres::Client| -> String {
-        db.query_one(
-            "SELECT count(*)::text || ':' || sum(id)::text FROM public.codes WHERE NOT revoked",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-    };
-    let kept_before = kept(&mut db);
+    let kept_before = not_revoked(&mut db, "public.codes");
     let (deleted, method, batches) = run_now(&mut db, "codes");
     assert_eq!(deleted, 10_000);
     assert_eq!(method, "table walk");
@@ -228,7 +230,7 @@ fn runs_walk_the_table_or_use_an_index_as_the_planner_would_and_keep_to_batch_si
         batches >= 100,
         "10,000 rows in {batches} batches of at most 100"
     );
-    assert_eq!(kept(&mut db), kept_before);
+    assert_eq!(not_revoked(&mut db, "public.codes"), kept_before);
     assert_eq!(
         count(&mut db, "SELECT count(*) FROM public.codes WHERE revoked"),
         0
@@ -347,15 +349,7 @@ fn a_condition_that_calls_the_batch_cap_itself_only_makes_its_batches_smaller() 
            ('spender', 'app.codes', 'revoked AND token_cleanup.within_batch(ctid)', '@yearly', 100);",
     )
     .unwrap();
-    let kept = |db: &mut postgres::Client| -> String {
-        db.query_one(
-            "SELECT count(*)::text || ':' || sum(id)::text FROM app.codes WHERE NOT revoked",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-    };
-    let kept_before = kept(&mut app);
+    let kept_before = not_revoked(&mut app, "app.codes");
 
     let (deleted, method, control_batches) = run_now(&mut app, "control");
     assert_eq!((deleted, method.as_str()), (5_000, "table walk"));
@@ -371,5 +365,5 @@ fn a_condition_that_calls_the_batch_cap_itself_only_makes_its_batches_smaller() 
         count(&mut app, "SELECT count(*) FROM app.codes WHERE revoked"),
         0
     );
-    assert_eq!(kept(&mut app), kept_before);
+    assert_eq!(not_revoked(&mut app, "app.codes"), kept_before);
 }

@@ -12,9 +12,10 @@
 //!   sample: after catching up, PostgreSQL keeps showing the old lag for a while.
 //!   The age of what is unreplayed grows only as time passes, so a burst of batches could write far
 //!   more WAL than the standby replays in `max_replica_lag` before that age reaches it. So the lag
-//!   also counts what the standby has still to replay, plus what the next batch will write (as much
-//!   as the last one), at the rate it replayed over the last second: the time it needs to catch up
-//!   ([`ReplayRates`]). A standby that is not behind never holds up a batch, however big.
+//!   also counts what the standby has still to replay, plus what the next batch will write, at its
+//!   capacity (its replay rate while it had WAL waiting, [`ReplayRates`]): the time it needs to
+//!   catch up. And a batch writes no more WAL than the slowest standby replays in half the limit
+//!   ([`Pacer::batch_units`]). A standby that keeps up never holds up a batch.
 //!   While paused for lag, the run writes a tiny WAL record (a logical message) at every recheck:
 //!   a standby reports its replay position when new WAL reaches it, and otherwise only every
 //!   `wal_receiver_status_interval` (10 s), which would keep a run paused long after the standby
@@ -292,7 +293,8 @@ pub struct Pacer {
     table: pg_sys::Oid,
     lag: LagClock,
     rates: ReplayRates,
-    /// This process's WAL total when the last batch started, and what that batch wrote.
+    /// This process's WAL total when the last batch started, and what that batch wrote (under
+    /// max_replica_lag, the only signal that needs it).
     wal_at_batch_start: Option<u64>,
     last_batch_wal: u64,
     /// The last look found a replica too far behind: the next one probes for fresh positions.
@@ -354,10 +356,6 @@ impl Pacer {
         if !self.limits.any() {
             return Ok(());
         }
-        let wal_total = process_wal_bytes();
-        if let Some(start) = self.wal_at_batch_start {
-            self.last_batch_wal = wal_total.saturating_sub(start);
-        }
         let result = self.wait_for_signals(rule_name, &mut check_stop);
         self.wal_at_batch_start = Some(process_wal_bytes());
         result
@@ -393,8 +391,8 @@ impl Pacer {
     /// After a batch of `units`: learns the WAL it wrote per unit (under max_replica_lag only).
     pub fn batch_done(&mut self, units: u64) {
         if let (Some(_), Some(start)) = (self.limits.max_replica_lag, self.wal_at_batch_start) {
-            let wrote = process_wal_bytes().saturating_sub(start);
-            self.wal_per_unit = wrote as f64 / units.max(1) as f64;
+            self.last_batch_wal = process_wal_bytes().saturating_sub(start);
+            self.wal_per_unit = self.last_batch_wal as f64 / units.max(1) as f64;
             self.batch_to_judge = true;
         }
     }
@@ -540,7 +538,8 @@ fn process_wal_bytes() -> u64 {
 /// with their replay position now (see the module's header).
 fn ask_replicas_for_their_position() {
     let lsn = Spi::get_one::<i64>(
-        "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_logical_emit_message(false,                 'pg_token_cleanup', 'replica lag probe'), '0/0')::int8",
+        "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_logical_emit_message(false, \
+                'pg_token_cleanup', 'replica lag probe'), '0/0')::int8",
     );
     if let Ok(Some(lsn)) = lsn {
         // SAFETY: flushes WAL up to a position already inserted.
