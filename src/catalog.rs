@@ -60,11 +60,17 @@ impl Rule {
             .max(0) as u32
     }
 
-    /// How long a run may go on before it stops between batches; `None`: no limit.
+    /// How long a run may go on before it stops between batches: the rule's own, lowered to
+    /// pg_token_cleanup.max_run_duration; `None`: no limit.
     pub fn max_run_duration(&self) -> Option<std::time::Duration> {
-        self.max_run_duration_ms
+        let own = self
+            .max_run_duration_ms
             .filter(|ms| *ms > 0)
-            .map(|ms| std::time::Duration::from_millis(ms as u64))
+            .map(|ms| std::time::Duration::from_millis(ms as u64));
+        match (own, gucs::max_run_duration()) {
+            (Some(own), Some(ceiling)) => Some(own.min(ceiling)),
+            (own, ceiling) => own.or(ceiling),
+        }
     }
 
     /// The time zone the rule's schedule is evaluated in: its own, else the setting.
@@ -107,11 +113,23 @@ impl Rule {
                 .lock_timeout_ms
                 .map(clamp)
                 .unwrap_or_else(gucs::lock_timeout_ms),
-            statement_timeout_ms: self
-                .statement_timeout_ms
-                .map(clamp)
-                .unwrap_or_else(gucs::statement_timeout_ms),
+            statement_timeout_ms: capped(
+                self.statement_timeout_ms
+                    .map(clamp)
+                    .unwrap_or_else(gucs::statement_timeout_ms),
+                gucs::max_statement_timeout_ms(),
+            ),
         }
+    }
+}
+
+/// A timeout (0: none) lowered to a ceiling (0: none): a rule cannot exceed the DBA's ceiling, nor
+/// turn it off with 0.
+fn capped(timeout_ms: i32, ceiling_ms: i32) -> i32 {
+    match (timeout_ms, ceiling_ms) {
+        (t, 0) => t,
+        (0, c) => c,
+        (t, c) => t.min(c),
     }
 }
 

@@ -80,24 +80,44 @@ impl Error {
         unreachable!("ERROR does not return")
     }
 
-    /// Any caught error (PostgreSQL ERROR, Rust error!() or panic).
+    /// Any caught error (PostgreSQL ERROR, Rust error!() or panic). Its texts are cut to
+    /// [`MAX_TEXT_BYTES`] each: a rule's code chooses them, and they are stored, logged and raised.
     pub fn from_caught(caught: pg_sys::panic::CaughtError) -> Error {
         use pg_sys::panic::CaughtError;
         match &caught {
             CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => Error {
                 sqlstate: r.sql_error_code(),
-                message: r.message().to_string(),
-                detail: r.detail().map(str::to_string),
-                hint: r.hint().map(str::to_string),
+                message: bounded(r.message()),
+                detail: r.detail().map(bounded),
+                hint: r.hint().map(bounded),
             },
+            // A panic's report carries a Rust backtrace in its detail; that is for no client.
             CaughtError::RustPanic { ereport, .. } => Error {
                 sqlstate: ereport.sql_error_code(),
-                message: ereport.message().to_string(),
+                message: bounded(ereport.message()),
                 detail: None,
                 hint: None,
             },
         }
     }
+}
+
+/// Longest message, detail or hint kept from an error a rule's code raised.
+pub const MAX_TEXT_BYTES: usize = 2048;
+
+/// `text` cut to at most [`MAX_TEXT_BYTES`] on a character boundary, with a marker that says how
+/// long it was: a condition that raises a megabyte must not fill the history and the log.
+pub fn bounded(text: &str) -> String {
+    if text.len() <= MAX_TEXT_BYTES {
+        return text.to_string();
+    }
+    let marker = format!(" … [cut: {} bytes]", text.len());
+    let keep = MAX_TEXT_BYTES - marker.len();
+    let end = (0..=keep)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}{marker}", &text[..end])
 }
 
 impl std::fmt::Display for Error {
@@ -181,6 +201,22 @@ fn packed_sqlstate(code: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_texts_are_cut_with_a_marker() {
+        assert_eq!(bounded("short"), "short");
+        let exact = "x".repeat(MAX_TEXT_BYTES);
+        assert_eq!(bounded(&exact), exact);
+        let long = "é".repeat(1_000_000);
+        let cut = bounded(&long);
+        assert!(cut.len() <= MAX_TEXT_BYTES, "{} bytes", cut.len());
+        assert!(
+            cut.ends_with(" … [cut: 2000000 bytes]"),
+            "{}",
+            &cut[cut.len() - 40..]
+        );
+        assert!(cut.starts_with("éé"));
+    }
 
     #[test]
     fn sqlstates_round_trip_through_their_text() {

@@ -17,6 +17,9 @@ static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_BATCH_SIZE);
 static HISTORY_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
 static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
 static STATEMENT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
+/// Ceilings a rule cannot exceed or turn off (0: none): the DBA's, not the rule owner's.
+static MAX_STATEMENT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+static MAX_RUN_DURATION_S: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// How the WAL of a run's batches is compressed (PostgreSQL's `wal_compression`, for our
 /// transactions only).
 #[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -153,6 +156,26 @@ pub fn init() {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_token_cleanup.max_statement_timeout",
+        c"The longest statement timeout any rule may have; 0: no ceiling.",
+        c"A rule's statement_timeout above it, or 0, is lowered to it. A statement of the rule's code still running a second after its timeout is ended by the worker, even if it catches the cancel.",
+        &MAX_STATEMENT_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_token_cleanup.max_run_duration",
+        c"The longest any run may go on; 0: no ceiling.",
+        c"A rule's max_run_duration above it, or none, is lowered to it. A run stops between batches at it; the rule's code still running a second later is ended by the worker.",
+        &MAX_RUN_DURATION_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
         c"pg_token_cleanup.database_probe_interval",
@@ -314,6 +337,17 @@ pub fn lock_timeout_ms() -> i32 {
 
 pub fn statement_timeout_ms() -> i32 {
     STATEMENT_TIMEOUT_MS.get()
+}
+
+/// pg_token_cleanup.max_statement_timeout in ms; 0: no ceiling.
+pub fn max_statement_timeout_ms() -> i32 {
+    MAX_STATEMENT_TIMEOUT_MS.get()
+}
+
+/// pg_token_cleanup.max_run_duration; `None`: no ceiling.
+pub fn max_run_duration() -> Option<std::time::Duration> {
+    let s = MAX_RUN_DURATION_S.get();
+    (s > 0).then(|| std::time::Duration::from_secs(s as u64))
 }
 
 pub fn database_probe_interval() -> std::time::Duration {

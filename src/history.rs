@@ -149,6 +149,25 @@ pub fn finish(run_id: i64, outcome: &Outcome, counts: &Counts) {
     add_to_totals(run_id);
 }
 
+/// Records run `run_id`, still `running`, as `interrupted` with `why`, keeping the progress its
+/// batches recorded (its process is ending: see `worker::signals`).
+pub fn end_unfinished(run_id: i64, why: &Error) {
+    let ended = Spi::get_one_with_args::<i64>(
+        "UPDATE token_cleanup.runs SET status = 'interrupted', finished_at = pg_catalog.clock_timestamp(), \
+                sqlstate = $2, error = $3, error_hint = $4 \
+          WHERE id = $1 AND status = 'running' RETURNING id",
+        &[
+            run_id.into(),
+            why.sqlstate_text().into(),
+            why.message.as_str().into(),
+            why.hint.clone().into(),
+        ],
+    );
+    if let Ok(Some(id)) = ended {
+        add_to_totals(id);
+    }
+}
+
 /// Marks runs left `running` by a process that no longer exists (crash, kill -9, immediate
 /// shutdown) as `interrupted`. Returns how many were marked.
 pub fn mark_interrupted() -> i64 {

@@ -27,10 +27,19 @@ pub const OWNER_SEARCH_PATH: &str = "pg_catalog, pg_temp";
 /// means the same in the worker as where it was validated (a database or role default of
 /// `standard_conforming_strings = off` would re-read its string literals, `transform_null_equals`
 /// its `= NULL`).
-const OWNER_SETTINGS: [(&str, &str); 3] = [
+///
+/// `DateStyle`, `IntervalStyle` and `TimeZone` change what a literal in a condition means
+/// (`'01/02/2026'`, `'1 day'::interval`, `'2026-01-01'::timestamptz`, `now()::date`): a database
+/// owner's `ALTER DATABASE … SET DateStyle` would change which rows another role's rule deletes. They
+/// are pinned to PostgreSQL's defaults for a fresh cluster, with time zone UTC: a condition means the
+/// same in every database, session and worker.
+pub const OWNER_SETTINGS: [(&str, &str); 6] = [
     ("search_path", OWNER_SEARCH_PATH),
     ("standard_conforming_strings", "on"),
     ("transform_null_equals", "off"),
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "postgres"),
+    ("TimeZone", "UTC"),
 ];
 
 // utils/timeout.h is not in pgrx's bindings; TimeoutId::STATEMENT_TIMEOUT is 3 in PostgreSQL 14
@@ -82,7 +91,7 @@ pub fn run_as(rule_owner: pg_sys::Oid, table: pg_sys::Oid) -> pg_sys::Oid {
 }
 
 /// `pg_class.relowner` of a relation; InvalidOid if it is gone.
-fn table_owner(table: pg_sys::Oid) -> pg_sys::Oid {
+pub fn table_owner(table: pg_sys::Oid) -> pg_sys::Oid {
     // SAFETY: syscache lookup of pg_class by OID; the tuple is released before returning.
     unsafe {
         let tuple = pg_sys::SearchSysCache1(

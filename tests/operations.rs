@@ -282,7 +282,8 @@ fn failures_are_notified_retried_with_backoff_and_counted() {
         ),
         3
     );
-    // Each failure was announced, with its error and SQLSTATE.
+    // Each failure was announced, with its SQLSTATE but never its text (which may quote row values;
+    // it is in token_cleanup.runs, for the rule's owner only).
     let mut payloads = Vec::new();
     let mut notifications = listener.notifications();
     let mut arriving = notifications.timeout_iter(Duration::from_secs(2));
@@ -295,13 +296,7 @@ fn failures_are_notified_retried_with_backoff_and_counted() {
     assert_eq!(first["database"], "app");
     assert_eq!(first["status"], "failed");
     assert_eq!(first["sqlstate"], "22012");
-    assert!(
-        first["error"]
-            .as_str()
-            .unwrap()
-            .ends_with("division by zero"),
-        "{first}"
-    );
+    assert!(first.get("error").is_none(), "{first}");
 }
 
 #[test]

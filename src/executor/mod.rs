@@ -15,6 +15,7 @@
 //! row locks); otherwise a batch waits for them, bounded by the rule's lock_timeout.
 
 mod batch_cap;
+pub mod binding;
 mod blast_radius;
 mod method;
 pub mod pacing;
@@ -153,6 +154,8 @@ pub fn table_locked_by_others(table: pg_sys::Oid) -> bool {
 struct Tally<'a> {
     run_id: i64,
     rule_name: &'a str,
+    /// What the run was given: checked before every batch (see [`binding`]).
+    binding: &'a binding::Binding,
     started: Instant,
     stop_requested: &'a dyn Fn() -> bool,
     /// The rule's max_run_duration: the run stops between batches once it has run this long.
@@ -171,11 +174,17 @@ struct Tally<'a> {
 /// Runs `rule` as run `run_id` (already committed as `running`), recording progress after every
 /// batch and the outcome at the end. `stop_requested` is polled between batches. Must be called
 /// outside a transaction; opens its own.
-pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> RunReport {
+pub fn execute(
+    rule: &Rule,
+    run_id: i64,
+    binding: &binding::Binding,
+    stop_requested: &dyn Fn() -> bool,
+) -> RunReport {
     let started = Instant::now();
     let mut tally = Tally {
         run_id,
         rule_name: &rule.name,
+        binding,
         started,
         stop_requested,
         max_duration: rule.max_run_duration(),
@@ -211,7 +220,7 @@ pub fn execute(rule: &Rule, run_id: i64, stop_requested: &dyn Fn() -> bool) -> R
 /// The run itself; `Err` carries an outcome that ended it early (failure or stop).
 fn run(rule: &Rule, tally: &mut Tally) -> Result<Outcome, Outcome> {
     let planning = Instant::now();
-    let plans = BackgroundWorker::transaction(|| prepare::prepare(rule));
+    let plans = BackgroundWorker::transaction(|| prepare::prepare(rule, tally.binding.table));
     tally.scan_ms += planning.elapsed().as_millis();
     let plans = match plans {
         Ok(plans) => plans,
@@ -253,6 +262,11 @@ fn run(rule: &Rule, tally: &mut Tally) -> Result<Outcome, Outcome> {
                 .partitions
                 .push((plan.table.qualified_name.clone(), rows, "deleted"));
         }
+    }
+    // A SIGTERM that came during the last batch (whose error was then not a cancel) still ends the
+    // run as interrupted: the scan that would have said nothing is left did not happen.
+    if (tally.stop_requested)() {
+        return Err(interrupted());
     }
     Ok(Outcome::Succeeded)
 }
@@ -346,17 +360,22 @@ impl<'a> Tally<'a> {
         let started = Instant::now();
         let (run_id, done, batches) = (self.run_id, self.rows_deleted, self.batches);
         let watch_waiters = self.pacer.watches_waiters();
+        let binding = self.binding;
         let result = BackgroundWorker::transaction(|| {
+            if let Err(stale) = still_bound(plan, binding) {
+                return Ok(Err(stale));
+            }
             batch_settings(plan.wal_compression);
             let deleted = delete_batch(plan, &batch)?;
             history::progress(run_id, done + deleted.rows, batches + 1);
             // Before commit, while this batch's row locks are held.
             let blocked_someone = watch_waiters && pacing::blocking_sessions();
-            Ok::<_, Error>((deleted, blocked_someone))
+            Ok::<_, Error>(Ok((deleted, blocked_someone)))
         });
         let elapsed = started.elapsed();
         match result {
-            Ok((deleted, blocked_someone)) => {
+            Ok(Err(stale)) => Err(stale),
+            Ok(Ok((deleted, blocked_someone))) => {
                 if blocked_someone {
                     self.pacer.give_way_after(elapsed);
                 }
@@ -408,6 +427,30 @@ impl<'a> Tally<'a> {
             std::thread::sleep(ahead.min(Duration::from_millis(100)));
         }
     }
+}
+
+/// At the start of a batch's transaction: locks the batch's table and archive by OID (as the run's
+/// role, within its lock_timeout), then checks that their names still name them and that the rule
+/// is still the one the run was given. `Err` ends the run, nothing deleted in this batch.
+fn still_bound(plan: &Plan, bound: &binding::Binding) -> Result<(), Outcome> {
+    let locked = as_role(plan.owner, plan.limits, || {
+        binding::lock(plan.table.oid);
+        if let Some(archive) = &plan.archive {
+            binding::lock(archive.oid);
+        }
+    });
+    if let Err(e) = locked {
+        return Err(Outcome::Failed(
+            e.context(format!("locking table {}", plan.table.qualified_name)),
+        ));
+    }
+    bound.check_rule()?;
+    let what = if plan.partition { "partition" } else { "table" };
+    binding::relation_is(plan.table.oid, &plan.table.qualified_name, what)?;
+    if let Some(archive) = &plan.archive {
+        binding::relation_is(archive.oid, &archive.table, "archive_table")?;
+    }
+    Ok(())
 }
 
 /// Why a run ends between batches: SIGTERM, or max_run_duration reached.
@@ -499,7 +542,9 @@ fn owner_statement<R>(plan: &Plan, limits: Limits, f: impl FnOnce() -> R) -> Res
 fn as_role<R>(role: pg_sys::Oid, limits: Limits, f: impl FnOnce() -> R) -> Result<R, Error> {
     crate::errors::in_subtransaction(|| {
         owner::as_owner(role, limits, || {
-            owner::timed(limits, || crate::worker::signals::cancellable(f))
+            owner::timed(limits, || {
+                crate::worker::signals::cancellable(limits.statement_timeout_ms, f)
+            })
         })
     })
 }

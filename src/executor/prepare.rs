@@ -13,7 +13,9 @@ use pgrx::prelude::*;
 
 /// Resolves the owner and the table as they are *now* (a dropped or renamed table, a dropped owner,
 /// a revoked privilege fail this run only), and chooses the run's [`Method`].
-pub(super) fn prepare(rule: &Rule) -> Result<Vec<Plan>, Error> {
+/// `bound` is the table the run was given (see `binding`): a name that now means another relation
+/// fails the run.
+pub(super) fn prepare(rule: &Rule, bound: pg_sys::Oid) -> Result<Vec<Plan>, Error> {
     let owner = owner::role_oid(&rule.owner).ok_or_else(|| {
         Error::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
@@ -43,6 +45,16 @@ pub(super) fn prepare(rule: &Rule) -> Result<Vec<Plan>, Error> {
             ))
         }
     };
+    if table.oid != bound {
+        return Err(Error::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "table {} of rule \"{}\" is no longer the relation the run was given (renamed or replaced); nothing was deleted",
+                rule.table_name, rule.name
+            ),
+        )
+        .with_hint("The next run resolves the table again."));
+    }
     if let Some((what, fix)) = target::unsupported_kind(table.oid) {
         return Err(Error::new(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
@@ -50,14 +62,18 @@ pub(super) fn prepare(rule: &Rule) -> Result<Vec<Plan>, Error> {
         )
         .with_hint(fix));
     }
-    // A superuser's rule on another role's table runs as that role (see owner::run_as).
-    let owner = owner::run_as(owner, table.oid);
+    // A superuser's rule on another role's table runs as that role (see owner::run_as); each leaf
+    // partition as its own owner, whose triggers it runs.
     if !super::partitions::is_partitioned(table.oid) {
-        return Ok(vec![prepare_table(rule, table, owner, false)?]);
+        let role = owner::run_as(owner, table.oid);
+        return Ok(vec![prepare_table(rule, table, role, false)?]);
     }
     super::partitions::leaves(&table)?
         .into_iter()
-        .map(|leaf| prepare_table(rule, leaf, owner, true))
+        .map(|leaf| {
+            let role = owner::run_as(owner, leaf.oid);
+            prepare_table(rule, leaf, role, true)
+        })
         .collect()
 }
 
@@ -144,6 +160,26 @@ fn archive_for(
         )
         .with_hint(fix)
     })?;
+    // The archive's INSERT runs its defaults, triggers and policies as the role the rule runs as:
+    // code another role wrote would run with rights its author lacks.
+    let archive_owner = owner::table_owner(archive.oid);
+    if archive_owner != role {
+        return Err(Error::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "archive_table {} of rule \"{}\" is owned by role \"{}\", not by role \"{}\", as whom the rule runs",
+                archive.qualified_name,
+                rule.name,
+                owner::role_name(archive_owner),
+                owner::role_name(role)
+            ),
+        )
+        .with_hint(format!(
+            "The archive's triggers and defaults run as the rule's role: ALTER TABLE {} OWNER TO {};",
+            archive.qualified_name,
+            pgrx::spi::quote_identifier(owner::role_name(role))
+        )));
+    }
     // SAFETY: catalog privilege check.
     let can_insert = unsafe {
         pg_sys::pg_class_aclcheck(archive.oid, role, pg_sys::ACL_INSERT as pg_sys::AclMode)
@@ -166,6 +202,7 @@ fn archive_for(
         )));
     }
     Ok(Archive {
+        oid: archive.oid,
         table: archive.qualified_name,
         columns,
     })

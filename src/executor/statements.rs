@@ -45,6 +45,8 @@ pub enum Shape {
 /// Where archived rows go: the archive's name and the columns copied, quoted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Archive {
+    /// Bound by OID: see `binding`.
+    pub oid: pgrx::pg_sys::Oid,
     pub table: String,
     pub columns: Vec<String>,
 }
@@ -166,6 +168,7 @@ mod tests {
     #[test]
     fn archiving_moves_rows_in_one_statement() {
         let archive = Archive {
+            oid: pgrx::pg_sys::InvalidOid,
             table: "archive.tokens".into(),
             columns: vec!["id".into(), "\"Expires\"".into()],
         };

@@ -1,11 +1,15 @@
-//! One run, the same for scheduled and manual runs, in one place: claim the rule and its table,
-//! record the run as `running` (committed before any row is deleted), wait for the table's lock,
-//! execute, record the outcome, log, release the claim (on drop, whatever happens).
+//! One run, the same for scheduled and manual runs, in one place: check that the role the rule runs
+//! as may delete from its table (before anything else, so a rule on a table its owner cannot touch
+//! never claims it nor plans anything), claim the rule and its table, record the run as `running`
+//! (committed before any row is deleted), wait for the table's lock, check that the rule and table
+//! are still the ones the run was given (see `executor::binding`), execute, record the outcome,
+//! log, release the claim (on drop, whatever happens).
 
 use super::registry::{self, Busy};
 use crate::catalog::Rule;
 use crate::errors::Error;
 use crate::executor;
+use crate::executor::binding::Binding;
 use crate::history::{self, Counts, Outcome, Trigger};
 use crate::target;
 use pgrx::bgworkers::BackgroundWorker;
@@ -32,16 +36,24 @@ pub struct Job {
 /// none (a scheduled slot skipped because a manual run of the rule is going on).
 pub fn perform(job: &Job, stop_requested: &dyn Fn() -> bool) -> i64 {
     let rule = &job.rule;
-    let table = BackgroundWorker::transaction(|| {
-        target::lookup_table(&rule.table_name)
+    let (table, refused) = BackgroundWorker::transaction(|| {
+        let table = target::lookup_table(&rule.table_name)
             .ok()
             .flatten()
-            .map_or(pg_sys::InvalidOid, |t| t.oid)
+            .map_or(pg_sys::InvalidOid, |t| t.oid);
+        (table, may_not_delete(rule, table))
     });
+    if let Some(refused) = refused {
+        return record_failure(job, refused, "did not start: no DELETE privilege");
+    }
     let _claim = match registry::claim(rule.id, table, job.run_id.unwrap_or(0)) {
         Ok(claim) => claim,
         Err(busy) if job.trigger == Trigger::Manual => {
-            return record_failure(job, already_running(rule, busy));
+            return record_failure(
+                job,
+                already_running(rule, busy),
+                "did not start: already running",
+            );
         }
         Err(busy) => {
             log!(
@@ -55,12 +67,20 @@ pub fn perform(job: &Job, stop_requested: &dyn Fn() -> bool) -> i64 {
     };
     let run_id = BackgroundWorker::transaction(|| begin(job));
     registry::set_claimed_run(run_id);
+    let _recorded_at_exit = UnfinishedRun::new(run_id, rule.max_run_duration());
+    let binding = Binding::new(rule, job.trigger != Trigger::Manual, table);
     executor::report_activity(&format!(
         "pg_token_cleanup: rule {} run {run_id}: starting",
         rule.name
     ));
     if table != pg_sys::InvalidOid {
-        if let Err(why) = wait_for_table(rule, table, stop_requested) {
+        let waited = wait_for_table(rule, table, stop_requested).and_then(|()| {
+            BackgroundWorker::transaction(|| {
+                binding.check_rule()?;
+                binding.check_table()
+            })
+        });
+        if let Err(why) = waited {
             BackgroundWorker::transaction(|| history::finish(run_id, &why, &Counts::default()));
             announce(job, run_id, &why, 0, 0);
             log!(
@@ -73,7 +93,7 @@ pub fn perform(job: &Job, stop_requested: &dyn Fn() -> bool) -> i64 {
             return run_id;
         }
     }
-    let report = executor::execute(rule, run_id, stop_requested);
+    let report = executor::execute(rule, run_id, &binding, stop_requested);
     super::log_run(rule, run_id, job.trigger, &report);
     announce(
         job,
@@ -101,19 +121,15 @@ fn announce(job: &Job, run_id: i64, outcome: &Outcome, rows_deleted: i64, elapse
     let database = unsafe { pg_sys::MyDatabaseId };
     let error = outcome.error();
     let database = BackgroundWorker::transaction(|| crate::worker::database_name(database));
-    let payload = serde_json::json!({
-        "database": database,
-        "rule": job.rule.name,
-        "owner": job.rule.owner,
-        "run_id": run_id,
-        "trigger": job.trigger.as_str(),
-        "status": outcome.status(),
-        "rows_deleted": rows_deleted,
-        "duration_ms": elapsed_ms as u64,
-        "error": outcome.message(),
-        "sqlstate": error.map(Error::sqlstate_text),
-    })
-    .to_string();
+    let payload = notify_payload(
+        &database,
+        job,
+        run_id,
+        outcome.status(),
+        error.map(Error::sqlstate_text),
+        rows_deleted,
+        elapsed_ms,
+    );
     BackgroundWorker::transaction(|| {
         Spi::run_with_args(
             "SELECT pg_catalog.pg_notify('token_cleanup', $1)",
@@ -121,6 +137,32 @@ fn announce(job: &Job, run_id: i64, outcome: &Outcome, rows_deleted: i64, elapse
         )
     })
     .unwrap_or_else(|e| warning!("pg_token_cleanup: NOTIFY failed: {e}"));
+}
+
+/// The payload of a run's NOTIFY: who, what and how it ended, never the error's text (it may quote
+/// row values, any role that can connect may LISTEN, and a long one passed NOTIFY's 8000 bytes).
+/// What is left is bounded: names of at most 200 characters (rules) and 63 bytes (roles, databases).
+fn notify_payload(
+    database: &str,
+    job: &Job,
+    run_id: i64,
+    status: &str,
+    sqlstate: Option<String>,
+    rows_deleted: i64,
+    elapsed_ms: u128,
+) -> String {
+    serde_json::json!({
+        "database": database,
+        "rule": job.rule.name,
+        "owner": job.rule.owner,
+        "run_id": run_id,
+        "trigger": job.trigger.as_str(),
+        "status": status,
+        "rows_deleted": rows_deleted,
+        "duration_ms": elapsed_ms as u64,
+        "sqlstate": sqlstate,
+    })
+    .to_string()
 }
 
 fn begin(job: &Job) -> i64 {
@@ -134,8 +176,53 @@ fn begin(job: &Job) -> i64 {
     )
 }
 
+/// While it lives, the process's exit records the run `interrupted` (see `signals::set_current_run`);
+/// dropped once the run's outcome is committed.
+struct UnfinishedRun;
+
+impl UnfinishedRun {
+    fn new(run_id: i64, max_duration: Option<Duration>) -> UnfinishedRun {
+        super::signals::set_current_run(Some(run_id), max_duration);
+        UnfinishedRun
+    }
+}
+
+impl Drop for UnfinishedRun {
+    fn drop(&mut self) {
+        super::signals::set_current_run(None, None);
+    }
+}
+
+/// `Some(error)` when the role the rule runs as holds no DELETE privilege on the table: checked from
+/// the catalog alone, so nothing of the rule's owner runs and the table is not claimed. A missing
+/// table is left to the run, which records it.
+fn may_not_delete(rule: &Rule, table: pg_sys::Oid) -> Option<Error> {
+    if table == pg_sys::InvalidOid {
+        return None;
+    }
+    let owner = crate::owner::role_oid(&rule.owner)?;
+    let role = crate::owner::run_as(owner, table);
+    // SAFETY: catalog privilege check.
+    let granted = unsafe {
+        pg_sys::pg_class_aclcheck(table, role, pg_sys::ACL_DELETE as pg_sys::AclMode)
+            == pg_sys::AclResult::ACLCHECK_OK
+    };
+    (!granted).then(|| {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "role \"{}\", as whom rule \"{}\" runs, has no DELETE privilege on table {}",
+                crate::owner::role_name(role),
+                rule.name,
+                rule.table_name
+            ),
+        )
+        .with_hint("Grant DELETE on the table to that role, or delete the rule.")
+    })
+}
+
 /// Records a run that did not start (committed), returning its id.
-fn record_failure(job: &Job, why: Error) -> i64 {
+fn record_failure(job: &Job, why: Error, what: &str) -> i64 {
     let outcome = Outcome::Failed(why);
     let run_id = BackgroundWorker::transaction(|| {
         let id = begin(job);
@@ -144,7 +231,7 @@ fn record_failure(job: &Job, why: Error) -> i64 {
     });
     announce(job, run_id, &outcome, 0, 0);
     log!(
-        "pg_token_cleanup: rule \"{}\" run {run_id} ({}) did not start: already running",
+        "pg_token_cleanup: rule \"{}\" run {run_id} ({}) {what}",
         job.rule.name,
         job.trigger.as_str()
     );
