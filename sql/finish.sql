@@ -131,4 +131,12 @@ BEGIN
 END
 $$;
 
+-- Every version: the views are security barriers, so a caller's cheap leaky function in a query
+-- over them sees only the rows their own WHERE clause lets through (PostgreSQL 14 has no
+-- security_invoker, and the views filter by owner themselves there). Set after security_invoker,
+-- as the upgrade from 0.3.0 does: pg_dump shows the options in the order they were set.
+ALTER VIEW token_cleanup.rule_stats SET (security_barrier = true);
+ALTER VIEW token_cleanup.progress SET (security_barrier = true);
+ALTER VIEW token_cleanup.metrics SET (security_barrier = true);
+
 SELECT token_cleanup.wake_launcher();

@@ -135,7 +135,24 @@ ALTER TABLE token_cleanup.rule_totals ENABLE ROW LEVEL SECURITY;
 CREATE POLICY rule_totals_owner ON token_cleanup.rule_totals FOR SELECT USING (owner = current_user);
 
 GRANT USAGE ON SCHEMA token_cleanup TO PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON token_cleanup.rules TO PUBLIC;
+-- Column privileges, not table privileges: LOCK TABLE checks table privileges only, and UPDATE or
+-- DELETE on the table would let any role take ACCESS EXCLUSIVE on it and stall pg_dump, the views,
+-- every scheduler and every run() of the database. INSERT and UPDATE of the rule's own columns is all
+-- a role needs; `id` is assigned (a role choosing it could inherit a deleted rule's lifetime
+-- counters or take the ids others' inserts will draw); rules are deleted with
+-- token_cleanup.delete_rule(name). A DBA who grants more (DELETE, table-level UPDATE) to a role lets
+-- that role lock the table.
+GRANT SELECT ON token_cleanup.rules TO PUBLIC;
+GRANT INSERT (name, table_name, condition, schedule, batch_size, enabled, owner, lock_timeout,
+              statement_timeout, max_rows_per_second, max_run_duration, timezone, archive_table,
+              max_rows_per_run, max_fraction, drop_partitions, max_replica_lag, max_wal_rate,
+              yield_to_waiters)
+    ON token_cleanup.rules TO PUBLIC;
+GRANT UPDATE (name, table_name, condition, schedule, batch_size, enabled, owner, lock_timeout,
+              statement_timeout, max_rows_per_second, max_run_duration, timezone, archive_table,
+              max_rows_per_run, max_fraction, drop_partitions, max_replica_lag, max_wal_rate,
+              yield_to_waiters)
+    ON token_cleanup.rules TO PUBLIC;
 GRANT USAGE ON SEQUENCE token_cleanup.rules_id_seq TO PUBLIC;
 GRANT SELECT ON token_cleanup.runs TO PUBLIC;
 GRANT SELECT ON token_cleanup.rule_totals TO PUBLIC;
@@ -156,6 +173,14 @@ BEGIN
         NEW.owner := coalesce(NEW.owner, current_user);
         NEW.created_at := pg_catalog.now();
     ELSE
+        -- Row-level security keeps other roles' rules out of reach, except for a BYPASSRLS role,
+        -- which could otherwise rewrite a rule that runs as its owner.
+        IF OLD.owner OPERATOR(pg_catalog.<>) current_user
+           AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user) THEN
+            RAISE EXCEPTION 'rule "%" belongs to role "%": only its owner or a superuser may change it', OLD.name, OLD.owner
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Ask the rule''s owner, or a superuser, to change it.';
+        END IF;
         NEW.id := OLD.id;
         NEW.created_at := OLD.created_at;
     END IF;

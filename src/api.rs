@@ -254,6 +254,43 @@ fn run(
     TableIterator::once((run_id, name, status, rows, batches, started, finished))
 }
 
+/// Deletes one of the caller's rules (a superuser: any rule). Rules are deleted through this
+/// function rather than `DELETE`: PUBLIC holds no DELETE on `token_cleanup.rules`, because a role
+/// with DELETE could `LOCK` the table and stall every other role (see SECURITY.md). Its run history
+/// and lifetime counters stay, as they do for a deleted rule.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn delete_rule(rule_name: &str) -> bool {
+    // Row-level security shows the caller only its own rules; a BYPASSRLS role sees every rule, so
+    // ownership is checked as well.
+    let rule = catalog::visible_rule_by_name(rule_name);
+    // SAFETY: reading the current user and whether it is a superuser.
+    let (caller, superuser) = unsafe { (pg_sys::GetUserId(), pg_sys::superuser()) };
+    if !superuser && owner::role_oid(&rule.owner) != Some(caller) {
+        refuse(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "rule \"{}\" belongs to role \"{}\": only its owner or a superuser may delete it",
+                rule.name, rule.owner
+            ),
+            "Ask the rule's owner, or a superuser, to delete it.",
+        );
+    }
+    let no_limits = owner::Limits {
+        lock_timeout_ms: 0,
+        statement_timeout_ms: 0,
+    };
+    // As the bootstrap superuser, who owns the table, for this one statement of ours.
+    owner::as_owner(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), no_limits, || {
+        Spi::run_with_args(
+            "DELETE FROM token_cleanup.rules WHERE id = $1",
+            &[rule.id.into()],
+        )
+    })
+    .expect("deleting the rule");
+    true
+}
+
 /// Whether the rule's row was written by this (uncommitted) transaction.
 fn changed_in_this_transaction(rule_id: i64) -> bool {
     Spi::get_one_with_args::<i64>(

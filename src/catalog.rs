@@ -584,6 +584,9 @@ fn check_archive(
             ),
         );
     }
+    if let Err(e) = target::archive_owned_by(&archive, rule, role) {
+        e.raise();
+    }
     archive.qualified_name
 }
 

@@ -45,6 +45,34 @@ pub fn lookup_table(name: &str) -> Result<Option<ResolvedTable>, String> {
     }))
 }
 
+/// The archive must belong to the role the rule runs as: its INSERT runs the archive's defaults,
+/// triggers, rules and policies as that role, and code another role wrote must not run with rights
+/// its author lacks (a superuser's rule would run it as superuser).
+pub fn archive_owned_by(
+    archive: &ResolvedTable,
+    rule: &str,
+    role: pg_sys::Oid,
+) -> Result<(), crate::errors::Error> {
+    let owner = crate::owner::table_owner(archive.oid);
+    if owner == role {
+        return Ok(());
+    }
+    let role_name = crate::owner::role_name(role);
+    Err(crate::errors::Error::new(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!(
+            "archive_table {} of rule \"{rule}\" is owned by role \"{}\", not by role \"{role_name}\", as whom the rule runs",
+            archive.qualified_name,
+            crate::owner::role_name(owner),
+        ),
+    )
+    .with_hint(format!(
+        "The archive's triggers and defaults run as the rule's role: ALTER TABLE {} OWNER TO {};",
+        archive.qualified_name,
+        pgrx::spi::quote_identifier(&role_name)
+    )))
+}
+
 /// `schema.table` for a relation OID, quoted as `format('%I.%I')` would.
 pub fn qualified_name(oid: pg_sys::Oid) -> String {
     // SAFETY: syscache lookups of an existing relation; results are palloc'd C strings.

@@ -1,4 +1,4 @@
-//! The upgrade from a released version (`UPGRADE_FROM_VERSION`: 0.1.0, 0.2.0) to this version, end to
+//! The upgrade from a released version (`UPGRADE_FROM_VERSION`: 0.1.0, 0.2.0, 0.3.0) to this version, end to
 //! end (run by scripts/upgrade_test.sh once per release, which builds the release from its git commit
 //! and this version's package, and gives them here with a copy of PostgreSQL 15 to install them into):
 //! - create the extension at the release, add rules as a superuser and as an ordinary role, let them
@@ -311,6 +311,26 @@ fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
         0
     );
 
+    // PUBLIC's grants were narrowed (0.4.0): the ordinary role changes its rule (above) but can no
+    // longer lock the rules table, and deletes its rules through delete_rule().
+    let mut app = cluster.connect_as("app", "app");
+    let lock = app
+        .batch_execute("BEGIN; LOCK TABLE token_cleanup.rules IN ACCESS EXCLUSIVE MODE; COMMIT")
+        .unwrap_err();
+    assert_eq!(
+        lock.as_db_error().map(|e| e.message()),
+        Some("permission denied for table rules")
+    );
+    app.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(
+        count(&mut app, "SELECT token_cleanup.delete_rule('app_tokens')::int::int8"),
+        1
+    );
+    assert_eq!(
+        count(&mut admin, "SELECT count(*) FROM token_cleanup.rules WHERE name = 'app_tokens'"),
+        0
+    );
+
     // The schema equals a fresh install's.
     cluster.database_with_extension("fresh");
     let upgraded = statements(&schema_dump(&cluster, "app"));
@@ -320,10 +340,11 @@ fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
         "CREATE TABLE token_cleanup.rules (",
         "CREATE TABLE token_cleanup.runs (",
         "CREATE TABLE token_cleanup.rule_totals (",
-        "CREATE VIEW token_cleanup.rule_stats WITH (security_invoker='true') AS",
-        "CREATE VIEW token_cleanup.metrics WITH (security_invoker='true') AS",
+        "CREATE VIEW token_cleanup.rule_stats WITH (security_invoker='true', security_barrier='true') AS",
+        "CREATE VIEW token_cleanup.metrics WITH (security_invoker='true', security_barrier='true') AS",
         "CREATE FUNCTION token_cleanup.check_rule(",
         "CREATE FUNCTION token_cleanup.within_batch(",
+        "CREATE FUNCTION token_cleanup.delete_rule(",
         "CREATE FUNCTION token_cleanup.rules_before_write()",
         "CREATE POLICY rule_totals_owner ON token_cleanup.rule_totals",
         "GRANT SELECT ON TABLE token_cleanup.rule_totals TO PUBLIC",

@@ -160,26 +160,6 @@ fn archive_for(
         )
         .with_hint(fix)
     })?;
-    // The archive's INSERT runs its defaults, triggers and policies as the role the rule runs as:
-    // code another role wrote would run with rights its author lacks.
-    let archive_owner = owner::table_owner(archive.oid);
-    if archive_owner != role {
-        return Err(Error::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!(
-                "archive_table {} of rule \"{}\" is owned by role \"{}\", not by role \"{}\", as whom the rule runs",
-                archive.qualified_name,
-                rule.name,
-                owner::role_name(archive_owner),
-                owner::role_name(role)
-            ),
-        )
-        .with_hint(format!(
-            "The archive's triggers and defaults run as the rule's role: ALTER TABLE {} OWNER TO {};",
-            archive.qualified_name,
-            pgrx::spi::quote_identifier(owner::role_name(role))
-        )));
-    }
     // SAFETY: catalog privilege check.
     let can_insert = unsafe {
         pg_sys::pg_class_aclcheck(archive.oid, role, pg_sys::ACL_INSERT as pg_sys::AclMode)
@@ -201,6 +181,7 @@ fn archive_for(
             pgrx::spi::quote_identifier(owner::role_name(role))
         )));
     }
+    target::archive_owned_by(&archive, &rule.name, role)?;
     Ok(Archive {
         oid: archive.oid,
         table: archive.qualified_name,

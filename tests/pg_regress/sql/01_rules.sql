@@ -20,7 +20,7 @@ SELECT name, owner FROM token_cleanup.rules ORDER BY name;
 SELECT rule, owner, enabled, runs, total_rows_deleted, last_status FROM token_cleanup.rule_stats ORDER BY rule;
 -- Another role's rule cannot be changed or deleted (it is invisible), nor can a rule be given away.
 UPDATE token_cleanup.rules SET enabled = false WHERE name = 'refresh_tokens' RETURNING name;
-DELETE FROM token_cleanup.rules WHERE name = 'refresh_tokens' RETURNING name;
+SELECT token_cleanup.delete_rule('refresh_tokens');
 \set VERBOSITY verbose
 UPDATE token_cleanup.rules SET owner = 'regress_app' WHERE name = 'other_sessions';
 \set VERBOSITY default
