@@ -281,12 +281,16 @@ fn delete_rule(rule_name: &str) -> bool {
         statement_timeout_ms: 0,
     };
     // As the bootstrap superuser, who owns the table, for this one statement of ours.
-    owner::as_owner(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), no_limits, || {
-        Spi::run_with_args(
-            "DELETE FROM token_cleanup.rules WHERE id = $1",
-            &[rule.id.into()],
-        )
-    })
+    owner::as_owner(
+        pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+        no_limits,
+        || {
+            Spi::run_with_args(
+                "DELETE FROM token_cleanup.rules WHERE id = $1",
+                &[rule.id.into()],
+            )
+        },
+    )
     .expect("deleting the rule");
     true
 }

@@ -323,11 +323,17 @@ fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
     );
     app.batch_execute("ROLLBACK").unwrap();
     assert_eq!(
-        count(&mut app, "SELECT token_cleanup.delete_rule('app_tokens')::int::int8"),
+        count(
+            &mut app,
+            "SELECT token_cleanup.delete_rule('app_tokens')::int::int8"
+        ),
         1
     );
     assert_eq!(
-        count(&mut admin, "SELECT count(*) FROM token_cleanup.rules WHERE name = 'app_tokens'"),
+        count(
+            &mut admin,
+            "SELECT count(*) FROM token_cleanup.rules WHERE name = 'app_tokens'"
+        ),
         0
     );
 

@@ -182,7 +182,8 @@ fn unfinished_reason(reason: DieReason) -> crate::errors::Error {
 
 /// At process exit (a die, or any FATAL) with a run still `running`: records it `interrupted`, with
 /// why, in a transaction of its own after aborting the one in progress, as PostgreSQL's own
-/// temporary-schema cleanup does at exit. If that fails, the scheduler marks it later.
+/// temporary-schema cleanup does at exit. An error here is FATAL (the process is exiting anyway);
+/// the run is then marked by the scheduler, or at the next start.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit_record(_code: i32, _arg: pg_sys::Datum) {
     let run_id = CURRENT_RUN.swap(0, Ordering::SeqCst);
@@ -191,16 +192,14 @@ unsafe extern "C-unwind" fn on_exit_record(_code: i32, _arg: pg_sys::Datum) {
     }
     let why = unfinished_reason(die_reason());
     // SAFETY: the exit protocol of RemoveTempRelationsCallback: abort what was going on, then a
-    // transaction of our own; an error in it is caught and the transaction aborted again.
+    // transaction of our own, with a snapshot for its statements.
     unsafe {
         pg_sys::AbortOutOfAnyTransaction();
-        pgrx::PgTryBuilder::new(|| {
-            pg_sys::StartTransactionCommand();
-            crate::history::end_unfinished(run_id, &why);
-            pg_sys::CommitTransactionCommand();
-        })
-        .catch_others(|_| pg_sys::AbortOutOfAnyTransaction())
-        .execute();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        crate::history::end_unfinished(run_id, &why);
+        pg_sys::PopActiveSnapshot();
+        pg_sys::CommitTransactionCommand();
     }
 }
 
