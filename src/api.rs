@@ -114,12 +114,10 @@ fn preview(
         table.qualified_name,
         crate::condition::embedded(&rule.condition)
     );
-    let limits = rule.limits();
-    let matching = owner::as_owner(owner, limits, || {
-        owner::timed(limits, || {
-            Spi::get_one::<i64>(&sql).ok().flatten().unwrap_or(0)
-        })
-    });
+    let matching = crate::executor::as_role(owner, rule.limits(), || Spi::get_one::<i64>(&sql))
+        .unwrap_or_else(|e| e.context("counting the matching rows").raise())
+        .unwrap_or_else(|e| Error::from(e).raise())
+        .unwrap_or(0);
     let batch_size = rule.effective_batch_size();
     let batches = (matching + i64::from(batch_size) - 1) / i64::from(batch_size);
     TableIterator::once((

@@ -191,7 +191,7 @@ unsafe fn database_needing_sole_access(stmt: *mut pg_sys::Node) -> Option<SoleAc
     }
 }
 
-/// The string value of the DefElem named `name` in `options`.
+/// The string value of the DefElem named `name` in `options`; `None` when absent or DEFAULT.
 unsafe fn option(options: *mut pg_sys::List, name: &[u8]) -> Option<*const std::ffi::c_char> {
     // SAFETY: `options` is a valid List of DefElem (or null).
     unsafe {
@@ -203,6 +203,11 @@ unsafe fn option(options: *mut pg_sys::List, name: &[u8]) -> Option<*const std::
         for i in 0..count as usize {
             let def = (*(*options).elements.add(i)).ptr_value as *mut pg_sys::DefElem;
             if CStr::from_ptr((*def).defname).to_bytes() == name {
+                // `TEMPLATE DEFAULT` (and `= DEFAULT`) has no argument: the default template, which
+                // has no workers of ours (they never connect to template databases).
+                if (*def).arg.is_null() {
+                    return None;
+                }
                 return Some(pg_sys::defGetString(def));
             }
         }

@@ -67,16 +67,24 @@ fn plan(rule: &Rule, table: &ResolvedTable, role: pg_sys::Oid) -> Result<Planned
     })
 }
 
+/// Limits of the backlog estimate's planning, whatever the rule says: a scrape of the metrics must
+/// not wait on a lock, nor on the owner's code, longer than this (a rule's own lock_timeout may be 0).
+const SCRAPE_LIMITS: owner::Limits = owner::Limits {
+    lock_timeout_ms: 100,
+    statement_timeout_ms: 1_000,
+};
+
 /// The planner's estimate of the rows the rule would delete now (NULL when it cannot be planned:
-/// its table is gone, a privilege was revoked). Used by `token_cleanup.metrics`.
+/// its table is gone, a privilege was revoked, a lock or the owner's code took too long). Used by
+/// `token_cleanup.metrics`.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn backlog_estimate(rule_name: &str) -> Option<i64> {
     let rule = catalog::visible_rule_by_name(rule_name);
     let (table, role) = resolve(&rule).ok()?;
-    plan(&rule, &table, role)
+    crate::executor::planned_scan(&table, &rule.condition, role, SCRAPE_LIMITS)
         .ok()
-        .map(|p| p.rows.round() as i64)
+        .map(|top| top["Plan Rows"].as_f64().unwrap_or(0.0).round() as i64)
 }
 
 /// What a run of the rule would do now, deleting nothing.

@@ -267,6 +267,41 @@ unsafe fn set(
     }
 }
 
+/// Runs `f`, owner code wrapped in a subtransaction that `f` itself ends (released or rolled back),
+/// so that no session-level advisory lock the code took outlives it. Neither a subtransaction's
+/// end nor a security-restricted operation releases those (`pg_advisory_lock` is allowed there):
+/// left held, they would stall other rules' code in a pooled runner, or stay with the session that
+/// scraped the metrics. A worker holds none of its own (it coordinates through shared memory), so it
+/// releases them all; a backend does so only if it held no advisory lock before (its own are the
+/// caller's business, and tell nothing apart from those the code took).
+pub fn leaving_no_advisory_locks<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: reading a process-wide flag.
+    let in_worker = unsafe { pg_sys::IsBackgroundWorker };
+    let release = in_worker || !holds_advisory_locks();
+    let result = f();
+    if release {
+        // SAFETY: releases this session's session-level user (advisory) locks; no LWLock is held
+        // here (the subtransaction has ended).
+        unsafe { pg_sys::LockReleaseSession(pg_sys::USER_LOCKMETHOD as pg_sys::LOCKMETHODID) };
+    }
+    result
+}
+
+/// Whether this process holds an advisory lock (at session or transaction level).
+fn holds_advisory_locks() -> bool {
+    // SAFETY: a snapshot of the lock tables, palloc'd in the current context; read-only walk.
+    unsafe {
+        let data = pg_sys::GetLockStatusData();
+        let my_pid = pg_sys::MyProcPid;
+        (0..(*data).nelements as usize).any(|i| {
+            let lock = &*(*data).locks.add(i);
+            lock.pid == my_pid
+                && lock.holdMask != 0
+                && u32::from(lock.locktag.locktag_type) == pg_sys::LockTagType::LOCKTAG_ADVISORY
+        })
+    }
+}
+
 /// Runs one statement with a statement timeout armed (SPI statements are not timed by PostgreSQL
 /// itself; only the top-level statement loop arms `statement_timeout`). A caller's own statement
 /// timeout that would fire first is left alone; one that would fire later is armed again after.

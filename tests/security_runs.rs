@@ -829,3 +829,129 @@ fn the_views_leak_no_other_roles_rules() {
         0
     );
 }
+
+#[test]
+fn smaller_findings() {
+    let cluster = Cluster::start("smaller", &["pg_token_cleanup.enabled = off"]);
+    let mut admin = cluster.database_with_extension("app");
+    let mut alice = tenant(&cluster, &mut admin, "app", "alice", 3);
+
+    // CREATE DATABASE … TEMPLATE DEFAULT passes the utility hook.
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE from_default TEMPLATE DEFAULT")
+        .unwrap();
+
+    // The metrics scrape neither waits on a rule's table (the rule's own lock_timeout is 0) nor keeps
+    // an advisory lock its owner's code took while being planned.
+    alice
+        .batch_execute(
+            "CREATE FUNCTION alice.grab() RETURNS boolean IMMUTABLE LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_advisory_lock(42); RETURN true; END $$;
+             INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, lock_timeout)
+             VALUES ('grabby', 'alice.tokens', 'alice.grab() AND expires_at < pg_catalog.now()', '@daily', '0');",
+        )
+        .unwrap();
+    // Positive control: called directly, the function leaves its session holding the lock.
+    let mut control = cluster.connect_as("app", "alice");
+    control.batch_execute("SELECT alice.grab()").unwrap();
+    let control_pid: i32 = control
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = ";
+    assert_eq!(count(&mut admin, &format!("{held}{control_pid}")), 1);
+    drop(control);
+    let admin_pid: i32 = admin
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let backlog =
+        "SELECT count(*) FROM token_cleanup.metrics WHERE metric = 'pg_token_cleanup_backlog_rows'";
+    assert_eq!(count(&mut admin, backlog), 1);
+    assert_eq!(count(&mut admin, &format!("{held}{admin_pid}")), 0);
+    let mut migration = cluster.connect_as("app", "alice");
+    migration
+        .batch_execute("BEGIN; LOCK TABLE alice.tokens IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(count(&mut admin, backlog), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    migration.batch_execute("ROLLBACK").unwrap();
+
+    // An error of the rule's code reaches preview()'s caller as PostgreSQL raised it, no Rust
+    // backtrace attached.
+    alice
+        .batch_execute(
+            "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule)
+             VALUES ('divides', 'alice.tokens', '1 / (id - id) = 1', '@daily')",
+        )
+        .unwrap();
+    let error = alice
+        .query("SELECT * FROM token_cleanup.preview('divides')", &[])
+        .unwrap_err();
+    let error = error.as_db_error().unwrap();
+    assert_eq!(
+        error.message(),
+        "counting the matching rows: division by zero"
+    );
+    assert_eq!(error.code().code(), "22012");
+    assert_eq!(error.detail(), None);
+
+    // A superuser's rule on a partitioned table runs each leaf's code as that leaf's owner.
+    admin
+        .batch_execute(
+            "CREATE ROLE leafowner LOGIN;
+             CREATE TABLE public.events (id bigint, at timestamptz NOT NULL) PARTITION BY RANGE (at);
+             CREATE TABLE public.events_old PARTITION OF public.events FOR VALUES FROM ('2000-01-01') TO ('2100-01-01');
+             ALTER TABLE public.events_old OWNER TO leafowner;
+             CREATE TABLE public.deleters (who name);
+             GRANT INSERT ON public.deleters TO PUBLIC;
+             CREATE FUNCTION public.who_deletes() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO public.deleters VALUES (current_user); RETURN OLD; END $$;
+             INSERT INTO public.events SELECT g, now() - interval '1 day' FROM generate_series(1, 5) g;",
+        )
+        .unwrap();
+    let mut leafowner = cluster.connect_as("app", "leafowner");
+    leafowner
+        .batch_execute(
+            "CREATE TRIGGER who BEFORE DELETE ON public.events_old FOR EACH ROW EXECUTE FUNCTION public.who_deletes();",
+        )
+        .unwrap();
+    // Positive control: the trigger records the role that deletes.
+    admin
+        .batch_execute("DELETE FROM public.events WHERE id = 5")
+        .unwrap();
+    assert_eq!(
+        count(
+            &mut admin,
+            "SELECT count(*) FROM public.deleters WHERE who = 'postgres'"
+        ),
+        1
+    );
+    admin
+        .batch_execute(
+            "TRUNCATE public.deleters;
+             INSERT INTO token_cleanup.rules (name, table_name, condition, schedule)
+             VALUES ('events', 'public.events', 'at < now()', '@daily');",
+        )
+        .unwrap();
+    assert_eq!(
+        count(
+            &mut admin,
+            "SELECT rows_deleted FROM token_cleanup.run('events')"
+        ),
+        4
+    );
+    let deleters: Vec<String> = admin
+        .query("SELECT DISTINCT who::text FROM public.deleters", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(deleters, vec!["leafowner".to_string()]);
+}

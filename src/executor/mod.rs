@@ -538,12 +538,18 @@ fn owner_statement<R>(plan: &Plan, limits: Limits, f: impl FnOnce() -> R) -> Res
 }
 
 /// Runs `f` (statements of code that is not ours) as `role` within `limits`, in a subtransaction
-/// whose error is returned, cancellable by SIGTERM in a worker.
-fn as_role<R>(role: pg_sys::Oid, limits: Limits, f: impl FnOnce() -> R) -> Result<R, Error> {
-    crate::errors::in_subtransaction(|| {
-        owner::as_owner(role, limits, || {
-            owner::timed(limits, || {
-                crate::worker::signals::cancellable(limits.statement_timeout_ms, f)
+/// whose error is returned, ended by SIGTERM in a worker, leaving no advisory lock behind.
+pub(crate) fn as_role<R>(
+    role: pg_sys::Oid,
+    limits: Limits,
+    f: impl FnOnce() -> R,
+) -> Result<R, Error> {
+    owner::leaving_no_advisory_locks(|| {
+        crate::errors::in_subtransaction(|| {
+            owner::as_owner(role, limits, || {
+                owner::timed(limits, || {
+                    crate::worker::signals::cancellable(limits.statement_timeout_ms, f)
+                })
             })
         })
     })
