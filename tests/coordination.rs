@@ -150,7 +150,7 @@ fn an_ordinary_roles_rule_changes_take_effect_within_two_seconds() {
         .unwrap();
     let disabled_at = server_now(&mut alice);
     alice
-        .batch_execute("DELETE FROM token_cleanup.rules WHERE name = 'updated'")
+        .batch_execute("SELECT token_cleanup.delete_rule('updated')")
         .unwrap();
     let deleted_at = server_now(&mut alice);
     no_run_after(&mut alice, "inserted", &disabled_at);
@@ -350,7 +350,20 @@ fn no_role_can_stall_the_scheduler() {
         "permission denied for function wake_scheduler"
     );
 
-    // ACCESS EXCLUSIVE on the rules table (PUBLIC's UPDATE grant allows it) for 4 s.
+    // PUBLIC's grants allow no lock on the rules table that would stall anyone (issue 18)...
+    assert_eq!(
+        message(mallory.batch_execute(
+            "BEGIN; LOCK TABLE token_cleanup.rules IN ACCESS EXCLUSIVE MODE; COMMIT"
+        )),
+        "permission denied for table rules"
+    );
+    mallory.batch_execute("ROLLBACK").unwrap();
+    // ...but a role a DBA granted DELETE may take ACCESS EXCLUSIVE on it, for 4 s: the scheduler
+    // keeps serving the rules it has.
+    cluster
+        .connect("app")
+        .batch_execute("GRANT DELETE ON token_cleanup.rules TO mallory")
+        .unwrap();
     let lock_start = server_now(&mut alice);
     mallory
         .batch_execute("BEGIN; LOCK TABLE token_cleanup.rules IN ACCESS EXCLUSIVE MODE")

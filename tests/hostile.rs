@@ -137,12 +137,14 @@ fn hostile_and_bad_input_is_refused_or_harmless() {
     );
     assert_eq!(
         mallory
-            .execute("DELETE FROM token_cleanup.rules WHERE name = 'alices'", &[])
-            .unwrap(),
-        0
+            .query("SELECT token_cleanup.delete_rule('alices')", &[])
+            .unwrap_err()
+            .as_db_error()
+            .map(|e| e.message().to_string()),
+        Some("rule \"alices\" does not exist".to_string())
     );
     assert_eq!(count(&mut admin, "SELECT count(*) FROM token_cleanup.rules WHERE name = 'alices' AND condition = 'expires_at < now()'"), 1);
-    table.push_str("| read, change or delete another role's rule | `SELECT/UPDATE/DELETE … token_cleanup.rules` | harmless: row-level security shows 0 rows, changes 0 |\n");
+    table.push_str("| read, change or delete another role's rule | `SELECT/UPDATE … token_cleanup.rules`, `delete_rule()` | harmless: row-level security shows 0 rows, changes 0; delete_rule says it does not exist |\n");
 
     // Harmless: an explicit NULL owner becomes the inserting role.
     mallory

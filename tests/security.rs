@@ -493,7 +493,7 @@ fn a_condition_cannot_close_a_parenthesis_it_did_not_open() {
             &[&condition],
         );
         let message = error_of(result);
-        let _ = client.execute("DELETE FROM token_cleanup.rules WHERE name = 'r'", &[]);
+        let _ = client.execute("SELECT token_cleanup.delete_rule('r')", &[]);
         message
     };
 

@@ -65,6 +65,31 @@ fn error_of(result: Result<impl Sized, postgres::Error>) -> String {
     }
 }
 
+/// Calls `token_cleanup.run(rule)` as `role` on a connection of its own, in a thread: the run's
+/// status and rows deleted, or the error's message.
+fn run_in_background(
+    cluster: &Cluster,
+    database: &str,
+    role: &str,
+    rule: &str,
+) -> std::thread::JoinHandle<Result<(String, i64), String>> {
+    let conn = format!(
+        "host=127.0.0.1 port={} user={role} dbname={database}",
+        cluster.port
+    );
+    let rule = rule.to_string();
+    std::thread::spawn(move || {
+        let mut client = Client::connect(&conn, postgres::NoTls).unwrap();
+        client
+            .query_one(
+                "SELECT status, rows_deleted FROM token_cleanup.run($1)",
+                &[&rule],
+            )
+            .map(|r| (r.get(0), r.get(1)))
+            .map_err(|e| error_of(Err::<(), _>(e)))
+    })
+}
+
 /// The last run of `rule`: status, sqlstate, error.
 fn last_run(client: &mut Client, rule: &str) -> (String, Option<String>, Option<String>) {
     let row = client
@@ -146,24 +171,14 @@ fn a_run_ends_when_told_even_if_the_rules_code_swallows_cancels() {
              VALUES ('endless', 'alice.tokens', 'alice.swallow(60) AND expires_at < pg_catalog.now()', '@daily', '0')",
         )
         .unwrap();
-    let port = cluster.port;
-    let caller = std::thread::spawn(move || {
-        let mut alice = Client::connect(
-            &format!("host=127.0.0.1 port={port} user=alice dbname=app"),
-            postgres::NoTls,
-        )
-        .unwrap();
-        let started = Instant::now();
-        let message = error_of(alice.query("SELECT * FROM token_cleanup.run('endless')", &[]));
-        (message, started.elapsed())
-    });
+    let caller = run_in_background(&cluster, "app", "alice", "endless");
     let pid = runner_pid(&mut admin, "endless");
     std::thread::sleep(Duration::from_millis(500));
     let terminated = Instant::now();
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
         .unwrap();
-    let (message, _) = caller.join().unwrap();
+    let message = caller.join().unwrap().unwrap_err();
     assert!(
         terminated.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -212,14 +227,7 @@ fn a_run_ends_when_told_even_if_the_rules_code_swallows_cancels() {
     assert_eq!(count(&mut alice, "SELECT count(*) FROM alice.tokens"), 5);
 
     // 4. DROP DATABASE … WITH (FORCE) while such a run goes on: it ends the run and passes.
-    let caller = std::thread::spawn(move || {
-        let mut alice = Client::connect(
-            &format!("host=127.0.0.1 port={port} user=alice dbname=app"),
-            postgres::NoTls,
-        )
-        .unwrap();
-        let _ = alice.query("SELECT * FROM token_cleanup.run('endless')", &[]);
-    });
+    let caller = run_in_background(&cluster, "app", "alice", "endless");
     runner_pid(&mut admin, "endless");
     drop(alice);
     drop(admin);
@@ -233,7 +241,7 @@ fn a_run_ends_when_told_even_if_the_rules_code_swallows_cancels() {
         "{:?}",
         started.elapsed()
     );
-    caller.join().unwrap();
+    let _ = caller.join().unwrap();
 
     // 5. A fast shutdown with such a scheduled run going on finishes promptly.
     let mut admin = cluster.database_with_extension("app2");
@@ -289,18 +297,7 @@ fn a_deleted_rule_does_not_run_on_a_table_made_while_it_waited() {
     migration
         .batch_execute("BEGIN; LOCK TABLE alice.tokens IN ACCESS EXCLUSIVE MODE")
         .unwrap();
-    let port = cluster.port;
-    let caller = std::thread::spawn(move || {
-        let mut alice = Client::connect(
-            &format!("host=127.0.0.1 port={port} user=alice dbname=app"),
-            postgres::NoTls,
-        )
-        .unwrap();
-        alice
-            .query_one("SELECT status FROM token_cleanup.run('migrated')", &[])
-            .map(|r| r.get::<_, String>(0))
-            .map_err(|e| e.to_string())
-    });
+    let caller = run_in_background(&cluster, "app", "alice", "migrated");
     // Positive control: the run is recorded running and waits while the migration holds the lock.
     wait_for(
         "the run to wait for the lock",
@@ -324,8 +321,8 @@ fn a_deleted_rule_does_not_run_on_a_table_made_while_it_waited() {
              COMMIT;",
         )
         .unwrap();
-    let status = caller.join().unwrap();
-    assert_eq!(status.as_deref(), Ok("stopped"), "{status:?}");
+    let outcome = caller.join().unwrap();
+    assert_eq!(outcome, Ok(("stopped".to_string(), 0)));
     assert_eq!(count(&mut alice, "SELECT count(*) FROM alice.tokens"), 30);
     let (_, _, error) = last_run(&mut admin, "migrated");
     assert!(
@@ -341,7 +338,6 @@ fn a_deleted_rule_does_not_run_on_a_table_made_while_it_waited() {
 fn a_table_swapped_during_a_run_is_not_touched() {
     let cluster = Cluster::start("swapped", &["pg_token_cleanup.enabled = off"]);
     let mut admin = cluster.database_with_extension("app");
-    let port = cluster.port;
     // A superuser's paced rule on a superuser-owned table; a rotation renames the table away after
     // a few batches and a role with CREATE on the schema puts a look-alike in its place whose
     // trigger records who deleted from it.
@@ -364,21 +360,7 @@ fn a_table_swapped_during_a_run_is_not_touched() {
              BEGIN INSERT INTO shared.seen (who) VALUES (current_user); RETURN OLD; END $$;",
         )
         .unwrap();
-    let caller = std::thread::spawn(move || {
-        let mut admin = Client::connect(
-            &format!("host=127.0.0.1 port={port} user=postgres dbname=app"),
-            postgres::NoTls,
-        )
-        .unwrap();
-        admin
-            .query_one("SELECT status FROM token_cleanup.run('paced')", &[])
-            .map(|r| r.get::<_, String>(0))
-            .map_err(|e| {
-                e.as_db_error()
-                    .map(|d| d.message().to_string())
-                    .unwrap_or_default()
-            })
-    });
+    let caller = run_in_background(&cluster, "app", "postgres", "paced");
     wait_for("a few paced batches", Duration::from_secs(20), || {
         (count(&mut admin, "SELECT count(*) FROM shared.tokens") <= 170).then_some(())
     });
@@ -425,34 +407,20 @@ fn a_rule_changed_during_its_run_stops_it() {
     let cluster = Cluster::start("changed", &["pg_token_cleanup.enabled = off"]);
     let mut admin = cluster.database_with_extension("app");
     let mut alice = tenant(&cluster, &mut admin, "app", "alice", 200);
-    let port = cluster.port;
     alice
         .batch_execute(
             "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size, max_rows_per_second)
              VALUES ('changed', 'alice.tokens', 'expires_at < pg_catalog.now()', '@daily', 10, 20);",
         )
         .unwrap();
-    let caller = std::thread::spawn(move || {
-        let mut alice = Client::connect(
-            &format!("host=127.0.0.1 port={port} user=alice dbname=app"),
-            postgres::NoTls,
-        )
-        .unwrap();
-        alice
-            .query_one(
-                "SELECT status, rows_deleted FROM token_cleanup.run('changed')",
-                &[],
-            )
-            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
-            .unwrap()
-    });
+    let caller = run_in_background(&cluster, "app", "alice", "changed");
     wait_for("a few paced batches", Duration::from_secs(20), || {
         (count(&mut alice, "SELECT count(*) FROM alice.tokens") <= 180).then_some(())
     });
     alice
         .batch_execute("UPDATE token_cleanup.rules SET batch_size = 11 WHERE name = 'changed'")
         .unwrap();
-    let (status, deleted) = caller.join().unwrap();
+    let (status, deleted) = caller.join().unwrap().unwrap();
     assert_eq!(status, "stopped");
     assert!(deleted < 200, "{deleted}");
     let (_, _, error) = last_run(&mut alice, "changed");
