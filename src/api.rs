@@ -115,7 +115,7 @@ fn preview(
         crate::condition::embedded(&rule.condition)
     );
     let matching = crate::executor::as_role(owner, rule.limits(), || Spi::get_one::<i64>(&sql))
-        .unwrap_or_else(|e| e.context("counting the matching rows").raise())
+        .unwrap_or_else(|e| e.raise())
         .unwrap_or_else(|e| Error::from(e).raise())
         .unwrap_or(0);
     let batch_size = rule.effective_batch_size();

@@ -20,6 +20,7 @@ static STATEMENT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
 /// Ceilings a rule cannot exceed or turn off (0: none): the DBA's, not the rule owner's.
 static MAX_STATEMENT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 static MAX_RUN_DURATION_S: GucSetting<i32> = GucSetting::<i32>::new(0);
+static MAX_PAUSE_S: GucSetting<i32> = GucSetting::<i32>::new(600);
 /// How the WAL of a run's batches is compressed (PostgreSQL's `wal_compression`, for our
 /// transactions only).
 #[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -172,6 +173,16 @@ pub fn init() {
         c"The longest any run may go on; 0: no ceiling.",
         c"A rule's max_run_duration above it, or none, is lowered to it. A run stops between batches at it; the rule's code still running a second later is ended by the worker.",
         &MAX_RUN_DURATION_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_token_cleanup.max_pause",
+        c"The longest a run stays paused at one stretch by pacing; then it stops. 0: no limit.",
+        c"A standby that never catches up (a delayed one), a WAL rate or waiters that never drop would otherwise keep a run paused for ever. The run is recorded stopped; the rest goes in the next run.",
+        &MAX_PAUSE_S,
         0,
         i32::MAX,
         GucContext::Sighup,
@@ -347,6 +358,12 @@ pub fn max_statement_timeout_ms() -> i32 {
 /// pg_token_cleanup.max_run_duration; `None`: no ceiling.
 pub fn max_run_duration() -> Option<std::time::Duration> {
     let s = MAX_RUN_DURATION_S.get();
+    (s > 0).then(|| std::time::Duration::from_secs(s as u64))
+}
+
+/// pg_token_cleanup.max_pause; `None`: no limit.
+pub fn max_pause() -> Option<std::time::Duration> {
+    let s = MAX_PAUSE_S.get();
     (s > 0).then(|| std::time::Duration::from_secs(s as u64))
 }
 

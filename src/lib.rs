@@ -57,6 +57,11 @@ pub extern "C-unwind" fn _PG_init() {
              (ALTER SYSTEM SET shared_preload_libraries = 'pg_token_cleanup') and restart the server.",
         );
     }
+    // No Rust backtrace reaches a client: pgrx attaches one to the DETAIL of an error that crossed
+    // into Rust when std captures backtraces, which a server started with RUST_BACKTRACE set would.
+    // Set in the postmaster, before it forks anything, so every process of the server inherits it.
+    // SAFETY: the postmaster is single-threaded while it preloads libraries.
+    unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     worker::registry::init();
     hooks::init();
     worker::launcher::register();

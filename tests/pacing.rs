@@ -160,6 +160,48 @@ fn a_standby_that_stops_replaying_stops_the_purge_until_it_resumes() {
         unpaced < Duration::from_secs(10),
         "the control run took {unpaced:?}"
     );
+
+    // A standby that never catches up (replay paused for good, as a delayed standby) keeps a run
+    // paused only for pg_token_cleanup.max_pause at one stretch; the run is then recorded stopped
+    // and the rest is left for the next run.
+    common::alter_system(&mut db, "pg_token_cleanup.max_pause", "2s");
+    db.batch_execute(
+        "INSERT INTO public.tokens SELECT g, now() - interval '1 day' FROM generate_series(1, 40000) g",
+    )
+    .unwrap();
+    wait_for("the standby to catch up", Duration::from_secs(30), || {
+        (count(&mut replica, "SELECT count(*) FROM public.tokens") == 40_100).then_some(())
+    });
+    replica
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        run_in_background(&primary, "cleaner", "paced")
+            .join()
+            .unwrap(),
+        "stopped"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+    let why: String = db
+        .query_one(
+            "SELECT error FROM token_cleanup.runs WHERE rule_name = 'paced' ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        why.contains("(replica_lag), past pg_token_cleanup.max_pause"),
+        "{why}"
+    );
+    assert!(count(&mut db, "SELECT count(*) FROM public.tokens") > 100);
+    replica
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .unwrap();
     common::record(
         "standby replay paused mid-purge (max_replica_lag = 1 s)",
         "pg_wal_replay_pause() on a streaming standby, a 40,000-row purge at 10,000 rows/s, replay resumed 2 s after the purge stalled",

@@ -235,7 +235,7 @@ fn a_table_renamed_or_a_privilege_revoked_fails_only_that_rule() {
     );
     assert_eq!(
         failed_run_error(&mut db, "revoked"),
-        "deleting batch 1: permission denied for table revoked (SQLSTATE 42501)"
+        "role \"cleaner\", as whom rule \"revoked\" runs, has no DELETE privilege on table public.revoked (SQLSTATE 42501)"
     );
     wait_for_count(
         &mut db,

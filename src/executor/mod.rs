@@ -354,8 +354,20 @@ impl<'a> Tally<'a> {
     fn batch(&mut self, plan: &Plan, batch: Batch) -> Result<(Deleted, f64), Outcome> {
         self.keep_pace(plan.max_rows_per_second);
         let stop = self.stop_check();
+        let done_so_far = self.rows_deleted;
         self.pacer.set_table(plan.table.oid);
-        self.pacer.wait(self.rule_name, || stop.check())?;
+        self.pacer.wait(
+            self.rule_name,
+            || stop.check(),
+            |paused, reason| {
+                Outcome::Stopped(format!(
+                    "paused for {:.0} s at one stretch ({}), past pg_token_cleanup.max_pause; stopped with {} rows deleted, the rest go in the next run",
+                    paused.as_secs_f64(),
+                    reason.as_str(),
+                    done_so_far
+                ))
+            },
+        )?;
         self.check_stop()?;
         let started = Instant::now();
         let (run_id, done, batches) = (self.run_id, self.rows_deleted, self.batches);

@@ -348,15 +348,18 @@ impl Pacer {
 
     /// Waits between batches while a signal says so. `check_stop` ends the wait (SIGTERM,
     /// max_run_duration) with its error.
+    /// `too_long` makes the error that ends the run when one stretch of pauses passes
+    /// pg_token_cleanup.max_pause (a delayed standby never catches up).
     pub fn wait<E>(
         &mut self,
         rule_name: &str,
         mut check_stop: impl FnMut() -> Result<(), E>,
+        too_long: impl FnOnce(Duration, Reason) -> E,
     ) -> Result<(), E> {
         if !self.limits.any() {
             return Ok(());
         }
-        let result = self.wait_for_signals(rule_name, &mut check_stop);
+        let result = self.wait_for_signals(rule_name, &mut check_stop, too_long);
         self.wal_at_batch_start = Some(process_wal_bytes());
         result
     }
@@ -365,7 +368,10 @@ impl Pacer {
         &mut self,
         rule_name: &str,
         check_stop: &mut impl FnMut() -> Result<(), E>,
+        too_long: impl FnOnce(Duration, Reason) -> E,
     ) -> Result<(), E> {
+        let started = Instant::now();
+        let longest = crate::gucs::max_pause();
         if let Some(give_way) = self.give_way.take() {
             check_stop()?;
             self.pause(rule_name, Reason::Waiters, give_way);
@@ -375,6 +381,9 @@ impl Pacer {
             let Some((reason, how_long)) = self.reason_to_pause() else {
                 return Ok(());
             };
+            if longest.is_some_and(|longest| started.elapsed() >= longest) {
+                return Err(too_long(started.elapsed(), reason));
+            }
             self.pause(rule_name, reason, how_long);
         }
     }
