@@ -182,7 +182,21 @@ fn run(
             "All background worker slots are in use: raise max_worker_processes (restart needed) or try again.",
         );
     };
-    if runner::wait_for_run(&worker, &handoff).is_err() {
+    // A caller that is cancelled (pg_cancel_backend, its own statement_timeout) or terminated while
+    // it waits ends the run too: a run nobody waits for would hold its worker slot for ever, and a
+    // few cancelled calls would take every slot of the server.
+    let waited = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        runner::wait_for_run(&worker, &handoff)
+    }))
+    .catch_others(|caught| {
+        if let Ok(pid) = worker.pid() {
+            // SAFETY: signals the runner this call started (it records the run interrupted).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        caught.rethrow()
+    })
+    .execute();
+    if waited.is_err() {
         refuse(
             PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
             format!("the server shut down while rule \"{name}\" was running"),

@@ -715,3 +715,21 @@ fn check_condition(
         condition::refuse_condition(rule, text, &why, &table.qualified_name);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::capped;
+
+    #[test]
+    fn a_ceiling_lowers_a_timeout_and_replaces_none() {
+        assert_eq!(capped(5_000, 0), 5_000, "no ceiling");
+        assert_eq!(capped(0, 0), 0, "no timeout, no ceiling");
+        assert_eq!(capped(5_000, 1_000), 1_000);
+        assert_eq!(capped(500, 1_000), 500);
+        assert_eq!(
+            capped(0, 1_000),
+            1_000,
+            "a rule cannot turn the ceiling off"
+        );
+    }
+}

@@ -937,3 +937,46 @@ fn smaller_findings() {
         .collect();
     assert_eq!(deleters, vec!["leafowner".to_string()]);
 }
+
+#[test]
+fn a_cancelled_run_call_ends_its_run() {
+    let cluster = Cluster::start("cancelled", &["pg_token_cleanup.enabled = off"]);
+    let mut admin = cluster.database_with_extension("app");
+    let mut alice = tenant(&cluster, &mut admin, "app", "alice", 5);
+    create_cancel_swallower(&mut alice, "alice");
+    alice
+        .batch_execute(
+            "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, statement_timeout)
+             VALUES ('long', 'alice.tokens', 'alice.swallow(60) AND expires_at < pg_catalog.now()', '@daily', '0')",
+        )
+        .unwrap();
+    let caller = run_in_background(&cluster, "app", "alice", "long");
+    // Positive control: the run is going on in its own worker while the call waits.
+    let runner = runner_pid(&mut admin, "long");
+    let caller_pid: i32 = wait_for("the caller of run()", Duration::from_secs(10), || {
+        admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND query LIKE '%token_cleanup.run(%'",
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get(0))
+    });
+    admin
+        .execute("SELECT pg_cancel_backend($1)", &[&caller_pid])
+        .unwrap();
+    let message = caller.join().unwrap().unwrap_err();
+    assert_eq!(message, "canceling statement due to user request");
+    wait_for("the runner to end", Duration::from_secs(5), || {
+        (count(
+            &mut admin,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {runner}"),
+        ) == 0)
+            .then_some(())
+    });
+    wait_for("the run to be recorded", Duration::from_secs(5), || {
+        let (status, sqlstate, _) = last_run(&mut alice, "long");
+        (status == "interrupted" && sqlstate.as_deref() == Some("57P01")).then_some(())
+    });
+    assert_eq!(count(&mut alice, "SELECT count(*) FROM alice.tokens"), 5);
+}

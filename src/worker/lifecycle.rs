@@ -67,7 +67,7 @@ pub fn perform(job: &Job, stop_requested: &dyn Fn() -> bool) -> i64 {
     };
     let run_id = BackgroundWorker::transaction(|| begin(job));
     registry::set_claimed_run(run_id);
-    let _recorded_at_exit = UnfinishedRun::new(run_id, rule.max_run_duration());
+    let _recorded_at_exit = UnfinishedRun::new(run_id);
     let binding = Binding::new(rule, job.trigger != Trigger::Manual, table);
     executor::report_activity(&format!(
         "pg_token_cleanup: rule {} run {run_id}: starting",
@@ -93,6 +93,8 @@ pub fn perform(job: &Job, stop_requested: &dyn Fn() -> bool) -> i64 {
             return run_id;
         }
     }
+    // The deadline the executor counts max_run_duration from, for ending the rule's code past it.
+    super::signals::set_run_deadline(rule.max_run_duration());
     let report = executor::execute(rule, run_id, &binding, stop_requested);
     super::log_run(rule, run_id, job.trigger, &report);
     announce(
@@ -181,15 +183,15 @@ fn begin(job: &Job) -> i64 {
 struct UnfinishedRun;
 
 impl UnfinishedRun {
-    fn new(run_id: i64, max_duration: Option<Duration>) -> UnfinishedRun {
-        super::signals::set_current_run(Some(run_id), max_duration);
+    fn new(run_id: i64) -> UnfinishedRun {
+        super::signals::set_current_run(Some(run_id));
         UnfinishedRun
     }
 }
 
 impl Drop for UnfinishedRun {
     fn drop(&mut self) {
-        super::signals::set_current_run(None, None);
+        super::signals::set_current_run(None);
     }
 }
 

@@ -139,16 +139,12 @@ pub fn die_reason() -> DieReason {
 }
 
 /// Sets (or, with `None`, clears) the run this process is performing: if the process ends before
-/// the run is finished, [`on_exit_record`] records it. `deadline` is the run's max_run_duration
-/// from now.
-pub fn set_current_run(run_id: Option<i64>, deadline: Option<Duration>) {
+/// the run is finished, [`on_exit_record`] records it. Clearing it clears its deadline too.
+pub fn set_current_run(run_id: Option<i64>) {
     CURRENT_RUN.store(run_id.unwrap_or(0), Ordering::SeqCst);
-    let deadline_us = deadline.map_or(0, |d| {
-        // SAFETY: reads the clock.
-        let now = unsafe { pg_sys::GetCurrentTimestamp() };
-        now.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-    });
-    RUN_DEADLINE.store(deadline_us, Ordering::SeqCst);
+    if run_id.is_none() {
+        set_run_deadline(None);
+    }
     static REGISTERED: AtomicBool = AtomicBool::new(false);
     if run_id.is_some() && !REGISTERED.swap(true, Ordering::SeqCst) {
         // Registered after the registry's own exit callback, so it runs before it (PostgreSQL runs
@@ -178,6 +174,17 @@ fn unfinished_reason(reason: DieReason) -> crate::errors::Error {
              committed batches stay deleted, the rest go in the next run",
         ),
     }
+}
+
+/// Sets when the current run must be over: its max_run_duration from now (when its batches start,
+/// as the executor counts it); `None`: no deadline.
+pub fn set_run_deadline(max_duration: Option<Duration>) {
+    let deadline_us = max_duration.map_or(0, |d| {
+        // SAFETY: reads the clock.
+        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        now.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    });
+    RUN_DEADLINE.store(deadline_us, Ordering::SeqCst);
 }
 
 /// At process exit (a die, or any FATAL) with a run still `running`: records it `interrupted`, with
