@@ -87,9 +87,9 @@ $$;
 
 -- Deleting a rule, now that PUBLIC holds no DELETE on the rules table (src/api.rs).
 CREATE FUNCTION token_cleanup."delete_rule"(
-	"rule_name" TEXT /* &str */
+	"rule_name" TEXT /* & str */
 ) RETURNS bool /* bool */
-VOLATILE PARALLEL UNSAFE
+STRICT VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'delete_rule_wrapper';
