@@ -76,6 +76,23 @@ pub enum Notify {
 
 static NOTIFY: GucSetting<Notify> = GucSetting::<Notify>::new(Notify::Off);
 
+/// Which finished runs stay in the history and get a LOG line.
+#[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LogRuns {
+    /// Every run.
+    #[name = c"all"]
+    All,
+    /// Runs that deleted rows or did not succeed.
+    #[name = c"nonzero"]
+    Nonzero,
+    /// Runs that failed, were interrupted or refused.
+    #[name = c"errors"]
+    Errors,
+}
+
+static LOG_RUNS: GucSetting<LogRuns> = GucSetting::<LogRuns>::new(LogRuns::All);
+static HISTORY_PER_RULE: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
 /// Registers every setting; called from `_PG_init` in every process that loads the library.
 pub fn init() {
     GucRegistry::define_bool_guc(
@@ -249,8 +266,26 @@ pub fn init() {
     GucRegistry::define_enum_guc(
         c"pg_token_cleanup.notify",
         c"Announces the end of runs with NOTIFY token_cleanup: off, failures or all.",
-        c"The payload is JSON: database, rule, run id, trigger, status, rows deleted, duration, error and SQLSTATE.",
+        c"The payload is JSON: database, rule, owner, run id, trigger, status, rows deleted, duration and SQLSTATE (never the error's text).",
         &NOTIFY,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"pg_token_cleanup.log_runs",
+        c"Which finished runs are kept in token_cleanup.runs and logged: all, nonzero or errors.",
+        c"nonzero: runs that deleted rows or did not succeed; errors: failed, interrupted and refused runs. A rule's newest run is always kept. Lifetime counters (rule_totals) count every run.",
+        &LOG_RUNS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_token_cleanup.history_per_rule",
+        c"Most runs of each status kept per rule in token_cleanup.runs (0: no cap).",
+        c"On top of pg_token_cleanup.history_retention: an every-second rule would otherwise keep 86,400 runs a day. Lifetime counters (rule_totals) count every run.",
+        &HISTORY_PER_RULE,
+        0,
+        i32::MAX,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -401,6 +436,15 @@ pub fn yield_to_waiters() -> bool {
 
 pub fn notify() -> Notify {
     NOTIFY.get()
+}
+
+pub fn log_runs() -> LogRuns {
+    LOG_RUNS.get()
+}
+
+/// pg_token_cleanup.history_per_rule; 0: no cap.
+pub fn history_per_rule() -> i32 {
+    HISTORY_PER_RULE.get()
 }
 
 pub fn max_retries() -> u32 {

@@ -147,6 +147,48 @@ pub fn finish(run_id: i64, outcome: &Outcome, counts: &Counts) {
     )
     .expect("updating token_cleanup.runs");
     add_to_totals(run_id);
+    keep_bounded(run_id);
+}
+
+/// Whether pg_token_cleanup.log_runs keeps (and logs) a run that ended with `status` having deleted
+/// `rows_deleted` rows.
+pub fn kept(status: &str, rows_deleted: i64) -> bool {
+    match crate::gucs::log_runs() {
+        crate::gucs::LogRuns::All => true,
+        crate::gucs::LogRuns::Nonzero => status != "succeeded" || rows_deleted > 0,
+        crate::gucs::LogRuns::Errors => !matches!(status, "succeeded" | "stopped"),
+    }
+}
+
+/// Keeps the history of run `run_id`'s rule bounded, now that the run's counts are in its lifetime
+/// totals (which so stay exact): drops the rule's earlier runs that pg_token_cleanup.log_runs does
+/// not keep, and all but the newest pg_token_cleanup.history_per_rule runs of each status. The run
+/// itself stays until the next one ends, so that `rule_stats` always shows a rule's last run.
+fn keep_bounded(run_id: i64) {
+    let log_runs = crate::gucs::log_runs();
+    let cap = crate::gucs::history_per_rule();
+    if log_runs == crate::gucs::LogRuns::All && cap == 0 {
+        return;
+    }
+    let drop_unkept = match log_runs {
+        crate::gucs::LogRuns::All => "false",
+        crate::gucs::LogRuns::Nonzero => "r.status = 'succeeded' AND r.rows_deleted = 0",
+        crate::gucs::LogRuns::Errors => "r.status IN ('succeeded', 'stopped')",
+    };
+    Spi::run_with_args(
+        &format!(
+            "WITH ranked AS ( \
+                SELECT h.id, h.status, h.rows_deleted, \
+                       pg_catalog.row_number() OVER (PARTITION BY h.status ORDER BY h.id DESC) AS nth \
+                  FROM token_cleanup.runs h \
+                 WHERE h.rule_id = (SELECT rule_id FROM token_cleanup.runs WHERE id = $1) \
+                   AND h.status <> 'running') \
+             DELETE FROM token_cleanup.runs d USING ranked r \
+              WHERE d.id = r.id AND d.id <> $1 AND (($2 > 0 AND r.nth > $2) OR ({drop_unkept}))"
+        ),
+        &[run_id.into(), cap.into()],
+    )
+    .expect("bounding token_cleanup.runs");
 }
 
 /// Records run `run_id`, still `running`, as `interrupted` with `why`, keeping the progress its

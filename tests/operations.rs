@@ -586,3 +586,74 @@ fn partitioned_tables_are_cleaned_leaf_by_leaf_and_whole_expired_leaves_removed(
     );
     assert_eq!(count(&mut alice, "SELECT count(*) FROM alice.sessions"), 50);
 }
+
+#[test]
+fn history_stays_bounded_and_lifetime_counters_stay_exact() {
+    let cluster = Cluster::start(
+        "ops_history",
+        &[
+            "pg_token_cleanup.enabled = off",
+            "pg_token_cleanup.log_runs = 'nonzero'",
+            "pg_token_cleanup.history_per_rule = 2",
+        ],
+    );
+    drop(cluster.database_with_extension("app"));
+    let mut alice = app_role(&cluster, "alice");
+    tokens(&mut alice, "alice.tokens", 0, 5);
+    insert_rule(
+        &mut alice,
+        "batch_size",
+        "'bounded', 'alice.tokens', 'expires_at < pg_catalog.now()', '@daily', 10",
+    )
+    .unwrap();
+    let run = |client: &mut Client| {
+        client
+            .query_one("SELECT status FROM token_cleanup.run('bounded')", &[])
+            .map(|r| r.get::<_, String>(0))
+    };
+    let kept = |client: &mut Client, filter: &str| {
+        count(
+            client,
+            &format!(
+                "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 'bounded' AND {filter}"
+            ),
+        )
+    };
+    // Five runs that find nothing: only the newest stays (log_runs = nonzero), and none is logged.
+    for _ in 0..5 {
+        assert_eq!(run(&mut alice).unwrap(), "succeeded");
+    }
+    assert_eq!(kept(&mut alice, "true"), 1);
+    // Four runs that delete a row each: the newest two stay (history_per_rule = 2), all logged.
+    for i in 0..4 {
+        alice
+            .execute(
+                "INSERT INTO alice.tokens VALUES ($1, 'x', pg_catalog.now() - interval '1 day')",
+                &[&(100 + i as i64)],
+            )
+            .unwrap();
+        assert_eq!(run(&mut alice).unwrap(), "succeeded");
+    }
+    assert_eq!(kept(&mut alice, "rows_deleted = 1"), 2);
+    assert_eq!(kept(&mut alice, "rows_deleted = 0"), 0);
+    // Three failures: the newest two stay.
+    alice
+        .batch_execute("REVOKE DELETE ON alice.tokens FROM alice")
+        .unwrap();
+    for _ in 0..3 {
+        assert!(run(&mut alice).is_err());
+    }
+    assert_eq!(kept(&mut alice, "status = 'failed'"), 2);
+    // The lifetime counters count every run.
+    let totals = alice
+        .query_one(
+            "SELECT runs, succeeded, failed, rows_deleted FROM token_cleanup.rule_totals WHERE rule_name = 'bounded'",
+            &[],
+        )
+        .unwrap();
+    let totals: (i64, i64, i64, i64) = (totals.get(0), totals.get(1), totals.get(2), totals.get(3));
+    assert_eq!(totals, (12, 9, 3, 4));
+    // Logged: the four runs that deleted rows and the three failures, not the five empty runs.
+    let logged = cluster.log().matches("rule \"bounded\" run ").count();
+    assert_eq!(logged, 7, "{}", cluster.log());
+}

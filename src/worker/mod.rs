@@ -90,6 +90,10 @@ pub fn extension_present() -> bool {
 
 /// The one LOG line every run writes: rule, outcome, rows deleted, batches, duration.
 pub fn log_run(rule: &Rule, run_id: i64, trigger: Trigger, report: &RunReport) {
+    // pg_token_cleanup.log_runs: an every-second rule would otherwise write 86,400 lines a day.
+    if !crate::history::kept(report.outcome.status(), report.rows_deleted) {
+        return;
+    }
     let what = format!(
         "pg_token_cleanup: rule \"{}\" run {} ({}) {}: deleted {} rows from {} in {} batches in {} ms (by {}, {} ms planning and finding rows, longest batch {} ms, {} batches met locked rows)",
         rule.name,
