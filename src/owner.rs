@@ -275,9 +275,7 @@ unsafe fn set(
 /// releases them all; a backend does so only if it held no advisory lock before (its own are the
 /// caller's business, and tell nothing apart from those the code took).
 pub fn leaving_no_advisory_locks<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: reading a process-wide flag.
-    let in_worker = unsafe { pg_sys::IsBackgroundWorker };
-    let release = in_worker || !holds_advisory_locks();
+    let release = in_background_worker() || !holds_advisory_locks();
     let result = f();
     if release {
         // SAFETY: releases this session's session-level user (advisory) locks; no LWLock is held
@@ -285,6 +283,13 @@ pub fn leaving_no_advisory_locks<R>(f: impl FnOnce() -> R) -> R {
         unsafe { pg_sys::LockReleaseSession(pg_sys::USER_LOCKMETHOD as pg_sys::LOCKMETHODID) };
     }
     result
+}
+
+/// Whether this process is a background worker (ours: a backend is a session of a client).
+/// PostgreSQL 17 replaced the `IsBackgroundWorker` flag by `MyBackendType`, which 14 to 18 have.
+pub fn in_background_worker() -> bool {
+    // SAFETY: reading a process-wide value set at start.
+    unsafe { pg_sys::MyBackendType == pg_sys::BackendType::B_BG_WORKER }
 }
 
 /// Whether this process holds an advisory lock (at session or transaction level).

@@ -220,8 +220,7 @@ pub fn stop_requested() -> bool {
 /// run's deadline by more than [`ESCALATION_GRACE`], whatever it catches. Only in a background
 /// worker; in a backend, PostgreSQL's own die() already ends the session.
 pub fn cancellable<R>(statement_timeout_ms: i32, f: impl FnOnce() -> R) -> R {
-    // SAFETY: reading a process-wide flag set at start.
-    if !unsafe { pg_sys::IsBackgroundWorker } {
+    if !crate::owner::in_background_worker() {
         return f();
     }
     IN_OWNER_STATEMENT.store(true, Ordering::SeqCst);
