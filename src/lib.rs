@@ -15,10 +15,12 @@
 //! - [`schedule`]: cron text → fire times (pure Rust); [`worker::agenda`]: due times (pure Rust).
 //! - [`catalog`]: rules, loading and validation; [`target`]: table resolution; [`condition`]: the
 //!   proof that a condition is one expression, and the one place that embeds it.
-//! - [`executor`]: one run (batches); [`history`]: the runs table; [`owner`]: running code that is
+//! - [`executor`]: one run (batches; [`executor::binding`]: the rule and relations a run was given,
+//!   checked before every batch); [`history`]: the runs table; [`owner`]: running code that is
 //!   not ours as the right role, leaving nothing behind, and timeouts; [`errors`]: raising and
 //!   catching errors.
-//! - [`worker`]: launcher, scheduler, runner, signals; [`hooks`]: DROP DATABASE support.
+//! - [`worker`]: launcher, scheduler, runner, signals (and how a run ends when told, even inside the
+//!   owner's code: [`worker::signals`]); [`hooks`]: DROP DATABASE support.
 //! - [`api`]: SQL functions; [`gucs`]: settings; `sql/`: tables, views, policies, triggers.
 
 use pgrx::prelude::*;
