@@ -113,9 +113,28 @@ pub fn relation_is(oid: pg_sys::Oid, name: &str, what: &str) -> Result<(), Outco
 }
 
 /// Locks `oid` as a DELETE (or the archive's INSERT) would, by OID, so that nobody renames or drops
-/// it until the transaction ends. Called as the run's role with its lock_timeout.
-pub fn lock(oid: pg_sys::Oid) {
-    // SAFETY: a relation lock in the current transaction, released at its end; no privilege is
-    // needed to lock by OID (the batch's statements check privileges).
-    unsafe { pg_sys::LockRelationOid(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
+/// it until the transaction ends, waiting at most `lock_timeout_ms` (0: for ever); the error when
+/// it is not granted in time. No privilege is needed to lock by OID (the statements that follow
+/// check privileges).
+pub fn lock(oid: pg_sys::Oid, lock_timeout_ms: i32) -> Result<(), Error> {
+    let lock_timeout = format!("{lock_timeout_ms}ms");
+    crate::errors::in_subtransaction(|| {
+        crate::owner::with_settings(&[("lock_timeout", &lock_timeout)], || {
+            // SAFETY: a relation lock, kept by the transaction when the subtransaction is released.
+            unsafe { pg_sys::LockRelationOid(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) }
+        })
+    })
+}
+
+/// Locks `oid` (see [`lock`]) and checks that `name` still names it: after this, statements of the
+/// transaction that name `name` reach `oid`. A lock not granted in time fails the run.
+pub fn lock_and_check(
+    oid: pg_sys::Oid,
+    name: &str,
+    what: &str,
+    lock_timeout_ms: i32,
+) -> Result<(), Outcome> {
+    lock(oid, lock_timeout_ms)
+        .map_err(|e| Outcome::Failed(e.context(format!("locking {what} {name}"))))?;
+    relation_is(oid, name, what)
 }

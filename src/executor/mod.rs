@@ -236,7 +236,7 @@ fn run(rule: &Rule, tally: &mut Tally) -> Result<Outcome, Outcome> {
         let before = tally.rows_deleted;
         if plan.partition {
             tally.check_stop()?;
-            match partitions::remove_if_all_match(rule, plan) {
+            match partitions::remove_if_all_match(rule, plan, tally.binding) {
                 Ok(Some((rows, action))) => {
                     tally.rows_deleted += rows;
                     tally.partitions_dropped += 1;
@@ -246,7 +246,7 @@ fn run(rule: &Rule, tally: &mut Tally) -> Result<Outcome, Outcome> {
                     continue;
                 }
                 Ok(None) => {}
-                Err(e) => return Err(Outcome::Failed(e)),
+                Err(ended) => return Err(ended),
             }
         }
         match plan.method {
@@ -316,12 +316,17 @@ fn delete_through_index(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<O
     loop {
         tally.check_stop()?;
         let scan_started = Instant::now();
-        let collected = BackgroundWorker::transaction(|| collect(rule, plan));
+        let binding = tally.binding;
+        let collected = BackgroundWorker::transaction(|| {
+            still_bound(plan, binding)?;
+            Ok(collect(rule, plan))
+        });
         tally.scan_ms += scan_started.elapsed().as_millis();
         let candidates = match collected {
-            Ok(c) => c,
-            Err(_) if (tally.stop_requested)() => return Err(interrupted()),
-            Err(e) => return Err(Outcome::Failed(e.context("finding rows to delete"))),
+            Err(stale) => return Err(stale),
+            Ok(Ok(c)) => c,
+            Ok(Err(_)) if (tally.stop_requested)() => return Err(interrupted()),
+            Ok(Err(e)) => return Err(Outcome::Failed(e.context("finding rows to delete"))),
         };
         let full_scan = candidates.len() >= COLLECT_LIMIT;
         let mut sizer = BatchSizer::new(
@@ -441,28 +446,18 @@ impl<'a> Tally<'a> {
     }
 }
 
-/// At the start of a batch's transaction: locks the batch's table and archive by OID (as the run's
-/// role, within its lock_timeout), then checks that their names still name them and that the rule
-/// is still the one the run was given. `Err` ends the run, nothing deleted in this batch.
+/// At the start of a transaction that names the plan's relations (a batch, a collecting scan, a
+/// partition's removal): locks the table and archive by OID (within the rule's lock_timeout), then
+/// checks that their names still name them and that the rule is still the one the run was given.
+/// `Err` ends the run, nothing deleted in this transaction.
 fn still_bound(plan: &Plan, bound: &binding::Binding) -> Result<(), Outcome> {
-    let locked = as_role(plan.owner, plan.limits, || {
-        binding::lock(plan.table.oid);
-        if let Some(archive) = &plan.archive {
-            binding::lock(archive.oid);
-        }
-    });
-    if let Err(e) = locked {
-        return Err(Outcome::Failed(
-            e.context(format!("locking table {}", plan.table.qualified_name)),
-        ));
-    }
-    bound.check_rule()?;
     let what = if plan.partition { "partition" } else { "table" };
-    binding::relation_is(plan.table.oid, &plan.table.qualified_name, what)?;
+    let wait = plan.limits.lock_timeout_ms;
+    binding::lock_and_check(plan.table.oid, &plan.table.qualified_name, what, wait)?;
     if let Some(archive) = &plan.archive {
-        binding::relation_is(archive.oid, &archive.table, "archive_table")?;
+        binding::lock_and_check(archive.oid, &archive.table, "archive_table", wait)?;
     }
-    Ok(())
+    bound.check_rule()
 }
 
 /// Why a run ends between batches: SIGTERM, or max_run_duration reached.

@@ -10,6 +10,7 @@
 use super::{owner_statement, Plan};
 use crate::catalog::Rule;
 use crate::errors::Error;
+use crate::history::Outcome;
 use crate::target::{self, ResolvedTable};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
@@ -44,10 +45,13 @@ pub(super) fn leaves(parent: &ResolvedTable) -> Result<Vec<ResolvedTable>, Error
 
 /// Detaches or drops the leaf partition of `plan` when the rule asks for it and every row of it
 /// matches; returns the rows it held and what was done. `None`: delete row by row.
+/// `Err` ends the run: the removal failed, or the rule or a relation is no longer the one the run
+/// was given (checked under the leaf's lock, before anything of the owner's runs).
 pub(super) fn remove_if_all_match(
     rule: &Rule,
     plan: &Plan,
-) -> Result<Option<(i64, &'static str)>, Error> {
+    binding: &super::binding::Binding,
+) -> Result<Option<(i64, &'static str)>, Outcome> {
     let (verb, action) = match rule.drop_partitions.as_str() {
         "drop" => ("DROP TABLE", "dropped"),
         "detach" => ("DETACH", "detached"),
@@ -76,7 +80,8 @@ pub(super) fn remove_if_all_match(
         )
     };
     let removed = BackgroundWorker::transaction(|| {
-        owner_statement(plan, plan.limits, || {
+        super::still_bound(plan, binding)?;
+        Ok(owner_statement(plan, plan.limits, || {
             Spi::connect_mut(|client| {
                 client.update(
                     &format!(
@@ -113,15 +118,17 @@ pub(super) fn remove_if_all_match(
                 client.update(&statement, None, &[])?;
                 Ok(Some(total))
             })
-        })
+        }))
     });
-    match removed {
+    match removed? {
         Ok(Ok(Some(rows))) => Ok(Some((rows, action))),
         Ok(Ok(None)) => Ok(None),
         // The lock was not granted within lock_timeout: delete row by row instead.
         Err(e) if e.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => Ok(None),
-        Err(e) => Err(e.context(format!("removing partition {}", leaf.qualified_name))),
-        Ok(Err(e)) => Err(Error::from(e)),
+        Err(e) => Err(Outcome::Failed(
+            e.context(format!("removing partition {}", leaf.qualified_name)),
+        )),
+        Ok(Err(e)) => Err(Outcome::Failed(Error::from(e))),
     }
 }
 

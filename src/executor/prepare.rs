@@ -26,6 +26,12 @@ pub(super) fn prepare(rule: &Rule, bound: pg_sys::Oid) -> Result<Vec<Plan>, Erro
         )
         .with_hint("Make an existing role the rule's owner (as a superuser).")
     })?;
+    // The bound table first, by OID: holding its lock, nobody can rename it, drop it or put another
+    // relation under its name while this transaction plans the run (the name is checked below).
+    if bound != pg_sys::InvalidOid {
+        super::binding::lock(bound, rule.limits().lock_timeout_ms)
+            .map_err(|e| e.context(format!("locking table {}", rule.table_name)))?;
+    }
     let table = match target::lookup_table(&rule.table_name) {
         Ok(Some(t)) => t,
         Ok(None) => {
@@ -71,6 +77,18 @@ pub(super) fn prepare(rule: &Rule, bound: pg_sys::Oid) -> Result<Vec<Plan>, Erro
     super::partitions::leaves(&table)?
         .into_iter()
         .map(|leaf| {
+            // Each leaf too, before it is planned under its name.
+            super::binding::lock(leaf.oid, rule.limits().lock_timeout_ms)
+                .map_err(|e| e.context(format!("locking partition {}", leaf.qualified_name)))?;
+            if super::binding::relation_is(leaf.oid, &leaf.qualified_name, "partition").is_err() {
+                return Err(Error::new(
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!(
+                        "partition {} was renamed or replaced while the run was planned",
+                        leaf.qualified_name
+                    ),
+                ));
+            }
             let role = owner::run_as(owner, leaf.oid);
             prepare_table(rule, leaf, role, true)
         })

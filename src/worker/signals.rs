@@ -168,9 +168,14 @@ fn unfinished_reason(reason: DieReason) -> crate::errors::Error {
             "the rule's code was still running at the run's max_run_duration; the worker ended it",
         )
         .with_hint("Committed batches stay deleted; the rest go in the next run."),
-        DieReason::Sigterm | DieReason::None => Error::new(
+        DieReason::Sigterm => Error::new(
             PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
             "stopped by SIGTERM while the rule's code ran (server shutdown, DROP DATABASE or pg_terminate_backend); \
+             committed batches stay deleted, the rest go in the next run",
+        ),
+        DieReason::None => Error::new(
+            PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
+            "the worker running it exited before the run finished (a FATAL error or the postmaster's exit); \
              committed batches stay deleted, the rest go in the next run",
         ),
     }
