@@ -33,7 +33,7 @@ pub const OWNER_SEARCH_PATH: &str = "pg_catalog, pg_temp";
 /// owner's `ALTER DATABASE … SET DateStyle` would change which rows another role's rule deletes. They
 /// are pinned to PostgreSQL's defaults for a fresh cluster, with time zone UTC: a condition means the
 /// same in every database, session and worker.
-pub const OWNER_SETTINGS: [(&str, &str); 6] = [
+const OWNER_SETTINGS: [(&str, &str); 6] = [
     ("search_path", OWNER_SEARCH_PATH),
     ("standard_conforming_strings", "on"),
     ("transform_null_equals", "off"),

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::error_of;
+
 use common::{count, wait_for, Cluster};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
@@ -33,16 +35,6 @@ fn tokens(client: &mut Client, table: &str, expired: i64, live: i64) {
                FROM generate_series({expired} + 1, {expired} + {live}) g;"
         ))
         .unwrap();
-}
-
-fn error_of(result: Result<impl Sized, postgres::Error>) -> String {
-    match result {
-        Ok(_) => "no error".into(),
-        Err(e) => e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string()),
-    }
 }
 
 fn insert_rule(client: &mut Client, columns: &str, values: &str) -> Result<u64, postgres::Error> {

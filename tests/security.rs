@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::error_of;
+
 use common::{count, expiring_tokens, wait_for, Cluster};
 use postgres::Client;
 use std::time::Duration;
@@ -45,16 +47,6 @@ fn wait_for_runs(client: &mut Client, rule: &str, runs: i64) {
             (done >= runs).then_some(())
         },
     );
-}
-
-fn error_of(result: Result<impl Sized, postgres::Error>) -> String {
-    match result {
-        Ok(_) => "no error".into(),
-        Err(e) => e
-            .as_db_error()
-            .map(|e| e.message().to_string())
-            .unwrap_or_else(|| e.to_string()),
-    }
 }
 
 /// Runs `COPY … TO STDOUT` and returns its output, or the error's message (raised when the COPY

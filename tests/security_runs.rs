@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::error_of;
+
 use common::{count, wait_for, Cluster};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
@@ -53,16 +55,6 @@ fn create_cancel_swallower(client: &mut Client, schema: &str) {
              END $$;"
         ))
         .unwrap();
-}
-
-fn error_of(result: Result<impl Sized, postgres::Error>) -> String {
-    match result {
-        Ok(_) => "no error".into(),
-        Err(e) => e
-            .as_db_error()
-            .map(|e| e.message().to_string())
-            .unwrap_or_else(|| e.to_string()),
-    }
 }
 
 /// Calls `token_cleanup.run(rule)` as `role` on a connection of its own, in a thread: the run's

@@ -29,11 +29,19 @@ pub struct Binding {
     /// The rule's table (the partitioned parent, for a partitioned table).
     pub table: pg_sys::Oid,
     pub table_name: String,
+    /// `token_cleanup.rules`, resolved once per run (the check reads it before every batch).
+    rules: pg_sys::Oid,
 }
 
 impl Binding {
+    /// Inside a transaction (it resolves the rules table).
     pub fn new(rule: &Rule, scheduled: bool, table: pg_sys::Oid) -> Binding {
+        let rules = target::lookup_table("token_cleanup.rules")
+            .ok()
+            .flatten()
+            .map_or(pg_sys::InvalidOid, |t| t.oid);
         Binding {
+            rules,
             rule_id: rule.id,
             rule_name: rule.name.clone(),
             version: rule.updated_at,
@@ -52,7 +60,7 @@ impl Binding {
     /// to the rules can commit meanwhile but the lock holder's, which is seen at the next batch after
     /// it commits. The relations are checked all the same.
     pub fn check_rule(&self) -> Result<(), Outcome> {
-        if !rules_readable_now() {
+        if !self.rules_readable_now() {
             return Ok(());
         }
         let row = Spi::get_two_with_args::<bool, f64>(
@@ -77,21 +85,22 @@ impl Binding {
         )))
     }
 
+    /// Takes the rules table's read lock if no other session's lock is in the way.
+    fn rules_readable_now(&self) -> bool {
+        // SAFETY: a conditional relation lock in the current transaction, released at its end.
+        self.rules != pg_sys::InvalidOid
+            && unsafe {
+                pg_sys::ConditionalLockRelationOid(
+                    self.rules,
+                    pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+                )
+            }
+    }
+
     /// Whether the rule's table still has the name it was given (before the first batch, when no
     /// lock is held yet: the batches check each relation under their lock).
     pub fn check_table(&self) -> Result<(), Outcome> {
         relation_is(self.table, &self.table_name, "table")
-    }
-}
-
-/// Takes the rules table's read lock if no other session's lock is in the way.
-fn rules_readable_now() -> bool {
-    let Ok(Some(rules)) = target::lookup_table("token_cleanup.rules") else {
-        return false;
-    };
-    // SAFETY: a conditional relation lock in the current transaction, released at its end.
-    unsafe {
-        pg_sys::ConditionalLockRelationOid(rules.oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE)
     }
 }
 

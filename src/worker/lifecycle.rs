@@ -36,12 +36,13 @@ pub struct Job {
 /// none (a scheduled slot skipped because a manual run of the rule is going on).
 pub fn perform(job: &Job, stop_requested: &dyn Fn() -> bool) -> i64 {
     let rule = &job.rule;
-    let (table, refused) = BackgroundWorker::transaction(|| {
+    let (table, binding, refused) = BackgroundWorker::transaction(|| {
         let table = target::lookup_table(&rule.table_name)
             .ok()
             .flatten()
             .map_or(pg_sys::InvalidOid, |t| t.oid);
-        (table, may_not_delete(rule, table))
+        let binding = Binding::new(rule, job.trigger != Trigger::Manual, table);
+        (table, binding, may_not_delete(rule, table))
     });
     if let Some(refused) = refused {
         return record_failure(job, refused, "did not start: no DELETE privilege");
@@ -68,7 +69,6 @@ pub fn perform(job: &Job, stop_requested: &dyn Fn() -> bool) -> i64 {
     let run_id = BackgroundWorker::transaction(|| begin(job));
     registry::set_claimed_run(run_id);
     let _recorded_at_exit = UnfinishedRun::new(run_id);
-    let binding = Binding::new(rule, job.trigger != Trigger::Manual, table);
     executor::report_activity(&format!(
         "pg_token_cleanup: rule {} run {run_id}: starting",
         rule.name

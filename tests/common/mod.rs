@@ -497,3 +497,14 @@ pub fn alter_system(client: &mut Client, setting: &str, value: &str) {
         .unwrap();
     client.batch_execute("SELECT pg_reload_conf()").unwrap();
 }
+
+/// The message of a statement's error ("no error" when it succeeded): what bad-input tests assert.
+pub fn error_of(result: Result<impl Sized, postgres::Error>) -> String {
+    match result {
+        Ok(_) => "no error".into(),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string()),
+    }
+}
