@@ -176,12 +176,12 @@ fn a_standby_that_stops_replaying_stops_the_purge_until_it_resumes() {
         .batch_execute("SELECT pg_wal_replay_pause()")
         .unwrap();
     let started = Instant::now();
-    assert_eq!(
-        run_in_background(&primary, "cleaner", "paced")
-            .join()
-            .unwrap(),
-        "stopped"
-    );
+    let run = run_in_background(&primary, "cleaner", "paced");
+    // Bounded: without the limit the run would stay paused as long as replay does.
+    wait_for("the paused run to stop", Duration::from_secs(20), || {
+        run.is_finished().then_some(())
+    });
+    assert_eq!(run.join().unwrap(), "stopped");
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "stopped after {:?}",

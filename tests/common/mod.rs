@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod tenants;
+
 use postgres::{Client, NoTls};
 use std::net::TcpListener;
 use std::path::PathBuf;
