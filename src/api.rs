@@ -16,6 +16,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// Most fire times `next_runs` lists.
 const MAX_NEXT_RUNS: i32 = 10_000;
@@ -167,20 +168,38 @@ fn run(
             "Commit, then run it: a run commits in transactions of its own, and must run the rule as everyone sees it.",
         );
     }
-    let run_id = allocate_run_id();
     let name = rule.name.clone();
+    let patience = rule.limits().lock_timeout_ms;
+    let run_id = allocate_run_id();
     let handoff = Handoff::create(&Job {
         rule,
         trigger: Trigger::Manual,
         scheduled_for: None,
         run_id: Some(run_id),
     });
-    let Some(worker) = runner::spawn_manual(&handoff, &name) else {
-        refuse(
+    let patience_left = (patience > 0).then(|| Duration::from_millis(patience as u64));
+    let worker = match runner::start_manual(&handoff, &name, patience_left) {
+        Ok(worker) => worker,
+        Err(runner::NoWorker::BudgetFull) => refuse(
             PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-            format!("could not start a background worker to run rule \"{name}\""),
-            "All background worker slots are in use: raise max_worker_processes (restart needed) or try again.",
-        );
+            format!(
+                "could not run rule \"{name}\": all {} workers of pg_token_cleanup.max_workers stayed busy for {patience} ms",
+                gucs::max_workers()
+            ),
+            "Try again, or raise pg_token_cleanup.max_workers (and max_worker_processes to hold it plus 4, restart needed). \
+             run() waits for a worker up to the rule's lock_timeout.",
+        ),
+        Err(runner::NoWorker::ServerFull) => refuse(
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            format!(
+                "could not start a background worker to run rule \"{name}\": every max_worker_processes slot stayed taken for {patience} ms"
+            ),
+            format!(
+                "Other work holds the server's background worker slots: raise max_worker_processes (restart needed) to at least \
+                 pg_token_cleanup.max_workers plus {}, or try again.",
+                gucs::WORKER_ROOM
+            ),
+        ),
     };
     // A caller that is cancelled (pg_cancel_backend, its own statement_timeout) or terminated while
     // it waits ends the run too: a run nobody waits for would hold its worker slot for ever, and a

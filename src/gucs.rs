@@ -56,6 +56,14 @@ static DATABASE_PROBE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub const DEFAULT_MAX_PARALLEL_RUNS: i32 = 4;
 const MAX_MAX_PARALLEL_RUNS: i32 = 64;
 static MAX_PARALLEL_RUNS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_PARALLEL_RUNS);
+/// The cluster's worker budget. 4 fits PostgreSQL's default `max_worker_processes = 8` beside what
+/// the server's own defaults need ([`WORKER_ROOM`]).
+pub const DEFAULT_MAX_WORKERS: i32 = 4;
+static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_WORKERS);
+/// Background worker slots the user's own work needs on a server with PostgreSQL's defaults: the
+/// logical replication launcher, one logical replication worker, and the two workers of a parallel
+/// query (`max_parallel_workers_per_gather = 2`).
+pub const WORKER_ROOM: i32 = 4;
 static MAX_FRACTION: GucSetting<f64> = GucSetting::<f64>::new(1.0);
 static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(3);
 static RETRY_BACKOFF_S: GucSetting<i32> = GucSetting::<i32>::new(60);
@@ -222,6 +230,16 @@ pub fn init() {
         &MAX_PARALLEL_RUNS,
         1,
         MAX_MAX_PARALLEL_RUNS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_token_cleanup.max_workers",
+        c"Most background workers of pg_token_cleanup at once in the whole cluster: the launcher, one scheduler per database served, runners.",
+        c"Each takes a max_worker_processes slot. Databases take turns when they need more; a scheduler with no runner runs its rules itself. Keep max_worker_processes at least this plus 4 (parallel query, logical replication).",
+        &MAX_WORKERS,
+        2,
+        crate::worker::registry::MAX_WORKERS as i32,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -408,6 +426,11 @@ pub fn database_probe_interval() -> std::time::Duration {
 
 pub fn max_parallel_runs() -> usize {
     MAX_PARALLEL_RUNS.get().max(1) as usize
+}
+
+/// pg_token_cleanup.max_workers.
+pub fn max_workers() -> usize {
+    MAX_WORKERS.get().max(2) as usize
 }
 
 /// A time zone name as the setting takes it: an IANA name chrono-tz knows.

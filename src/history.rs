@@ -191,18 +191,21 @@ fn keep_bounded(run_id: i64) {
     .expect("bounding token_cleanup.runs");
 }
 
-/// Records run `run_id`, still `running`, as `interrupted` with `why`, keeping the progress its
-/// batches recorded (its process is ending: see `worker::signals`).
-pub fn end_unfinished(run_id: i64, why: &Error) {
+/// Records run `run_id`, still `running`, as `interrupted` with `why` and the progress its
+/// committed batches made (its process is ending: see `worker::signals`).
+pub fn end_unfinished(run_id: i64, why: &Error, (rows_deleted, batches): (i64, i32)) {
     let ended = Spi::get_one_with_args::<i64>(
         "UPDATE token_cleanup.runs SET status = 'interrupted', finished_at = pg_catalog.clock_timestamp(), \
-                sqlstate = $2, error = $3, error_hint = $4 \
+                sqlstate = $2, error = $3, error_hint = $4, \
+                rows_deleted = GREATEST(rows_deleted, $5), batches = GREATEST(batches, $6) \
           WHERE id = $1 AND status = 'running' RETURNING id",
         &[
             run_id.into(),
             why.sqlstate_text().into(),
             why.message.as_str().into(),
             why.hint.clone().into(),
+            rows_deleted.into(),
+            batches.into(),
         ],
     );
     if let Ok(Some(id)) = ended {

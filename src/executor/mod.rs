@@ -44,6 +44,10 @@ use std::time::{Duration, Instant};
 pub const COLLECT_LIMIT: usize = 1_000_000;
 /// How long a batch's plain DELETE waits for a row lock before the batch is redone with SKIP LOCKED.
 const OPTIMISTIC_LOCK_WAIT_MS: i32 = 1;
+/// A long run's row in token_cleanup.runs gets its progress at most this often (rewriting it after
+/// every batch left a dead row version per batch); between writes, progress lives in this process
+/// (pg_stat_activity shows it) and is recorded if the process exits mid-run.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a run did.
 #[derive(Debug, Clone)]
@@ -153,6 +157,8 @@ pub fn table_locked_by_others(table: pg_sys::Oid) -> bool {
 /// A run's running totals, recorded after every batch.
 struct Tally<'a> {
     run_id: i64,
+    /// When the run's row last got its progress: at most every [`PROGRESS_EVERY`].
+    progress_written: Instant,
     rule_name: &'a str,
     /// What the run was given: checked before every batch (see [`binding`]).
     binding: &'a binding::Binding,
@@ -183,6 +189,7 @@ pub fn execute(
     let started = Instant::now();
     let mut tally = Tally {
         run_id,
+        progress_written: started,
         rule_name: &rule.name,
         binding,
         started,
@@ -376,6 +383,7 @@ impl<'a> Tally<'a> {
         self.check_stop()?;
         let started = Instant::now();
         let (run_id, done, batches) = (self.run_id, self.rows_deleted, self.batches);
+        let write_progress = self.progress_written.elapsed() >= PROGRESS_EVERY;
         let watch_waiters = self.pacer.watches_waiters();
         let binding = self.binding;
         let result = BackgroundWorker::transaction(|| {
@@ -384,7 +392,9 @@ impl<'a> Tally<'a> {
             }
             batch_settings(plan.wal_compression);
             let deleted = delete_batch(plan, &batch)?;
-            history::progress(run_id, done + deleted.rows, batches + 1);
+            if write_progress {
+                history::progress(run_id, done + deleted.rows, batches + 1);
+            }
             // Before commit, while this batch's row locks are held.
             let blocked_someone = watch_waiters && pacing::blocking_sessions();
             Ok::<_, Error>(Ok((deleted, blocked_someone)))
@@ -396,9 +406,13 @@ impl<'a> Tally<'a> {
                 if blocked_someone {
                     self.pacer.give_way_after(elapsed);
                 }
+                if write_progress {
+                    self.progress_written = Instant::now();
+                }
                 self.rows_deleted += deleted.rows;
                 self.batches_redone += i32::from(deleted.redone);
                 self.batches += 1;
+                crate::worker::signals::set_progress(self.rows_deleted, self.batches);
                 report_activity(&format!(
                     "pg_token_cleanup: rule {} run {}: batch {}, {} rows",
                     self.rule_name, self.run_id, self.batches, self.rows_deleted
@@ -533,6 +547,9 @@ fn supported_wal_compression() -> Option<&'static str> {
 }
 
 fn interrupted() -> Outcome {
+    if crate::worker::registry::preempted() {
+        return Outcome::Interrupted(crate::worker::signals::preempted());
+    }
     Outcome::Interrupted(Error::new(
         PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
         "stopped by SIGTERM (server shutdown, DROP DATABASE or pg_terminate_backend); \

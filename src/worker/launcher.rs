@@ -1,7 +1,7 @@
 //! The launcher: the one static worker that finds databases and keeps a scheduler running in each
 //! database that has the extension (see the design note in `worker/mod.rs`).
 
-use super::registry::{self, Kind};
+use super::registry::{self, budget, Kind};
 use super::{signals, LIBRARY, SCHEDULER_TYPE};
 use crate::gucs;
 use pgrx::bgworkers::{
@@ -43,6 +43,8 @@ struct Database {
     /// CREATE EXTENSION somewhere woke the launcher: probe again soon, even if a probe was in
     /// flight (it may have looked before the extension was committed).
     wake_requested: bool,
+    /// Waiting for a slot of the budget (the launcher's latch is set when one frees).
+    waiting: bool,
 }
 
 #[pg_guard]
@@ -61,10 +63,18 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
 
     let mut databases: HashMap<pg_sys::Oid, Database> = HashMap::new();
     let mut woken = false;
+    let mut budget_checked = None;
     while !signals::stop_requested() {
         signals::reload_config_if_asked();
+        budget::warn_if_too_small(&mut budget_checked);
         let now = Instant::now();
         let listed = list_databases();
+        for (oid, _) in databases
+            .iter()
+            .filter(|(o, _)| !listed.iter().any(|(l, _)| l == *o))
+        {
+            budget::stop_waiting(Kind::Scheduler, *oid);
+        }
         databases.retain(|oid, _| listed.iter().any(|(o, _)| o == oid));
         registry::retain_databases(|oid| listed.iter().any(|(o, _)| *o == oid));
         let mut started = 0;
@@ -75,6 +85,7 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
                 next_start: now,
                 last_start: None,
                 wake_requested: false,
+                waiting: false,
             });
             db.wake_requested |= woken;
             if registry::scheduler_serves(oid) {
@@ -84,33 +95,51 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
             if db.scheduler.as_ref().is_some_and(is_alive) {
                 continue;
             }
-            let (no_extension, hold_until) = registry::database_view(oid);
+            let view = registry::database_view(oid);
             if db.scheduler.take().is_some() {
-                // It left: the extension is absent (probe later), or it was stopped (start again).
+                // It left: the extension is absent (probe later), it gave its slot to another
+                // database (start it again when its next rule is due), or it was stopped (start
+                // again).
                 db.next_start = now
-                    + if no_extension {
+                    + if view.no_extension {
                         gucs::database_probe_interval()
+                    } else if view.come_back_at > 0 {
+                        until(view.come_back_at)
                     } else {
                         RESTART_DELAY
                     };
             }
-            if std::mem::take(&mut db.wake_requested) {
+            let asked = std::mem::take(&mut db.wake_requested);
+            if asked {
                 let soonest = db.last_start.map_or(now, |t| t + MIN_PROBE_GAP).max(now);
                 db.next_start = db.next_start.min(soonest);
             }
             // A utility statement (DROP DATABASE, …) asked the workers to stay away meanwhile.
-            db.next_start = db.next_start.max(now + until(hold_until));
+            db.next_start = db.next_start.max(now + until(view.hold_until));
             if now < db.next_start || started >= STARTS_PER_TICK {
                 continue;
             }
+            // A database known to lack the extension is probed again only when a slot is free;
+            // one that may have it waits its turn for a slot.
+            if !budget::reserve(Kind::Scheduler, oid) {
+                if !view.no_extension || asked || db.waiting {
+                    budget::wait(Kind::Scheduler, oid);
+                    db.waiting = true;
+                }
+                continue;
+            }
+            db.waiting = false;
             started += 1;
             db.last_start = Some(now);
             db.next_start = now + gucs::database_probe_interval();
             db.scheduler = start_scheduler(oid, &db.name);
+            if db.scheduler.is_none() {
+                budget::cancel(Kind::Scheduler, oid);
+            }
         }
         let next = databases
             .values()
-            .filter(|d| d.scheduler.is_none())
+            .filter(|d| d.scheduler.is_none() && !d.waiting)
             .map(|d| d.next_start.saturating_duration_since(Instant::now()))
             .min()
             .unwrap_or(TICK);
@@ -154,8 +183,9 @@ fn start_scheduler(database: pg_sys::Oid, name: &str) -> Option<DynamicBackgroun
         Ok(w) => Some(w),
         Err(_) => {
             warning!(
-                "pg_token_cleanup: could not start a scheduler for database \"{name}\": no free background worker slot; \
-                 raise max_worker_processes (it needs one slot per database with the extension, plus one)"
+                "pg_token_cleanup: could not start a scheduler for database \"{name}\": every max_worker_processes slot is taken \
+                 (by other work; pg_token_cleanup.max_workers had room); raise max_worker_processes to at least pg_token_cleanup.max_workers plus {}",
+                gucs::WORKER_ROOM
             );
             None
         }

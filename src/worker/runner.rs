@@ -1,7 +1,8 @@
 //! Runners: dynamic workers that perform runs, so that a long purge never holds up other rules.
 //! - A **pooled** runner serves its database's scheduler: it waits for a job handed over in the
 //!   registry, performs it, reports the run it recorded, and waits for the next; it leaves when idle
-//!   for [`IDLE_EXIT`] or when its scheduler is gone. A scheduler keeps at most
+//!   for [`IDLE_EXIT`], when its scheduler is gone, or at once when idle while someone waits for a
+//!   slot of the cluster's worker budget (its slot goes to them). A scheduler keeps at most
 //!   `pg_token_cleanup.max_parallel_runs` of them.
 //! - A **manual** runner performs the one run of a `token_cleanup.run()` call while the calling
 //!   session waits for it.
@@ -10,7 +11,7 @@
 
 use super::handoff::{self, Handoff};
 use super::lifecycle::{self, Job};
-use super::registry::{self, Kind};
+use super::registry::{self, budget, Kind};
 use super::{signals, LIBRARY, RUNNER_TYPE};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker,
@@ -19,12 +20,14 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
-/// A pooled runner idle this long exits (it is started again when needed).
-const IDLE_EXIT: Duration = Duration::from_secs(30);
+/// A pooled runner idle this long exits (it is started again when needed): an every-minute rule
+/// keeps no runner, an every-second one keeps its runner.
+const IDLE_EXIT: Duration = Duration::from_secs(5);
 /// How often an idle pooled runner checks that its scheduler is still there.
 const POLL: Duration = Duration::from_secs(1);
 
-/// Starts a pooled runner for the calling scheduler. `None` when no worker slot is free.
+/// Starts a pooled runner for the calling scheduler, into the slot of the budget it reserved.
+/// `None` when the postmaster has no worker slot free.
 pub fn spawn_pooled(database: pg_sys::Oid, database_name: &str) -> Option<DynamicBackgroundWorker> {
     // SAFETY: reading this process's pid.
     let scheduler_pid = unsafe { pg_sys::MyProcPid };
@@ -35,15 +38,92 @@ pub fn spawn_pooled(database: pg_sys::Oid, database_name: &str) -> Option<Dynami
     )
 }
 
-/// Starts a runner for one manual run, the job in `handoff`, notifying this backend when it stops.
-pub fn spawn_manual(handoff: &Handoff, rule_name: &str) -> Option<DynamicBackgroundWorker> {
+/// Reserves a slot of the budget for the runner of a manual run, waiting in turn for one (idle
+/// runners and schedulers between runs give theirs up) for at most `patience` (`None`: until the
+/// caller is cancelled). `false`: none came in time.
+fn reserve_for_manual(patience: Option<Duration>) -> bool {
     // SAFETY: reading this backend's database OID.
     let database = unsafe { pg_sys::MyDatabaseId };
-    start(
-        &format!("pg_token_cleanup runner {rule_name}"),
-        database,
-        &format!("manual {}", handoff.handle()),
-    )
+    if budget::reserve(Kind::Runner, database) {
+        return true;
+    }
+    let since = Instant::now();
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(|| loop {
+        budget::wait(Kind::Runner, database);
+        if budget::reserve(Kind::Runner, database) {
+            return true;
+        }
+        if patience.is_some_and(|p| since.elapsed() >= p) {
+            return false;
+        }
+        // SAFETY: waits on this backend's latch (set when a slot frees or is handed over); the
+        // timeout bounds a missed wake-up.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                100,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
+    }))
+    // A cancelled caller leaves the queue, and gives back a slot handed to it meanwhile.
+    .finally(|| budget::stop_waiting(Kind::Runner, database))
+    .execute()
+}
+
+/// Why a manual run got no runner.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoWorker {
+    /// pg_token_cleanup.max_workers stayed full.
+    BudgetFull,
+    /// The budget had room, but the postmaster had no background worker slot (other work holds
+    /// them, or workers that just left are not reaped yet).
+    ServerFull,
+}
+
+/// Starts a runner for one manual run, the job in `handoff`, notifying this backend when it stops:
+/// reserves a slot of the budget, waiting in turn for one for at most `patience` (`None`: until
+/// the caller is cancelled), then asks the postmaster, again within `patience`.
+pub fn start_manual(
+    handoff: &Handoff,
+    rule_name: &str,
+    patience: Option<Duration>,
+) -> Result<DynamicBackgroundWorker, NoWorker> {
+    // SAFETY: reading this backend's database OID.
+    let database = unsafe { pg_sys::MyDatabaseId };
+    let since = Instant::now();
+    loop {
+        let left = patience.map(|p| p.saturating_sub(since.elapsed()));
+        if !reserve_for_manual(left) {
+            return Err(NoWorker::BudgetFull);
+        }
+        let worker = start(
+            &format!("pg_token_cleanup runner {rule_name}"),
+            database,
+            &format!("manual {}", handoff.handle()),
+        );
+        if let Some(worker) = worker {
+            return Ok(worker);
+        }
+        budget::cancel(Kind::Runner, database);
+        if patience.is_some_and(|p| since.elapsed() >= p) {
+            return Err(NoWorker::ServerFull);
+        }
+        // SAFETY: a short wait on this backend's latch; interrupts are checked after it.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                100,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
+    }
 }
 
 /// Waits until the runner of a manual run says it is done (its outcome committed), or stopped
@@ -125,9 +205,7 @@ pub extern "C-unwind" fn pg_token_cleanup_runner_main(arg: pg_sys::Datum) {
     match mode {
         Some("manual") => {
             if registry::register(Kind::Runner, database, 0).is_err() {
-                warning!(
-                    "pg_token_cleanup: no registry slot for a runner; raise nothing, retry later"
-                );
+                warning!("pg_token_cleanup: runner not starting: its slot of the budget lapsed");
                 return;
             }
             match handoff::read::<Job>(number) {
@@ -148,7 +226,7 @@ pub extern "C-unwind" fn pg_token_cleanup_runner_main(arg: pg_sys::Datum) {
 /// A pooled runner's loop: take a job, perform it, report, wait for the next.
 fn serve(database: pg_sys::Oid, scheduler_pid: i32) {
     if registry::register(Kind::Runner, database, scheduler_pid).is_err() {
-        warning!("pg_token_cleanup: no registry slot for a runner");
+        debug1!("pg_token_cleanup: runner not starting: its slot of the budget lapsed");
         return;
     }
     // The scheduler started this runner for a due rule: it can hand it over now.
@@ -164,6 +242,9 @@ fn serve(database: pg_sys::Oid, scheduler_pid: i32) {
             registry::done(run_id);
             idle_since = Instant::now();
             continue;
+        }
+        if budget::someone_waits() && budget::give_to_waiter() {
+            break;
         }
         let idle_too_long = idle_since.elapsed() >= IDLE_EXIT;
         if (idle_too_long || !registry::scheduler_alive(scheduler_pid)) && registry::leave_if_idle()

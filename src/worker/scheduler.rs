@@ -20,7 +20,7 @@ use super::agenda::{Agenda, AgendaRule};
 use super::dispatch::{self, Candidate, RoundRobin};
 use super::handoff::Handoff;
 use super::lifecycle::Job;
-use super::registry::{self, Assignment, Kind, Refused};
+use super::registry::{self, budget, Assignment, Kind, Refused};
 use super::reload::{self, Load, Plan};
 use super::{extension_present, runner, signals};
 use crate::catalog::{self, LoadedRule, Rule};
@@ -50,6 +50,11 @@ const PRUNE_EVERY_MAX: Duration = Duration::from_secs(600);
 const SPAWN_PATIENCE: Duration = Duration::from_secs(5);
 /// The same warning (no worker slot, rules unreadable) at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// A scheduler serves at least this long before it gives its slot to a waiting database or run()
+/// (and so runs what is due when it starts)…
+const MIN_TURN: Duration = Duration::from_millis(500);
+/// …and gives it at the first pause between runs after this long, even with rules still due.
+const MAX_TURN: Duration = Duration::from_secs(5);
 /// While the database's extension is at an older version than the library, the version is read
 /// again this often (ALTER EXTENSION … UPDATE also wakes the scheduler at once).
 const OUTDATED_RECHECK: Duration = Duration::from_secs(5);
@@ -70,6 +75,8 @@ struct InFlight {
     runner_slot: usize,
     runner_pid: i32,
     table: String,
+    owner: String,
+    started: Instant,
     /// Kept mapped until the runner is done with it.
     _handoff: Handoff,
 }
@@ -97,6 +104,8 @@ struct Scheduler {
     attempts: HashMap<i64, u32>,
     /// Rules whose next due time is a retry.
     retry_next: HashSet<i64>,
+    /// When this scheduler started serving (its turn, when databases take turns).
+    serving_since: Instant,
 }
 
 /// Entry point of a scheduler; the argument is the database OID.
@@ -108,11 +117,8 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
     let database = unsafe { pg_sys::Oid::from_datum(arg, false) }.expect("database OID argument");
     super::connect(database);
 
-    if !BackgroundWorker::transaction(extension_present) {
-        registry::set_no_extension(database, true);
-        debug1!("pg_token_cleanup: scheduler not starting: extension not installed");
-        return;
-    }
+    // Registered first, into the slot the launcher reserved: a probe of a database without the
+    // extension gives its slot back when it exits, at once.
     match registry::register(Kind::Scheduler, database, 0) {
         Ok(()) => {}
         Err(Refused::AlreadyServed) => {
@@ -122,14 +128,20 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
             return;
         }
         Err(Refused::Full) => {
-            warning!("pg_token_cleanup: scheduler not starting: the registry of workers is full");
+            debug1!("pg_token_cleanup: scheduler not starting: its slot of the budget lapsed");
             return;
         }
+    }
+    if !BackgroundWorker::transaction(extension_present) {
+        registry::set_no_extension(database, true);
+        debug1!("pg_token_cleanup: scheduler not starting: extension not installed");
+        return;
     }
     // SAFETY: registering a callback that only sets a flag and the latch.
     unsafe {
         pg_sys::CacheRegisterRelcacheCallback(Some(rules_invalidated), pg_sys::Datum::from(0))
     };
+    registry::come_back_at(database, 0);
     log!("pg_token_cleanup: scheduler started");
 
     let mut scheduler = Scheduler {
@@ -148,6 +160,7 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
         last_warning: None,
         attempts: HashMap::new(),
         retry_next: HashSet::new(),
+        serving_since: Instant::now(),
     };
     while !signals::stop_requested() {
         let step = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(scheduler.step())))
@@ -166,6 +179,10 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
             }
         };
         match sleep {
+            Some(_) if scheduler.gave_slot_away() => {
+                debug1!("pg_token_cleanup: scheduler gave its slot to a waiting database or run()");
+                break;
+            }
             Some(sleep) => {
                 signals::wait(sleep);
             }
@@ -189,6 +206,12 @@ unsafe extern "C-unwind" fn rules_invalidated(_arg: pg_sys::Datum, relid: pg_sys
         // SAFETY: setting this process's own latch.
         unsafe { pg_sys::SetLatch(pg_sys::MyLatch) };
     }
+}
+
+/// A time as a PostgreSQL timestamp (µs since 2000-01-01).
+fn to_pg_timestamp(t: DateTime<Utc>) -> pg_sys::TimestampTz {
+    const POSTGRES_EPOCH_IN_UNIX_MICROS: i64 = 946_684_800_000_000;
+    t.timestamp_micros() - POSTGRES_EPOCH_IN_UNIX_MICROS
 }
 
 fn database_name(database: pg_sys::Oid) -> String {
@@ -220,8 +243,9 @@ impl Scheduler {
         // Rules due at `now` and not started wait for a slot or a table (a runner's end wakes us);
         // rules that fall due after `now`, even while this pass goes on, end the sleep.
         let now = Utc::now();
-        if gucs::enabled() {
-            self.dispatch_due(now);
+        // A rule run here took time, and more may be due: look again at once.
+        if gucs::enabled() && self.dispatch_due(now) {
+            return Some(Duration::ZERO);
         }
         self.prune_if_due();
         let in_flight = &self.in_flight;
@@ -239,6 +263,35 @@ impl Scheduler {
             sleep = sleep.min(at.saturating_duration_since(Instant::now()));
         }
         Some(sleep.min(POLL))
+    }
+
+    /// Between runs, hands this scheduler's slot to whoever waits for one (another database's
+    /// scheduler, a `run()`), once it has served its turn: at a moment with nothing due after
+    /// [`MIN_TURN`], at any pause between runs after [`MAX_TURN`]. The launcher starts it again when
+    /// its next rule is due. `true`: this process must exit now.
+    fn gave_slot_away(&mut self) -> bool {
+        let served = self.serving_since.elapsed();
+        if served < MIN_TURN || !self.in_flight.is_empty() || !budget::someone_waits() {
+            return false;
+        }
+        let now = Utc::now();
+        let due_now = !self.agenda.due(now).is_empty();
+        if due_now && served < MAX_TURN {
+            return false;
+        }
+        let back = if due_now {
+            now
+        } else {
+            self.agenda
+                .next_wake_after(now, |_| true)
+                .unwrap_or(now + POLL)
+        };
+        registry::come_back_at(self.database, to_pg_timestamp(back));
+        if budget::give_to_waiter() {
+            return true;
+        }
+        registry::come_back_at(self.database, 0);
+        false
     }
 
     /// Reloads the enabled rules that changed (see `reload`). `None`: the extension is gone.
@@ -454,8 +507,9 @@ impl Scheduler {
         }
     }
 
-    /// Hands due rules to idle runners, starting runners up to max_parallel_runs.
-    fn dispatch_due(&mut self, now: DateTime<Utc>) {
+    /// Hands due rules to idle runners, starting runners up to max_parallel_runs; runs one here
+    /// when no runner is to be had. `true` when it ran one here.
+    fn dispatch_due(&mut self, now: DateTime<Utc>) -> bool {
         let due: Vec<(i64, DateTime<Utc>)> = self
             .agenda
             .due(now)
@@ -463,7 +517,7 @@ impl Scheduler {
             .filter(|(id, _)| !self.in_flight.contains_key(id))
             .collect();
         if due.is_empty() {
-            return;
+            return false;
         }
         // A rule a manual run holds is skipped for this slot, as before.
         let claimed: HashSet<i64> = registry::claims_in(self.database)
@@ -488,12 +542,21 @@ impl Scheduler {
                 table: rule.table_name.clone(),
             });
         }
-        let free = gucs::max_parallel_runs().saturating_sub(self.in_flight.len());
-        let busy_tables: HashSet<String> =
-            self.in_flight.values().map(|f| f.table.clone()).collect();
-        let chosen = dispatch::choose(&candidates, &busy_tables, free, &mut self.turn);
+        let slots = gucs::max_parallel_runs();
+        let free = slots.saturating_sub(self.in_flight.len());
+        let mut running = dispatch::Running::default();
+        for flight in self.in_flight.values() {
+            running.tables.insert(flight.table.clone());
+            *running.by_owner.entry(flight.owner.clone()).or_default() += 1;
+        }
+        let owners: HashSet<&str> = self.rules.values().map(|s| s.rule.owner.as_str()).collect();
+        let share = dispatch::share(slots, owners.len());
+        let chosen = dispatch::choose(&candidates, &running, free, share, &mut self.turn);
         if chosen.is_empty() {
-            return;
+            if free == 0 {
+                self.preempt_over_share(&candidates, &running, share);
+            }
+            return false;
         }
         // SAFETY: reading this process's pid.
         let my_pid = unsafe { pg_sys::MyProcPid };
@@ -504,25 +567,14 @@ impl Scheduler {
             .filter(|r| r.assignment == Assignment::Idle && !busy_slots.contains(&r.slot));
         let due_at: HashMap<i64, DateTime<Utc>> =
             candidates.iter().map(|c| (c.id, c.due_at)).collect();
-        let mut wanted = 0;
+        let mut unserved = Vec::new();
         for id in chosen {
             let Some(runner) = idle.next() else {
-                wanted += 1;
+                unserved.push(id);
                 continue;
             };
-            let rule = self.rules[&id].rule.clone();
-            let trigger = if self.retry_next.remove(&id) {
-                Trigger::Retry
-            } else {
-                Trigger::Schedule
-            };
-            let job = Job {
-                rule,
-                trigger,
-                scheduled_for: Some(due_at[&id].timestamp_micros() as f64 / 1e6),
-                run_id: None,
-            };
-            let table = job.rule.table_name.clone();
+            let job = self.job(id, due_at[&id]);
+            let (table, owner) = (job.rule.table_name.clone(), job.rule.owner.clone());
             let handoff = Handoff::create(&job);
             if registry::give(runner.slot, runner.pid, handoff.handle()) {
                 self.in_flight.insert(
@@ -531,17 +583,75 @@ impl Scheduler {
                         runner_slot: runner.slot,
                         runner_pid: runner.pid,
                         table,
+                        owner,
+                        started: Instant::now(),
                         _handoff: handoff,
                     },
                 );
             }
         }
-        self.start_runners(wanted);
+        if self.start_runners(unserved.len()) == 0 && self.starting.is_empty() {
+            // No runner to be had (the budget is full, or others wait for it): the scheduler runs
+            // the first of them itself, and comes back for the rest.
+            if let Some(&id) = unserved.first() {
+                self.run_here(id, due_at[&id]);
+                return true;
+            }
+        }
+        false
     }
 
-    /// Starts up to `wanted` more runners, within max_parallel_runs; runners started and not yet
-    /// registered count against both.
-    fn start_runners(&mut self, wanted: usize) {
+    /// Every slot is taken and a due rule waits: if its owner holds less than its share while
+    /// another owner holds more (runs started while it was alone, runs that never end), stops that
+    /// owner's newest run. Its runner exits, and the slot goes to the rule that waits.
+    fn preempt_over_share(&self, due: &[Candidate], running: &dispatch::Running, share: usize) {
+        let held = |owner: &str| running.by_owner.get(owner).copied().unwrap_or(0);
+        if !due.iter().any(|c| held(&c.owner) < share) {
+            return;
+        }
+        let newest_over_share = self
+            .in_flight
+            .values()
+            .filter(|f| held(&f.owner) > share)
+            .max_by_key(|f| f.started);
+        if let Some(f) = newest_over_share {
+            log!(
+                "pg_token_cleanup: stopping a run of {}'s rules on {} ({} runs going, share {share}) for another owner's due rule",
+                f.owner,
+                f.table,
+                held(&f.owner)
+            );
+            registry::preempt(f.runner_slot, f.runner_pid);
+        }
+    }
+
+    /// The job of a scheduled run (or a retry) of rule `id` due at `due_at`.
+    fn job(&mut self, id: i64, due_at: DateTime<Utc>) -> Job {
+        let trigger = if self.retry_next.remove(&id) {
+            Trigger::Retry
+        } else {
+            Trigger::Schedule
+        };
+        Job {
+            rule: self.rules[&id].rule.clone(),
+            trigger,
+            scheduled_for: Some(due_at.timestamp_micros() as f64 / 1e6),
+            run_id: None,
+        }
+    }
+
+    /// Performs the run of rule `id` in this process, as a runner would.
+    fn run_here(&mut self, id: i64, due_at: DateTime<Utc>) {
+        let job = self.job(id, due_at);
+        let run_id = super::lifecycle::perform(&job, &signals::stop_requested);
+        let now = Utc::now();
+        self.agenda.done(id, now);
+        self.retry_if_failed(id, run_id, now);
+    }
+
+    /// Starts up to `wanted` more runners, within max_parallel_runs and the cluster's budget;
+    /// runners started and not yet registered count against both. Returns how many it started.
+    fn start_runners(&mut self, wanted: usize) -> usize {
         // SAFETY: reading this process's pid.
         let registered: Vec<i32> = registry::runners_of(unsafe { pg_sys::MyProcPid })
             .iter()
@@ -557,18 +667,29 @@ impl Scheduler {
         });
         let pending = self.starting.len();
         let room = gucs::max_parallel_runs().saturating_sub(registered.len() + pending);
+        let mut started = 0;
         for _ in 0..wanted.saturating_sub(pending).min(room) {
+            if !budget::reserve(Kind::Runner, self.database) {
+                break;
+            }
             match runner::spawn_pooled(self.database, &self.database_name) {
-                Some(worker) => self.starting.push((worker, Instant::now())),
+                Some(worker) => {
+                    self.starting.push((worker, Instant::now()));
+                    started += 1;
+                }
                 None => {
-                    self.warn(
-                        "pg_token_cleanup: could not start a runner: no free background worker slot; \
-                         due rules wait for one (raise max_worker_processes)",
-                    );
+                    budget::cancel(Kind::Runner, self.database);
+                    self.warn(&format!(
+                        "pg_token_cleanup: could not start a runner: every max_worker_processes slot is taken \
+                         (by other work; pg_token_cleanup.max_workers had room); the scheduler runs due rules itself \
+                         (raise max_worker_processes to at least pg_token_cleanup.max_workers plus {})",
+                        gucs::WORKER_ROOM
+                    ));
                     break;
                 }
             }
         }
+        started
     }
 
     fn prune_if_due(&mut self) {

@@ -142,6 +142,7 @@ pub fn die_reason() -> DieReason {
 /// the run is finished, [`on_exit_record`] records it. Clearing it clears its deadline too.
 pub fn set_current_run(run_id: Option<i64>) {
     CURRENT_RUN.store(run_id.unwrap_or(0), Ordering::SeqCst);
+    set_progress(0, 0);
     if run_id.is_none() {
         set_run_deadline(None);
     }
@@ -152,6 +153,27 @@ pub fn set_current_run(run_id: Option<i64>) {
         // SAFETY: registers a callback for this process's exit.
         unsafe { pg_sys::before_shmem_exit(Some(on_exit_record), pg_sys::Datum::from(0)) };
     }
+}
+
+/// Rows deleted and batches committed by the current run so far (the run's row gets them only
+/// every few seconds; an exit mid-run records these).
+static PROGRESS_ROWS: AtomicI64 = AtomicI64::new(0);
+static PROGRESS_BATCHES: AtomicI64 = AtomicI64::new(0);
+
+/// Records the current run's progress after a committed batch.
+pub fn set_progress(rows_deleted: i64, batches: i32) {
+    PROGRESS_ROWS.store(rows_deleted, Ordering::SeqCst);
+    PROGRESS_BATCHES.store(i64::from(batches), Ordering::SeqCst);
+}
+
+/// Why a run stopped by its scheduler to make room for another owner's rule ended.
+pub fn preempted() -> crate::errors::Error {
+    crate::errors::Error::new(
+        PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
+        "stopped to give its runner to another owner's due rule: the rule's owner held more than its share of \
+         pg_token_cleanup.max_parallel_runs; committed batches stay deleted, the rest go in the next run",
+    )
+    .with_hint("Runs of one owner take at most max_parallel_runs divided by the owners with rules in the database while others wait.")
 }
 
 /// What the record of a run ended by this process's exit says.
@@ -168,6 +190,7 @@ fn unfinished_reason(reason: DieReason) -> crate::errors::Error {
             "the rule's code was still running at the run's max_run_duration; the worker ended it",
         )
         .with_hint("Committed batches stay deleted; the rest go in the next run."),
+        DieReason::Sigterm if super::registry::preempted() => preempted(),
         DieReason::Sigterm => Error::new(
             PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
             "stopped by SIGTERM while the rule's code ran (server shutdown, DROP DATABASE or pg_terminate_backend); \
@@ -209,7 +232,11 @@ unsafe extern "C-unwind" fn on_exit_record(_code: i32, _arg: pg_sys::Datum) {
         pg_sys::AbortOutOfAnyTransaction();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        crate::history::end_unfinished(run_id, &why);
+        let progress = (
+            PROGRESS_ROWS.load(Ordering::SeqCst),
+            PROGRESS_BATCHES.load(Ordering::SeqCst) as i32,
+        );
+        crate::history::end_unfinished(run_id, &why, progress);
         pg_sys::PopActiveSnapshot();
         pg_sys::CommitTransactionCommand();
     }

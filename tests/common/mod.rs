@@ -143,7 +143,6 @@ impl Cluster {
         let mut conf = vec![
             format!("shared_preload_libraries = '{preload}'"),
             "fsync = off".into(),
-            "max_worker_processes = 16".into(),
             "pg_token_cleanup.database_probe_interval = '2s'".into(),
             "log_line_prefix = '%m [%p] '".into(),
         ];

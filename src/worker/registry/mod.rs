@@ -10,6 +10,11 @@
 //! A slot is released by its process at exit (`before_shmem_exit`); a crash restart re-creates the
 //! registry. Slots of processes that died without releasing them are recognised (their pid no longer
 //! matches their PGPROC) and reused.
+//!
+//! The slots held at once are bounded by the cluster's worker budget ([`budget`]): a worker is
+//! started only into a slot reserved for it beforehand.
+
+pub mod budget;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -28,6 +33,8 @@ pub enum Kind {
     Launcher = 1,
     Scheduler = 2,
     Runner = 3,
+    /// Reserved for a worker about to start (see [`budget`]).
+    Reserved = 4,
 }
 
 /// A runner's assignment, as the scheduler and the runner hand it over.
@@ -61,6 +68,15 @@ struct Slot {
     /// The claim: the rule being run and its table (0: none).
     rule_id: i64,
     table: u32,
+    /// Reserved: the kind of worker it is kept for (its `pid` and `procno` are the reserver's).
+    reserved_for: Kind,
+    /// Reserved: until when (PostgreSQL timestamp, µs); a worker that has not adopted it by then
+    /// never will.
+    reserved_until: i64,
+    /// Reserved: handed to a waiter by a worker that gave its slot up (see [`budget`]).
+    handed_over: bool,
+    /// Runner: its scheduler stopped its run to give the slot to another owner's due rule.
+    preempted: bool,
 }
 
 impl Slot {
@@ -75,15 +91,25 @@ impl Slot {
         run_id: 0,
         rule_id: 0,
         table: 0,
+        reserved_for: Kind::Free,
+        reserved_until: 0,
+        handed_over: false,
+        preempted: false,
     };
 
-    /// Whether the process that took this slot still lives (its PGPROC still carries its pid).
+    /// Whether the process that took this slot still lives (its PGPROC still carries its pid); a
+    /// reservation, whether its reserver lives and it has not expired.
     fn alive(&self) -> bool {
         if self.kind == Kind::Free || self.procno < 0 {
             return false;
         }
-        // SAFETY: ProcGlobal->allProcs has MaxBackends + auxiliary entries; procno came from MyProc.
-        unsafe { (*proc_of(self.procno)).pid == self.pid }
+        // SAFETY: reads the clock.
+        if self.kind == Kind::Reserved
+            && self.reserved_until < unsafe { pg_sys::GetCurrentTimestamp() }
+        {
+            return false;
+        }
+        process_alive(self.pid, self.procno)
     }
 }
 
@@ -96,6 +122,9 @@ struct DatabaseState {
     /// A utility statement (DROP DATABASE, …) stopped the workers: start none before this time
     /// (PostgreSQL timestamp, µs).
     hold_until: i64,
+    /// Its scheduler gave its slot to another database: start it again at this time (PostgreSQL
+    /// timestamp, µs; 0: as soon as it is needed).
+    come_back_at: i64,
 }
 
 impl DatabaseState {
@@ -103,6 +132,7 @@ impl DatabaseState {
         database: 0,
         no_extension: false,
         hold_until: 0,
+        come_back_at: 0,
     };
 }
 
@@ -111,6 +141,8 @@ impl DatabaseState {
 pub struct Registry {
     slots: [Slot; MAX_WORKERS],
     databases: [DatabaseState; MAX_DATABASES],
+    /// Who waits for a slot of the budget, oldest first served (see [`budget`]).
+    waiters: [budget::Waiter; budget::MAX_WAITERS],
     /// CREATE EXTENSION asked the launcher to look again (its latch is also set when its children
     /// start and stop, which must not count as that).
     launcher_wake: bool,
@@ -121,6 +153,7 @@ impl Default for Registry {
         Registry {
             slots: [Slot::FREE; MAX_WORKERS],
             databases: [DatabaseState::NONE; MAX_DATABASES],
+            waiters: [budget::Waiter::NONE; budget::MAX_WAITERS],
             launcher_wake: false,
         }
     }
@@ -147,6 +180,15 @@ unsafe fn proc_of(procno: i32) -> *mut pg_sys::PGPROC {
     unsafe { (*pg_sys::ProcGlobal).allProcs.add(procno as usize) }
 }
 
+/// Whether the process `pid` still holds PGPROC number `procno`.
+fn process_alive(pid: i32, procno: i32) -> bool {
+    if procno < 0 {
+        return false;
+    }
+    // SAFETY: ProcGlobal->allProcs has MaxBackends + auxiliary entries; procno came from MyProc.
+    unsafe { (*proc_of(procno)).pid == pid }
+}
+
 fn my_identity() -> (i32, i32) {
     // This process's PGPROC number: its index in ProcGlobal->allProcs (PGPROC.pgprocno until
     // PostgreSQL 16; GetNumberFromPGProc(), a static inline, from 17 on).
@@ -162,30 +204,43 @@ fn my_identity() -> (i32, i32) {
 pub enum Refused {
     /// Another live scheduler serves this database.
     AlreadyServed,
-    /// Every slot is taken.
+    /// The budget (`pg_token_cleanup.max_workers`) or the registry is full.
     Full,
 }
 
 /// Registers this process as a worker of `kind` in `database` (0 for the launcher). A second
-/// scheduler for a database is refused. The slot is released when the process exits.
+/// scheduler for a database is refused. A scheduler or runner takes the slot its starter reserved
+/// for it (see [`budget`]), or else a free one within the budget. The slot is released when the
+/// process exits.
 pub fn register(kind: Kind, database: pg_sys::Oid, scheduler_pid: i32) -> Result<(), Refused> {
     let (pid, procno) = my_identity();
     let database = u32::from(database);
     let index = {
         let mut registry = REGISTRY.exclusive();
+        let reserved = budget::reservation_for_me(&registry, kind, database);
         if kind == Kind::Scheduler
             && registry
                 .slots
                 .iter()
                 .any(|s| s.kind == Kind::Scheduler && s.database == database && s.alive())
         {
+            if let Some(index) = reserved {
+                registry.slots[index] = Slot::FREE;
+            }
             return Err(Refused::AlreadyServed);
         }
-        let index = registry
-            .slots
-            .iter()
-            .position(|s| !s.alive())
-            .ok_or(Refused::Full)?;
+        let index = match reserved {
+            Some(index) => index,
+            // The launcher is the budget's first worker; any other needs room in the budget.
+            None if kind != Kind::Launcher && !budget::has_room(&registry, kind, database, pid) => {
+                return Err(Refused::Full)
+            }
+            None => registry
+                .slots
+                .iter()
+                .position(|s| !s.alive())
+                .ok_or(Refused::Full)?,
+        };
         registry.slots[index] = Slot {
             kind,
             pid,
@@ -219,6 +274,8 @@ unsafe extern "C-unwind" fn release_at_exit(_code: i32, _arg: pg_sys::Datum) {
         let mut registry = REGISTRY.exclusive();
         if registry.slots[index].pid == pid {
             registry.slots[index] = Slot::FREE;
+            // A slot of the budget is free: whoever waits for one looks again.
+            budget::wake_waiters(&registry);
         }
     }
 }
@@ -314,15 +371,35 @@ pub fn hold(database: pg_sys::Oid, until: pg_sys::TimestampTz) {
     database_state(database, |d| d.hold_until = until);
 }
 
-/// What the launcher knows of `database`: (extension found absent, held until).
-pub fn database_view(database: pg_sys::Oid) -> (bool, pg_sys::TimestampTz) {
+/// Records when the scheduler of `database`, which gave its slot away, wants to be started again.
+pub fn come_back_at(database: pg_sys::Oid, at: pg_sys::TimestampTz) {
+    database_state(database, |d| d.come_back_at = at);
+}
+
+/// What the launcher knows of `database`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DatabaseView {
+    /// Its scheduler found no extension.
+    pub no_extension: bool,
+    /// Start no worker there before this (PostgreSQL timestamp).
+    pub hold_until: pg_sys::TimestampTz,
+    /// Its scheduler gave its slot away and is due back then (0: no such time).
+    pub come_back_at: pg_sys::TimestampTz,
+}
+
+/// What the launcher knows of `database`.
+pub fn database_view(database: pg_sys::Oid) -> DatabaseView {
     let database = u32::from(database);
     REGISTRY
         .share()
         .databases
         .iter()
         .find(|d| d.database == database)
-        .map_or((false, 0), |d| (d.no_extension, d.hold_until))
+        .map_or(DatabaseView::default(), |d| DatabaseView {
+            no_extension: d.no_extension,
+            hold_until: d.hold_until,
+            come_back_at: d.come_back_at,
+        })
 }
 
 /// Forgets databases that no longer exist.
@@ -442,6 +519,24 @@ pub fn give(slot: usize, pid: i32, handoff: u32) -> bool {
     true
 }
 
+/// Stops the run of the runner in `slot` (still `pid`): its owner holds more than its share of the
+/// database's runner slots while another owner's rule waits for one. SIGTERM, as for any stop: the
+/// run ends between batches, or at once if the owner's code is running; the runner then exits.
+pub fn preempt(slot: usize, pid: i32) {
+    let mut registry = REGISTRY.exclusive();
+    let s = &mut registry.slots[slot];
+    if s.pid == pid && s.alive() && s.kind == Kind::Runner {
+        s.preempted = true;
+        // SAFETY: SIGTERM to our own runner, alive as checked under the registry's lock.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
+/// Whether this runner's run was stopped by [`preempt`].
+pub fn preempted() -> bool {
+    with_my_slot(|slot| slot.preempted).unwrap_or(false)
+}
+
 /// The scheduler takes back a finished assignment: the runner is idle again.
 pub fn acknowledge(slot: usize, pid: i32) {
     let mut registry = REGISTRY.exclusive();
@@ -502,6 +597,7 @@ pub fn leave_if_idle() -> bool {
     });
     if left == Some(true) {
         MY_SLOT.store(usize::MAX, Ordering::SeqCst);
+        budget::wake_waiters(&REGISTRY.share());
     }
     left.unwrap_or(true)
 }
