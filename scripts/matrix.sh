@@ -30,7 +30,7 @@ mkdir -p "$ROOT"
 bindings=$(dirname "$(cargo metadata --format-version 1 | python3 -c \
     'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "pgrx-pg-sys"))')")/src/include
 source scripts/pg_env.sh
-SUITES=${SUITES:-"worker manual_run reliability hostile security security_runs security_rights security_bounds coordination operations recipes pacing"}
+SUITES=${SUITES:-"worker manual_run reliability hostile security security_runs security_rights security_bounds coordination operations recipes pacing shared_server"}
 # The SQL scripts and control file as for PostgreSQL 15, and the test binaries (built once: they are
 # clients, the same for every server version).
 cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null 2>&1

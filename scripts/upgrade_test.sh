@@ -18,7 +18,7 @@ bash scripts/setup.sh
 source scripts/pg_env.sh
 
 # Each released version, and the commit it was released from.
-RELEASES="0.1.0:4cfab5d 0.2.0:1ac53a8 0.3.0:a4db48a"
+RELEASES="0.1.0:4cfab5d 0.2.0:1ac53a8 0.3.0:a4db48a 0.4.0:b1dd0c5"
 work=$PWD/target/upgrade
 sharedir=$("$PG_CONFIG" --sharedir)
 bindir=$("$PG_CONFIG" --bindir)

@@ -49,18 +49,21 @@ SELECT r.id                    AS rule_id,
 
 GRANT SELECT ON token_cleanup.rule_stats TO PUBLIC;
 
--- One row per run going on: what it has done so far (updated after every batch).
+-- One row per run going on: what it has done so far (after every batch: the run's row gets its
+-- progress every few seconds, shared memory after every batch).
 CREATE VIEW token_cleanup.progress AS
 SELECT h.rule_name AS rule,
        h.id        AS run_id,
        h.pid,
        h.trigger,
        h.started_at,
-       h.batches,
-       h.rows_deleted,
-       round((h.rows_deleted / greatest(extract(epoch FROM pg_catalog.clock_timestamp() - h.started_at), 0.001))::numeric, 1)
+       greatest(h.batches, l.batches) AS batches,
+       greatest(h.rows_deleted, l.rows_deleted) AS rows_deleted,
+       round((greatest(h.rows_deleted, l.rows_deleted)
+              / greatest(extract(epoch FROM pg_catalog.clock_timestamp() - h.started_at), 0.001))::numeric, 1)
                    AS rows_per_second
   FROM token_cleanup.runs h
+  LEFT JOIN token_cleanup.live_progress() l ON l.run_id = h.id
  WHERE h.status = 'running'
    AND (h.owner = CURRENT_USER OR (SELECT a.rolsuper OR a.rolbypassrls FROM pg_catalog.pg_roles a WHERE a.rolname = CURRENT_USER));
 

@@ -355,6 +355,44 @@ static LAUNCHER_WAKE_PENDING: AtomicBool = AtomicBool::new(false);
 /// Tells this database's scheduler that the rules changed: a relcache invalidation of the rules
 /// table, delivered at commit (COMMIT PREPARED included), and its latch set at commit so that it
 /// reloads at once. Called by the rules table's statement trigger; not callable by PUBLIC.
+/// Live progress of the runs going on in this database that the caller may see in
+/// `token_cleanup.runs` (its own; a superuser or BYPASSRLS role: all), from shared memory: what
+/// `token_cleanup.progress` shows between the writes of a run's row.
+#[pg_extern(volatile, parallel_restricted)]
+#[search_path(pg_catalog, pg_temp)]
+fn live_progress() -> TableIterator<
+    'static,
+    (
+        name!(run_id, i64),
+        name!(rows_deleted, i64),
+        name!(batches, i32),
+    ),
+> {
+    // SAFETY: reading this backend's database OID.
+    let live = registry::progress_in(unsafe { pg_sys::MyDatabaseId });
+    let ids: Vec<i64> = live.iter().map(|(id, _, _)| *id).collect();
+    // Row-level security on token_cleanup.runs decides what the caller sees.
+    let visible: Vec<i64> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT id FROM token_cleanup.runs WHERE id = ANY($1) AND status = 'running'",
+                    None,
+                    &[ids.into()],
+                )?
+                .map(|r| r.get::<i64>(1).map(Option::unwrap_or_default))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .expect("reading token_cleanup.runs")
+    };
+    TableIterator::new(
+        live.into_iter()
+            .filter(move |(id, _, _)| visible.contains(id)),
+    )
+}
+
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn wake_scheduler() {

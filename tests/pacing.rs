@@ -27,10 +27,10 @@ fn run_in_background(cluster: &Cluster, role: &str, rule: &str) -> std::thread::
     })
 }
 
-/// rows_deleted of the rule's run in progress (0 before it records a batch).
+/// rows_deleted of the rule's run in progress, after its last batch (0 before its first).
 fn progress(db: &mut Client, rule: &str) -> i64 {
     db.query_opt(
-        "SELECT rows_deleted FROM token_cleanup.runs WHERE rule_name = $1 AND status = 'running'",
+        "SELECT rows_deleted FROM token_cleanup.progress WHERE rule = $1",
         &[&rule],
     )
     .unwrap()

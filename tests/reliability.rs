@@ -34,7 +34,7 @@ fn setup(name: &str, expired: i64, live: i64, batch: i32) -> (Cluster, postgres:
 fn running_run(db: &mut postgres::Client) -> i64 {
     wait_for("a run in progress", Duration::from_secs(30), || {
         db.query_opt(
-            "SELECT id FROM token_cleanup.runs WHERE status = 'running' AND rows_deleted > 0",
+            "SELECT run_id FROM token_cleanup.progress WHERE rows_deleted > 0",
             &[],
         )
         .unwrap()
@@ -437,7 +437,7 @@ fn kill_9_mid_run_with_an_archive_loses_and_doubles_nothing() {
     .unwrap();
     let (run_id, pid): (i64, i32) = wait_for("a run moving rows", Duration::from_secs(20), || {
         db.query_opt(
-            "SELECT id, pid FROM token_cleanup.runs WHERE status = 'running' AND rows_deleted > 0 LIMIT 1",
+            "SELECT run_id, pid FROM token_cleanup.progress WHERE rows_deleted > 0 LIMIT 1",
             &[],
         )
         .unwrap()

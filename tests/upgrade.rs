@@ -1,4 +1,4 @@
-//! The upgrade from a released version (`UPGRADE_FROM_VERSION`: 0.1.0, 0.2.0, 0.3.0) to this version, end to
+//! The upgrade from a released version (`UPGRADE_FROM_VERSION`: 0.1.0 to 0.4.0) to this version, end to
 //! end (run by scripts/upgrade_test.sh once per release, which builds the release from its git commit
 //! and this version's package, and gives them here with a copy of PostgreSQL 15 to install them into):
 //! - create the extension at the release, add rules as a superuser and as an ordinary role, let them
@@ -354,6 +354,8 @@ fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
         "CREATE FUNCTION token_cleanup.check_rule(",
         "CREATE FUNCTION token_cleanup.within_batch(",
         "CREATE FUNCTION token_cleanup.delete_rule(",
+        "CREATE FUNCTION token_cleanup.live_progress(",
+        "CREATE VIEW token_cleanup.progress WITH (security_invoker='true', security_barrier='true') AS",
         "CREATE FUNCTION token_cleanup.rules_before_write()",
         "CREATE POLICY rule_totals_owner ON token_cleanup.rule_totals",
         "GRANT SELECT ON TABLE token_cleanup.rule_totals TO PUBLIC",

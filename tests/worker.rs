@@ -389,7 +389,7 @@ fn sigterm_mid_run_leaves_it_interrupted_and_deletes_only_matching_rows() {
     );
     let run_id: i64 = wait_for("a run in progress", Duration::from_secs(30), || {
         db.query_opt(
-            "SELECT id FROM token_cleanup.runs WHERE status = 'running' AND rows_deleted > 0",
+            "SELECT run_id FROM token_cleanup.progress WHERE rows_deleted > 0",
             &[],
         )
         .unwrap()

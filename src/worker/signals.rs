@@ -160,10 +160,12 @@ pub fn set_current_run(run_id: Option<i64>) {
 static PROGRESS_ROWS: AtomicI64 = AtomicI64::new(0);
 static PROGRESS_BATCHES: AtomicI64 = AtomicI64::new(0);
 
-/// Records the current run's progress after a committed batch.
+/// Records the current run's progress after a committed batch, here and in the registry (where
+/// `token_cleanup.progress` reads it).
 pub fn set_progress(rows_deleted: i64, batches: i32) {
     PROGRESS_ROWS.store(rows_deleted, Ordering::SeqCst);
     PROGRESS_BATCHES.store(i64::from(batches), Ordering::SeqCst);
+    super::registry::set_progress(rows_deleted, batches);
 }
 
 /// Why a run stopped by its scheduler to make room for another owner's rule ended.

@@ -77,6 +77,10 @@ struct Slot {
     handed_over: bool,
     /// Runner: its scheduler stopped its run to give the slot to another owner's due rule.
     preempted: bool,
+    /// The claimed run's progress: rows deleted and batches committed so far (its row in
+    /// token_cleanup.runs gets them only every few seconds).
+    rows_deleted: i64,
+    batches: i32,
 }
 
 impl Slot {
@@ -95,6 +99,8 @@ impl Slot {
         reserved_until: 0,
         handed_over: false,
         preempted: false,
+        rows_deleted: 0,
+        batches: 0,
     };
 
     /// Whether the process that took this slot still lives (its PGPROC still carries its pid); a
@@ -429,6 +435,8 @@ impl Drop for Claim {
         with_my_slot(|slot| {
             slot.rule_id = 0;
             slot.table = 0;
+            slot.rows_deleted = 0;
+            slot.batches = 0;
         });
     }
 }
@@ -464,6 +472,26 @@ pub fn claim(rule_id: i64, table: pg_sys::Oid, run_id: i64) -> Result<Claim, Bus
 /// Records the run this process is performing (visible to conflicting claimers).
 pub fn set_claimed_run(run_id: i64) {
     with_my_slot(|slot| slot.run_id = run_id);
+}
+
+/// Records the claimed run's progress after a committed batch.
+pub fn set_progress(rows_deleted: i64, batches: i32) {
+    with_my_slot(|slot| {
+        slot.rows_deleted = rows_deleted;
+        slot.batches = batches;
+    });
+}
+
+/// Live progress of the runs going on in `database`: (run id, rows deleted, batches).
+pub fn progress_in(database: pg_sys::Oid) -> Vec<(i64, i64, i32)> {
+    let database = u32::from(database);
+    REGISTRY
+        .share()
+        .slots
+        .iter()
+        .filter(|s| s.database == database && s.rule_id != 0 && s.run_id != 0 && s.alive())
+        .map(|s| (s.run_id, s.rows_deleted, s.batches))
+        .collect()
 }
 
 /// The rules claimed in `database` by any worker, and the tables they claimed.
