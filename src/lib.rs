@@ -8,8 +8,11 @@
 //! - **run**: one execution of a rule, a row of `token_cleanup.runs`.
 //! - **batch**: one transaction inside a run.
 //! - **launcher**: the one static background worker that finds databases with the extension and
-//!   starts a **scheduler** (one dynamic worker per database) in each. A **runner** is the dynamic
-//!   worker that performs one manual run.
+//!   starts a **scheduler** (one dynamic worker per database) in each. A **runner** is a dynamic
+//!   worker that performs runs: pooled runners serve a scheduler; a manual runner performs the one
+//!   run of a `token_cleanup.run()` call. A scheduler with no runner to be had runs rules itself.
+//! - **budget**: `pg_token_cleanup.max_workers`, the most workers of the extension at once in the
+//!   cluster; a **slot** is one worker's place in it ([`worker::registry::budget`]).
 //!
 //! Where things are:
 //! - [`schedule`]: cron text → fire times (pure Rust); [`worker::agenda`]: due times (pure Rust).
@@ -20,7 +23,8 @@
 //!   not ours as the right role, leaving nothing behind, and timeouts; [`errors`]: raising and
 //!   catching errors.
 //! - [`worker`]: launcher, scheduler, runner, signals (and how a run ends when told, even inside the
-//!   owner's code: [`worker::signals`]); [`hooks`]: DROP DATABASE support.
+//!   owner's code: [`worker::signals`]), the registry in shared memory and the worker budget
+//!   ([`worker::registry`]); [`hooks`]: DROP DATABASE support.
 //! - [`api`]: SQL functions; [`gucs`]: settings; `sql/`: tables, views, policies, triggers.
 
 use pgrx::prelude::*;

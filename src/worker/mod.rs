@@ -14,6 +14,12 @@
 //! - **runner** (dynamic): performs runs. Pooled runners serve their scheduler; a manual runner
 //!   performs the one run of a `token_cleanup.run()` call while the caller waits.
 //!
+//! All of them fit in one budget for the cluster, `pg_token_cleanup.max_workers` ([`registry::budget`]):
+//! a worker starts only into a slot reserved for it; a database whose scheduler cannot start, and a
+//! `run()` that finds the budget full, wait in turn for a slot, which idle runners and schedulers
+//! between runs hand over. A scheduler with no runner to be had runs due rules itself, so one slot
+//! per database serves it, and databases beyond the budget take turns.
+//!
 //! They meet in the [`registry`] in shared memory, not in `pg_stat_activity` (which hides other
 //! roles' sessions) nor through advisory locks (which any role can take): which worker serves which
 //! database, their latches, and which rule and table each runner is running. A rule never runs twice

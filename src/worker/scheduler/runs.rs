@@ -1,0 +1,288 @@
+//! The scheduler's runs: handing due rules to runners (or running one itself when no runner is to
+//! be had), stopping an over-share owner's run for another owner's due rule, collecting runs that
+//! ended and scheduling retries of failed ones, starting pooled runners within the budget.
+
+use super::{InFlight, Scheduler, Served, SPAWN_PATIENCE};
+use crate::gucs;
+use crate::history::{self, Trigger};
+use crate::worker::dispatch::{self, Candidate};
+use crate::worker::handoff::Handoff;
+use crate::worker::lifecycle::{self, Job};
+use crate::worker::registry::{self, budget, Assignment, Kind};
+use crate::worker::{runner, signals};
+use chrono::{DateTime, Utc};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerStatus};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+impl Scheduler {
+    /// Collects runs that ended: the rule's next due time is the first slot after the end.
+    pub(super) fn collect_finished(&mut self) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        // SAFETY: reading this process's pid.
+        let runners = registry::runners_of(unsafe { pg_sys::MyProcPid });
+        let mut ended = Vec::new();
+        let mut lost_runner = false;
+        for (id, flight) in &self.in_flight {
+            match runners
+                .iter()
+                .find(|r| r.slot == flight.runner_slot && r.pid == flight.runner_pid)
+            {
+                Some(r) if r.assignment == Assignment::Done => {
+                    registry::acknowledge(r.slot, r.pid);
+                    ended.push((*id, r.run_id));
+                }
+                Some(_) => {}
+                None => {
+                    // The runner died mid-run (a crash restart ends everything else too; this is
+                    // a runner killed alone): its run is marked interrupted below.
+                    lost_runner = true;
+                    ended.push((*id, 0));
+                }
+            }
+        }
+        if lost_runner {
+            BackgroundWorker::transaction(history::mark_interrupted);
+        }
+        let now = Utc::now();
+        for (id, run_id) in ended {
+            self.in_flight.remove(&id);
+            self.agenda.done(id, now);
+            self.retry_if_failed(id, run_id, now);
+        }
+    }
+
+    /// A failed scheduled run is tried again after pg_token_cleanup.retry_backoff, doubling each
+    /// time, up to pg_token_cleanup.max_retries times, and never past the rule's next slot.
+    fn retry_if_failed(&mut self, id: i64, run_id: i64, now: DateTime<Utc>) {
+        let failed = run_id != 0
+            && BackgroundWorker::transaction(|| {
+                Spi::get_one_with_args::<String>(
+                    "SELECT status FROM token_cleanup.runs WHERE id = $1",
+                    &[run_id.into()],
+                )
+            })
+            .ok()
+            .flatten()
+            .is_some_and(|status| status == "failed");
+        if !failed {
+            self.attempts.remove(&id);
+            return;
+        }
+        let attempt = self.attempts.get(&id).copied().unwrap_or(0) + 1;
+        let retry_at = chrono::Duration::from_std(gucs::retry_backoff(attempt))
+            .ok()
+            .map(|wait| now + wait);
+        match retry_at {
+            Some(at) if attempt <= gucs::max_retries() && self.agenda.due_earlier(id, at) => {
+                self.attempts.insert(id, attempt);
+                self.retry_next.insert(id);
+            }
+            _ => {
+                self.attempts.remove(&id);
+            }
+        }
+    }
+
+    /// Hands due rules to idle runners, starting runners up to max_parallel_runs; runs one here
+    /// when no runner is to be had. `true` when it ran one here.
+    pub(super) fn dispatch_due(&mut self, now: DateTime<Utc>) -> bool {
+        let due: Vec<(i64, DateTime<Utc>)> = self
+            .agenda
+            .due(now)
+            .into_iter()
+            .filter(|(id, _)| !self.in_flight.contains_key(id))
+            .collect();
+        if due.is_empty() {
+            return false;
+        }
+        // A rule a manual run holds is skipped for this slot, as before.
+        let claimed: HashSet<i64> = registry::claims_in(self.database)
+            .into_iter()
+            .map(|(rule, _)| rule)
+            .collect();
+        let mut candidates = Vec::new();
+        for (id, due_at) in due {
+            let Some(Served { rule, .. }) = self.rules.get(&id) else {
+                self.agenda.done(id, now);
+                continue;
+            };
+            if claimed.contains(&id) {
+                log!("pg_token_cleanup: rule \"{}\" is already running in another session; skipping the run due at {due_at}", rule.name);
+                self.agenda.done(id, now);
+                continue;
+            }
+            candidates.push(Candidate {
+                id,
+                due_at,
+                owner: rule.owner.clone(),
+                table: rule.table_name.clone(),
+            });
+        }
+        let slots = gucs::max_parallel_runs();
+        let free = slots.saturating_sub(self.in_flight.len());
+        let mut running = dispatch::Running::default();
+        for flight in self.in_flight.values() {
+            running.tables.insert(flight.table.clone());
+            *running.by_owner.entry(flight.owner.clone()).or_default() += 1;
+        }
+        let owners: HashSet<&str> = self.rules.values().map(|s| s.rule.owner.as_str()).collect();
+        let share = dispatch::share(slots, owners.len());
+        let chosen = dispatch::choose(&candidates, &running, free, share, &mut self.turn);
+        if chosen.is_empty() {
+            if free == 0 {
+                self.preempt_over_share(&candidates, &running, share);
+            }
+            return false;
+        }
+        // SAFETY: reading this process's pid.
+        let my_pid = unsafe { pg_sys::MyProcPid };
+        let runners = registry::runners_of(my_pid);
+        let busy_slots: HashSet<usize> = self.in_flight.values().map(|f| f.runner_slot).collect();
+        let mut idle = runners
+            .into_iter()
+            .filter(|r| r.assignment == Assignment::Idle && !busy_slots.contains(&r.slot));
+        let due_at: HashMap<i64, DateTime<Utc>> =
+            candidates.iter().map(|c| (c.id, c.due_at)).collect();
+        let mut unserved = Vec::new();
+        for id in chosen {
+            let Some(runner) = idle.next() else {
+                unserved.push(id);
+                continue;
+            };
+            let job = self.job(id, due_at[&id]);
+            let (table, owner) = (job.rule.table_name.clone(), job.rule.owner.clone());
+            let handoff = Handoff::create(&job);
+            if registry::give(runner.slot, runner.pid, handoff.handle()) {
+                self.in_flight.insert(
+                    id,
+                    InFlight {
+                        runner_slot: runner.slot,
+                        runner_pid: runner.pid,
+                        table,
+                        owner,
+                        started: Instant::now(),
+                        _handoff: handoff,
+                    },
+                );
+            }
+        }
+        if self.start_runners(unserved.len()) == 0 && self.starting.is_empty() {
+            // No runner to be had (the budget is full, or others wait for it): the scheduler runs
+            // the first of them itself, and comes back for the rest.
+            if let Some(&id) = unserved.first() {
+                self.run_here(id, due_at[&id]);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Every slot is taken and a due rule waits: if its owner holds less than its share while
+    /// another owner holds more (runs started while it was alone, runs that never end), stops that
+    /// owner's newest run. Its runner exits, and the slot goes to the rule that waits.
+    fn preempt_over_share(&self, due: &[Candidate], running: &dispatch::Running, share: usize) {
+        let held = |owner: &str| running.by_owner.get(owner).copied().unwrap_or(0);
+        // A rule waiting for its table (a run on it going on), not for a slot, is no reason.
+        if !due
+            .iter()
+            .any(|c| held(&c.owner) < share && !running.tables.contains(&c.table))
+        {
+            return;
+        }
+        let newest_over_share = self
+            .in_flight
+            .values()
+            .filter(|f| held(&f.owner) > share)
+            .max_by_key(|f| f.started);
+        if let Some(f) = newest_over_share {
+            log!(
+                "pg_token_cleanup: stopping a run of {}'s rules on {} ({} runs going, share {share}) for another owner's due rule",
+                f.owner,
+                f.table,
+                held(&f.owner)
+            );
+            registry::preempt(f.runner_slot, f.runner_pid);
+        }
+    }
+
+    /// The job of a scheduled run (or a retry) of rule `id` due at `due_at`.
+    fn job(&mut self, id: i64, due_at: DateTime<Utc>) -> Job {
+        let trigger = if self.retry_next.remove(&id) {
+            Trigger::Retry
+        } else {
+            Trigger::Schedule
+        };
+        Job {
+            rule: self.rules[&id].rule.clone(),
+            trigger,
+            scheduled_for: Some(due_at.timestamp_micros() as f64 / 1e6),
+            run_id: None,
+        }
+    }
+
+    /// Performs the run of rule `id` in this process, as a runner would.
+    fn run_here(&mut self, id: i64, due_at: DateTime<Utc>) {
+        let job = self.job(id, due_at);
+        let run_id = lifecycle::perform(&job, &signals::stop_requested);
+        let now = Utc::now();
+        self.agenda.done(id, now);
+        self.retry_if_failed(id, run_id, now);
+    }
+
+    /// Starts up to `wanted` more runners, within max_parallel_runs and the cluster's budget;
+    /// runners started and not yet registered count against both. Returns how many it started.
+    fn start_runners(&mut self, wanted: usize) -> usize {
+        // SAFETY: reading this process's pid.
+        let registered: Vec<i32> = registry::runners_of(unsafe { pg_sys::MyProcPid })
+            .iter()
+            .map(|r| r.pid)
+            .collect();
+        self.starting.retain(|(worker, since)| {
+            since.elapsed() < SPAWN_PATIENCE
+                && match worker.pid() {
+                    Err(BackgroundWorkerStatus::NotYetStarted) => true,
+                    Ok(pid) => !registered.contains(&pid),
+                    Err(_) => false,
+                }
+        });
+        let pending = self.starting.len();
+        let room = gucs::max_parallel_runs().saturating_sub(registered.len() + pending);
+        let mut started = 0;
+        for _ in 0..wanted.saturating_sub(pending).min(room) {
+            if !budget::reserve(Kind::Runner, self.database) {
+                break;
+            }
+            match runner::spawn_pooled(self.database, &self.database_name) {
+                Some(worker) => {
+                    self.starting.push((worker, Instant::now()));
+                    started += 1;
+                }
+                None => {
+                    budget::cancel(Kind::Runner, self.database);
+                    self.warn(&format!(
+                        "pg_token_cleanup: could not start a runner: every max_worker_processes slot is taken \
+                         (by other work; pg_token_cleanup.max_workers had room); the scheduler runs due rules itself \
+                         (raise max_worker_processes to at least pg_token_cleanup.max_workers plus {})",
+                        gucs::WORKER_ROOM
+                    ));
+                    break;
+                }
+            }
+        }
+        started
+    }
+
+    /// On exit, the runs going on stop too (recorded interrupted), as they did when the scheduler
+    /// ran them itself: `pg_terminate_backend()` of the scheduler stops its database's purges.
+    pub(super) fn stop_runners(&self) {
+        // SAFETY: reading this process's pid; SIGTERM to our own runner processes.
+        for r in registry::runners_of(unsafe { pg_sys::MyProcPid }) {
+            unsafe { libc::kill(r.pid, libc::SIGTERM) };
+        }
+    }
+}
