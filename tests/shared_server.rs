@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{count, error_of, expiring_tokens, record, wait_for, Cluster};
+use common::{alter_system, count, error_of, expiring_tokens, record, wait_for, Cluster};
 use postgres::Client;
 use std::time::{Duration, Instant};
 
@@ -207,6 +207,12 @@ fn three_busy_databases_parallel_query_and_run_share_the_default_worker_slots() 
         !cluster.log().contains("could not start"),
         "no worker start failed for want of a slot"
     );
+    assert!(
+        !cluster
+            .log()
+            .contains("cannot hold pg_token_cleanup.max_workers"),
+        "the defaults fit together"
+    );
     record(
         "four databases, parallel query and run() on the default max_worker_processes = 8",
         "every database's every-second rules run about every second; parallel query launches every worker it planned; run() succeeds in each database; a database created later is served within seconds",
@@ -383,7 +389,19 @@ fn a_role_whose_runs_never_end_holds_no_more_than_its_share() {
     assert_eq!(hog_ended, 0, "hog's runs were meant to go on for minutes");
     // Its share is 4 slots / 2 owners: the run in the way of fair's rule was stopped, and hog gets
     // no slot back while fair's rules are due.
-    assert!(hog_running <= 3, "hog still holds {hog_running} of 4 slots");
+    let workers: Vec<String> = admin
+        .query(
+            "SELECT backend_type || ': ' || coalesce(query, '') FROM pg_stat_activity WHERE backend_type LIKE 'pg_token_cleanup%'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        hog_running <= 3,
+        "hog still holds {hog_running} of 4 slots: {workers:#?}"
+    );
     let preempted = count(
         &mut admin,
         "SELECT count(*) FROM token_cleanup.runs WHERE rule_name LIKE 'endless_%' AND status = 'interrupted' \
@@ -450,11 +468,14 @@ fn dropping_an_expired_partition_holds_its_exclusive_lock_only_for_the_drop() {
         })
     };
     std::thread::sleep(Duration::from_millis(200));
+    let run_id: i64 = app
+        .query_one("SELECT run_id FROM token_cleanup.run('expired')", &[])
+        .unwrap()
+        .get(0);
     let row = app
         .query_one(
-            "SELECT r.rows_deleted, h.partitions_dropped FROM token_cleanup.run('expired') r \
-               JOIN token_cleanup.runs h ON h.id = r.run_id",
-            &[],
+            "SELECT rows_deleted, partitions_dropped FROM token_cleanup.runs WHERE id = $1",
+            &[&run_id],
         )
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -487,5 +508,47 @@ fn dropping_an_expired_partition_holds_its_exclusive_lock_only_for_the_drop() {
             scan.as_secs_f64() * 1e3
         ),
         "pass",
+    );
+}
+
+#[test]
+fn a_budget_that_max_worker_processes_cannot_hold_is_named_in_the_log_with_the_fix() {
+    let cluster = Cluster::start("shared_budget_warning", &["max_worker_processes = 6"]);
+    let warning = "pg_token_cleanup: max_worker_processes = 6 cannot hold pg_token_cleanup.max_workers = 4 \
+                   plus the 4 slots the server's own work needs (parallel query, logical replication): set \
+                   max_worker_processes to at least 8 (restart needed), or lower pg_token_cleanup.max_workers to 2";
+    wait_for("the warning at startup", Duration::from_secs(10), || {
+        cluster.log().contains(warning).then_some(())
+    });
+    // Once: a reload that changes nothing says nothing more; one that lowers the budget enough
+    // says nothing at all; one that raises it again says so with the new numbers.
+    let mut postgres = cluster.connect("postgres");
+    postgres.batch_execute("SELECT pg_reload_conf()").unwrap();
+    alter_system(&mut postgres, "pg_token_cleanup.max_workers", "2");
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(
+        cluster
+            .log()
+            .matches("cannot hold pg_token_cleanup.max_workers")
+            .count(),
+        1
+    );
+    alter_system(&mut postgres, "pg_token_cleanup.max_workers", "3");
+    wait_for(
+        "the warning after the reload",
+        Duration::from_secs(10),
+        || {
+            cluster
+                .log()
+                .contains("max_worker_processes = 6 cannot hold pg_token_cleanup.max_workers = 3")
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        cluster
+            .log()
+            .matches("cannot hold pg_token_cleanup.max_workers")
+            .count(),
+        2
     );
 }

@@ -17,6 +17,15 @@ use pgrx::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
+/// What [`Scheduler::start_runners`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Started {
+    /// This many (0: none wanted, or max_parallel_runs reached).
+    Some(usize),
+    /// None: the cluster's worker budget is full, or the postmaster has no worker slot.
+    NoneToBeHad,
+}
+
 impl Scheduler {
     /// Collects runs that ended: the rule's next due time is the first slot after the end.
     pub(super) fn collect_finished(&mut self) {
@@ -171,9 +180,11 @@ impl Scheduler {
                 );
             }
         }
-        if self.start_runners(unserved.len()) == 0 && self.starting.is_empty() {
-            // No runner to be had (the budget is full, or others wait for it): the scheduler runs
-            // the first of them itself, and comes back for the rest.
+        let no_runner_to_be_had = self.start_runners(unserved.len()) == Started::NoneToBeHad;
+        if no_runner_to_be_had && self.starting.is_empty() {
+            // The budget is full (or owed to others who wait), or the server's worker slots are: the
+            // scheduler runs the first of them itself, and comes back for the rest. (Runners still starting, or
+            // max_parallel_runs taken, are waited for instead.)
             if let Some(&id) = unserved.first() {
                 self.run_here(id, due_at[&id]);
                 return true;
@@ -235,8 +246,8 @@ impl Scheduler {
     }
 
     /// Starts up to `wanted` more runners, within max_parallel_runs and the cluster's budget;
-    /// runners started and not yet registered count against both. Returns how many it started.
-    fn start_runners(&mut self, wanted: usize) -> usize {
+    /// runners started and not yet registered count against both.
+    fn start_runners(&mut self, wanted: usize) -> Started {
         // SAFETY: reading this process's pid.
         let registered: Vec<i32> = registry::runners_of(unsafe { pg_sys::MyProcPid })
             .iter()
@@ -255,6 +266,9 @@ impl Scheduler {
         let mut started = 0;
         for _ in 0..wanted.saturating_sub(pending).min(room) {
             if !budget::reserve(Kind::Runner, self.database) {
+                if started == 0 {
+                    return Started::NoneToBeHad;
+                }
                 break;
             }
             match runner::spawn_pooled(self.database, &self.database_name) {
@@ -270,11 +284,14 @@ impl Scheduler {
                          (raise max_worker_processes to at least pg_token_cleanup.max_workers plus {})",
                         gucs::WORKER_ROOM
                     ));
+                    if started == 0 {
+                        return Started::NoneToBeHad;
+                    }
                     break;
                 }
             }
         }
-        started
+        Started::Some(started)
     }
 
     /// On exit, the runs going on stop too (recorded interrupted), as they did when the scheduler
