@@ -278,7 +278,7 @@ AS 'MODULE_PATHNAME', 'check_rule_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api.rs:292
+-- src/api.rs:273
 -- pg_token_cleanup::api::delete_rule
 CREATE  FUNCTION "delete_rule"(
 	"rule_name" TEXT /* & str */
@@ -313,7 +313,7 @@ AS 'MODULE_PATHNAME', 'explain_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api.rs:79
+-- src/api.rs:78
 -- pg_token_cleanup::api::next_run
 CREATE  FUNCTION "next_run"(
 	"schedule" TEXT, /* & str */
@@ -326,7 +326,7 @@ AS 'MODULE_PATHNAME', 'next_run_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api.rs:53
+-- src/api.rs:52
 -- pg_token_cleanup::api::next_runs
 CREATE  FUNCTION "next_runs"(
 	"schedule" TEXT, /* & str */
@@ -340,7 +340,7 @@ AS 'MODULE_PATHNAME', 'next_runs_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api.rs:96
+-- src/api.rs:95
 -- pg_token_cleanup::api::preview
 CREATE  FUNCTION "preview"(
 	"rule_name" TEXT /* & str */
@@ -359,7 +359,7 @@ AS 'MODULE_PATHNAME', 'preview_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api.rs:139
+-- src/api.rs:138
 -- pg_token_cleanup::api::run
 CREATE  FUNCTION "run"(
 	"rule_name" TEXT /* & str */
@@ -379,7 +379,7 @@ AS 'MODULE_PATHNAME', 'run_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api.rs:373
+-- src/api.rs:354
 -- pg_token_cleanup::api::wake_launcher
 CREATE  FUNCTION "wake_launcher"() RETURNS void
 STRICT VOLATILE PARALLEL UNSAFE
@@ -389,7 +389,7 @@ AS 'MODULE_PATHNAME', 'wake_launcher_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api.rs:358
+-- src/api.rs:339
 -- pg_token_cleanup::api::wake_scheduler
 CREATE  FUNCTION "wake_scheduler"() RETURNS void
 STRICT VOLATILE PARALLEL UNSAFE

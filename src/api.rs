@@ -189,6 +189,16 @@ fn run(
             "Try again, or raise pg_token_cleanup.max_workers (and max_worker_processes to hold it plus 4, restart needed). \
              run() waits for a worker up to the rule's lock_timeout.",
         ),
+        Err(runner::NoWorker::RoleShareFull) => refuse(
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            format!(
+                "could not run rule \"{name}\": run() calls of your role already hold {} of the workers, its share of pg_token_cleanup.max_workers = {}, and none ended within {patience} ms",
+                registry::budget::role_share(),
+                gucs::max_workers()
+            ),
+            "A role's run() calls hold at most half the workers beside the launcher (at least one): wait for yours to finish, \
+             or raise pg_token_cleanup.max_workers (and max_worker_processes to hold it plus 4, restart needed).",
+        ),
         Err(runner::NoWorker::ServerFull) => refuse(
             PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             format!(

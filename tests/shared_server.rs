@@ -552,3 +552,92 @@ fn a_budget_that_max_worker_processes_cannot_hold_is_named_in_the_log_with_the_f
         2
     );
 }
+
+#[test]
+fn one_role_s_endless_run_calls_hold_only_its_share_of_the_workers() {
+    let cluster = Cluster::start("shared_role_share", &[]);
+    let mut admin = cluster.database_with_extension("app");
+    admin
+        .batch_execute(
+            "CREATE ROLE noisy LOGIN; CREATE ROLE quiet LOGIN;
+             GRANT CREATE ON DATABASE app TO noisy, quiet;",
+        )
+        .unwrap();
+    let mut noisy = cluster.connect_as("app", "noisy");
+    noisy.batch_execute("CREATE SCHEMA noisy").unwrap();
+    for (i, lock_timeout) in [(0, "30s"), (1, "1s"), (2, "30s")] {
+        expiring_tokens(&mut noisy, &format!("noisy.t{i}"), 2000, 0);
+        // 0.1 s per row tested: a run of minutes.
+        noisy
+            .execute(
+                "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, lock_timeout) \
+                 VALUES ($1, $2, 'pg_catalog.pg_sleep(0.1) IS NOT NULL AND expires_at < pg_catalog.now()', '@yearly', $3::text::interval)",
+                &[&format!("endless_{i}"), &format!("noisy.t{i}"), &lock_timeout],
+            )
+            .unwrap();
+    }
+    let mut quiet = cluster.connect_as("app", "quiet");
+    quiet.batch_execute("CREATE SCHEMA quiet").unwrap();
+    expiring_tokens(&mut quiet, "quiet.tokens", 100, 10);
+    add_rule(&mut quiet, "mine", "quiet.tokens", "@hourly");
+
+    // noisy's first call gets a worker and never ends.
+    let first = {
+        let mut client = cluster.connect_as("app", "noisy");
+        std::thread::spawn(move || {
+            error_of(client.query_one("SELECT status FROM token_cleanup.run('endless_0')", &[]))
+        })
+    };
+    wait_for("noisy's first run going", Duration::from_secs(10), || {
+        (count(&mut admin, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 'endless_0' AND status = 'running'") == 1)
+            .then_some(())
+    });
+    // Its third waits (up to its 30 s lock_timeout) for one of noisy's own to end.
+    let third = {
+        let mut client = cluster.connect_as("app", "noisy");
+        std::thread::spawn(move || {
+            error_of(client.query_one("SELECT status FROM token_cleanup.run('endless_2')", &[]))
+        })
+    };
+    // Its second, with lock_timeout 1 s, says why it got no worker, though the budget has room.
+    let second =
+        error_of(noisy.query_one("SELECT status FROM token_cleanup.run('endless_1')", &[]));
+    assert_eq!(
+        second,
+        "could not run rule \"endless_1\": run() calls of your role already hold 1 of the workers, its share of \
+         pg_token_cleanup.max_workers = 4, and none ended within 1000 ms"
+    );
+    // quiet's call gets a worker at once.
+    let started = Instant::now();
+    let status: String = quiet
+        .query_one("SELECT status FROM token_cleanup.run('mine')", &[])
+        .unwrap_or_else(|e| panic!("quiet's run(): {}", error_of(Err::<(), _>(e))))
+        .get(0);
+    let took = started.elapsed();
+    assert_eq!(status, "succeeded");
+    assert!(took < Duration::from_secs(3), "quiet's run() took {took:?}");
+    // Positive control: noisy's first run is still going, its third still waiting.
+    assert_eq!(
+        count(&mut admin, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name LIKE 'endless_%' AND status = 'running'"),
+        1
+    );
+    assert!(!third.is_finished(), "noisy's third call is still waiting");
+    admin
+        .batch_execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE usename = 'noisy' AND query LIKE '%token_cleanup.run%'")
+        .unwrap();
+    for call in [first, third] {
+        assert_eq!(
+            call.join().unwrap(),
+            "canceling statement due to user request"
+        );
+    }
+    record(
+        "one role's run() calls that never end, beside another role's run()",
+        "a role's run() calls hold at most its share of the budget; another role's run() gets a worker at once",
+        &format!(
+            "noisy's first call ran (never ending), its second was refused after its 1 s lock_timeout naming the role's share, its third waited; quiet's run() succeeded in {:.2} s",
+            took.as_secs_f64()
+        ),
+        "pass",
+    );
+}

@@ -121,9 +121,9 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
             }
             // A database known to lack the extension is probed again only when a slot is free;
             // one that may have it waits its turn for a slot.
-            if !budget::reserve(Kind::Scheduler, oid) {
+            if !budget::reserve(Kind::Scheduler, oid, pg_sys::InvalidOid) {
                 if !view.no_extension || asked || db.waiting {
-                    budget::wait(Kind::Scheduler, oid);
+                    budget::wait(Kind::Scheduler, oid, pg_sys::InvalidOid);
                     db.waiting = true;
                 }
                 continue;

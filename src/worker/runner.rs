@@ -42,15 +42,15 @@ pub fn spawn_pooled(database: pg_sys::Oid, database_name: &str) -> Option<Dynami
 /// runners and schedulers between runs give theirs up) for at most `patience` (`None`: until the
 /// caller is cancelled). `false`: none came in time.
 fn reserve_for_manual(patience: Option<Duration>) -> bool {
-    // SAFETY: reading this backend's database OID.
-    let database = unsafe { pg_sys::MyDatabaseId };
-    if budget::reserve(Kind::Runner, database) {
+    // SAFETY: reading this backend's database OID and user.
+    let (database, role) = unsafe { (pg_sys::MyDatabaseId, capped_role()) };
+    if budget::reserve(Kind::Runner, database, role) {
         return true;
     }
     let since = Instant::now();
     PgTryBuilder::new(std::panic::AssertUnwindSafe(|| loop {
-        budget::wait(Kind::Runner, database);
-        if budget::reserve(Kind::Runner, database) {
+        budget::wait(Kind::Runner, database, role);
+        if budget::reserve(Kind::Runner, database, role) {
             return true;
         }
         if patience.is_some_and(|p| since.elapsed() >= p) {
@@ -74,11 +74,29 @@ fn reserve_for_manual(patience: Option<Duration>) -> bool {
     .execute()
 }
 
+/// The role whose share of the budget a `run()` call counts against: the calling role, or none
+/// for a superuser (a DBA's calls wait in turn, but hold any number of slots).
+///
+/// # Safety
+/// In a backend with a current user.
+unsafe fn capped_role() -> pg_sys::Oid {
+    // SAFETY: as the caller promises.
+    unsafe {
+        if pg_sys::superuser() {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::GetUserId()
+        }
+    }
+}
+
 /// Why a manual run got no runner.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NoWorker {
     /// pg_token_cleanup.max_workers stayed full.
     BudgetFull,
+    /// The caller's role held its share of the budget ([`budget::role_share`]) all along.
+    RoleShareFull,
     /// The budget had room, but the postmaster had no background worker slot (other work holds
     /// them, or workers that just left are not reaped yet).
     ServerFull,
@@ -98,6 +116,11 @@ pub fn start_manual(
     loop {
         let left = patience.map(|p| p.saturating_sub(since.elapsed()));
         if !reserve_for_manual(left) {
+            // SAFETY: reading this backend's user.
+            let role = unsafe { capped_role() };
+            if role != pg_sys::InvalidOid && budget::held_by_role(role) >= budget::role_share() {
+                return Err(NoWorker::RoleShareFull);
+            }
             return Err(NoWorker::BudgetFull);
         }
         let worker = start(

@@ -8,10 +8,16 @@
 //!   (found by its `bgw_notify_pid`, the starter). A reservation not adopted within
 //!   [`RESERVATION_TTL`] lapses, and so does one whose reserver died.
 //! - **Wait in turn.** A database whose scheduler the launcher cannot start, and a `run()` that finds
-//!   the budget full, join the waiters. A free slot goes to the oldest waiter first: nobody else may
-//!   reserve while the slots left are no more than the waiters ahead of them.
+//!   the budget full, join the waiters. A free slot goes first to the waiter whose role holds the
+//!   fewest slots (a database waiting for its scheduler holds none), the oldest among equals: one
+//!   role's pile of `run()` calls cannot keep another role's out. Nobody else may reserve while the
+//!   slots left are no more than the waiters ahead of them.
+//! - **A role's share.** One role's `run()` calls hold at most [`role_share`] slots at once (half the
+//!   budget beside the launcher, at least one; a superuser's are not capped); its further calls
+//!   wait for one of its own to end. Runs that never end can then hold no more than that,
+//!   whatever the role does.
 //! - **Give slots back.** An idle pooled runner, and a scheduler between runs that has served its
-//!   turn, hand their slot to the oldest waiter ([`give_to_waiter`]) and exit. So databases take
+//!   turn, hand their slot to the first waiter ([`give_to_waiter`]) and exit. So databases take
 //!   turns when there are more of them than slots, and `run()` never waits long for a slot.
 
 use super::{my_identity, process_alive, Assignment, Kind, Registry, Slot, MY_SLOT, REGISTRY};
@@ -34,7 +40,9 @@ pub struct Waiter {
     pid: i32,
     procno: i32,
     database: u32,
-    /// Since when (PostgreSQL timestamp, µs): the oldest is served first.
+    /// The role of a `run()` call (0: a database waiting for its scheduler).
+    role: u32,
+    /// Since when (PostgreSQL timestamp, µs): the oldest is served first among equals.
     since: i64,
 }
 
@@ -44,6 +52,7 @@ impl Waiter {
         pid: 0,
         procno: -1,
         database: 0,
+        role: 0,
         since: 0,
     };
 
@@ -66,24 +75,59 @@ fn used(registry: &Registry) -> usize {
     registry.slots.iter().filter(|s| s.alive()).count()
 }
 
-/// Whether a worker of `kind` in `database`, started by `pid`, fits in the budget now: a slot is
-/// free beyond those owed to the waiters ahead (all of them, unless `pid` itself waits for it).
-pub(super) fn has_room(registry: &Registry, kind: Kind, database: u32, pid: i32) -> bool {
+/// Slots held by `role`'s `run()` calls (workers and reservations); 0 for role 0.
+fn held_by(registry: &Registry, role: u32) -> usize {
+    if role == 0 {
+        return 0;
+    }
+    registry
+        .slots
+        .iter()
+        .filter(|s| s.role == role && s.alive())
+        .count()
+}
+
+/// Most slots one role's `run()` calls hold at once: half of the budget beside the launcher, at
+/// least one (the default budget of 4: one).
+pub fn role_share() -> usize {
+    (gucs::max_workers().saturating_sub(1) / 2).max(1)
+}
+
+/// Slots `role`'s `run()` calls hold now.
+pub fn held_by_role(role: pg_sys::Oid) -> usize {
+    held_by(&REGISTRY.share(), u32::from(role))
+}
+
+/// A waiter's place in the queue: fewest slots held by its role first, then the oldest.
+fn place(registry: &Registry, w: &Waiter) -> (usize, i64) {
+    (held_by(registry, w.role), w.since)
+}
+
+/// Whether a worker of `kind` in `database`, started by `pid` for `role`, fits in the budget now:
+/// a slot is free beyond those owed to the waiters ahead of it.
+pub(super) fn has_room(
+    registry: &Registry,
+    kind: Kind,
+    database: u32,
+    pid: i32,
+    role: u32,
+) -> bool {
     let limit = gucs::max_workers();
     let used = used(registry);
-    if used >= limit {
+    if used >= limit || (role != 0 && held_by(registry, role) >= role_share()) {
         return false;
     }
-    let mine = registry
+    let since = registry
         .waiters
         .iter()
         .find(|w| w.is(kind, database, pid) && w.alive())
-        .map(|w| w.since);
+        .map_or_else(now, |w| w.since);
+    let mine = (held_by(registry, role), since);
     let ahead = registry
         .waiters
         .iter()
         .filter(|w| w.alive() && !w.is(kind, database, pid))
-        .filter(|w| mine.is_none_or(|since| w.since < since))
+        .filter(|w| place(registry, w) < mine)
         .count();
     limit - used > ahead
 }
@@ -107,10 +151,12 @@ pub(super) fn reservation_for_me(registry: &Registry, kind: Kind, database: u32)
     })
 }
 
-/// Reserves a slot for a worker of `kind` in `database` that this process is about to start: one
-/// a worker gave up for it while it waited, or a free one within the budget. Stops waiting when it
-/// gets one. `false`: the budget is full (or owed to waiters ahead).
-pub fn reserve(kind: Kind, database: pg_sys::Oid) -> bool {
+/// Reserves a slot for a worker of `kind` in `database` that this process is about to start (for
+/// `role`'s `run()` call; 0 otherwise): one a worker gave up for it while it waited, or a free one
+/// within the budget. Stops waiting when it gets one. `false`: the budget is full (or owed to
+/// waiters ahead).
+pub fn reserve(kind: Kind, database: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    let role = u32::from(role);
     let (pid, procno) = my_identity();
     let database = u32::from(database);
     let mut registry = REGISTRY.exclusive();
@@ -124,13 +170,16 @@ pub fn reserve(kind: Kind, database: pg_sys::Oid) -> bool {
     });
     let index = match handed {
         Some(index) => index,
-        None if !has_room(&registry, kind, database, pid) => return false,
+        None if !has_room(&registry, kind, database, pid, role) => return false,
         None => match registry.slots.iter().position(|s| !s.alive()) {
             Some(index) => index,
             None => return false,
         },
     };
-    registry.slots[index] = reservation(kind, database, pid, procno, false);
+    registry.slots[index] = Slot {
+        role,
+        ..reservation(kind, database, pid, procno, false)
+    };
     for w in registry.waiters.iter_mut() {
         if w.is(kind, database, pid) {
             *w = Waiter::NONE;
@@ -169,9 +218,10 @@ pub fn cancel(kind: Kind, database: pg_sys::Oid) {
     wake_waiters(&registry);
 }
 
-/// Joins the waiters for a slot to start a worker of `kind` in `database` (once; the place in the
-/// queue is kept). Woken (latch) when a slot frees.
-pub fn wait(kind: Kind, database: pg_sys::Oid) {
+/// Joins the waiters for a slot to start a worker of `kind` in `database` (for `role`'s `run()`
+/// call; 0 otherwise), once: the place in the queue is kept. Woken (latch) when a slot frees.
+pub fn wait(kind: Kind, database: pg_sys::Oid, role: pg_sys::Oid) {
+    let role = u32::from(role);
     let (pid, procno) = my_identity();
     let database = u32::from(database);
     let mut registry = REGISTRY.exclusive();
@@ -188,6 +238,7 @@ pub fn wait(kind: Kind, database: pg_sys::Oid) {
             pid,
             procno,
             database,
+            role,
             since: now(),
         };
     }
@@ -230,7 +281,7 @@ pub fn in_use() -> (usize, usize) {
     (used(&REGISTRY.share()), gucs::max_workers())
 }
 
-/// Hands this worker's slot to the oldest waiter, if anyone waits (a runner only while idle, with no
+/// Hands this worker's slot to the first waiter (see the module's header), if anyone waits (a runner only while idle, with no
 /// job given to it). `true`: the slot is theirs, and this process must exit now.
 pub fn give_to_waiter() -> bool {
     let index = MY_SLOT.load(Ordering::SeqCst);
@@ -242,19 +293,23 @@ pub fn give_to_waiter() -> bool {
     if mine.rule_id != 0 || (mine.kind == Kind::Runner && mine.assignment != Assignment::Idle) {
         return false;
     }
-    let Some(oldest) = registry
+    let Some(first) = registry
         .waiters
         .iter()
         .enumerate()
         .filter(|(_, w)| w.alive())
-        .min_by_key(|(_, w)| w.since)
+        .filter(|(_, w)| w.role == 0 || held_by(&registry, w.role) < role_share())
+        .min_by_key(|(_, w)| place(&registry, w))
         .map(|(i, _)| i)
     else {
         return false;
     };
-    let w = registry.waiters[oldest];
-    registry.waiters[oldest] = Waiter::NONE;
-    registry.slots[index] = reservation(w.kind, w.database, w.pid, w.procno, true);
+    let w = registry.waiters[first];
+    registry.waiters[first] = Waiter::NONE;
+    registry.slots[index] = Slot {
+        role: w.role,
+        ..reservation(w.kind, w.database, w.pid, w.procno, true)
+    };
     MY_SLOT.store(usize::MAX, Ordering::SeqCst);
     // SAFETY: the waiter's PGPROC, alive as checked under the registry's lock.
     unsafe { pg_sys::SetLatch(&raw mut (*super::proc_of(w.procno)).procLatch) };

@@ -86,6 +86,9 @@ struct Slot {
     /// token_cleanup.runs gets them only every few seconds).
     rows_deleted: i64,
     batches: i32,
+    /// A manual runner (or its reservation): the role whose `run()` call it serves (see
+    /// [`budget`]); 0 otherwise.
+    role: u32,
 }
 
 impl Slot {
@@ -106,6 +109,7 @@ impl Slot {
         preempted: false,
         rows_deleted: 0,
         batches: 0,
+        role: 0,
     };
 
     /// Whether the process that took this slot still lives (its PGPROC still carries its pid); a
@@ -243,7 +247,9 @@ pub fn register(kind: Kind, database: pg_sys::Oid, scheduler_pid: i32) -> Result
         let index = match reserved {
             Some(index) => index,
             // The launcher is the budget's first worker; any other needs room in the budget.
-            None if kind != Kind::Launcher && !budget::has_room(&registry, kind, database, pid) => {
+            None if kind != Kind::Launcher
+                && !budget::has_room(&registry, kind, database, pid, 0) =>
+            {
                 return Err(Refused::Full)
             }
             None => registry
@@ -252,12 +258,14 @@ pub fn register(kind: Kind, database: pg_sys::Oid, scheduler_pid: i32) -> Result
                 .position(|s| !s.alive())
                 .ok_or(Refused::Full)?,
         };
+        let role = reserved.map_or(0, |i| registry.slots[i].role);
         registry.slots[index] = Slot {
             kind,
             pid,
             procno,
             database,
             scheduler_pid,
+            role,
             ..Slot::FREE
         };
         if kind == Kind::Scheduler {

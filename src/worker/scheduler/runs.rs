@@ -265,7 +265,7 @@ impl Scheduler {
         let room = gucs::max_parallel_runs().saturating_sub(registered.len() + pending);
         let mut started = 0;
         for _ in 0..wanted.saturating_sub(pending).min(room) {
-            if !budget::reserve(Kind::Runner, self.database) {
+            if !budget::reserve(Kind::Runner, self.database, pg_sys::InvalidOid) {
                 if started == 0 {
                     return Started::NoneToBeHad;
                 }
