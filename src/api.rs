@@ -362,9 +362,6 @@ fn allocate_run_id() -> i64 {
 static SCHEDULER_WAKE_PENDING: AtomicBool = AtomicBool::new(false);
 static LAUNCHER_WAKE_PENDING: AtomicBool = AtomicBool::new(false);
 
-/// Tells this database's scheduler that the rules changed: a relcache invalidation of the rules
-/// table, delivered at commit (COMMIT PREPARED included), and its latch set at commit so that it
-/// reloads at once. Called by the rules table's statement trigger; not callable by PUBLIC.
 /// Live progress of the runs going on in this database that the caller may see in
 /// `token_cleanup.runs` (its own; a superuser or BYPASSRLS role: all), from shared memory: what
 /// `token_cleanup.progress` shows between the writes of a run's row.
@@ -403,6 +400,9 @@ fn live_progress() -> TableIterator<
     )
 }
 
+/// Tells this database's scheduler that the rules changed: a relcache invalidation of the rules
+/// table, delivered at commit (COMMIT PREPARED included), and its latch set at commit so that it
+/// reloads at once. Called by the rules table's statement trigger; not callable by PUBLIC.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn wake_scheduler() {

@@ -56,18 +56,8 @@ fn reserve_for_manual(patience: Option<Duration>) -> bool {
         if patience.is_some_and(|p| since.elapsed() >= p) {
             return false;
         }
-        // SAFETY: waits on this backend's latch (set when a slot frees or is handed over); the
-        // timeout bounds a missed wake-up.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                100,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        pgrx::check_for_interrupts!();
+        // Woken when a slot frees or is handed over.
+        nap();
     }))
     // A cancelled caller leaves the queue, and gives back a slot handed to it meanwhile.
     .finally(|| budget::stop_waiting(Kind::Runner, database))
@@ -135,18 +125,24 @@ pub fn start_manual(
         if patience.is_some_and(|p| since.elapsed() >= p) {
             return Err(NoWorker::ServerFull);
         }
-        // SAFETY: a short wait on this backend's latch; interrupts are checked after it.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                100,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        pgrx::check_for_interrupts!();
+        nap();
     }
+}
+
+/// Waits up to 100 ms on this backend's latch, then checks for interrupts (a cancel ends the
+/// wait with its error). The timeout bounds a missed wake-up.
+fn nap() {
+    // SAFETY: waits on this backend's own latch and resets it.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            100,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
 }
 
 /// Waits until the runner of a manual run says it is done (its outcome committed), or stopped

@@ -276,13 +276,9 @@ pub fn someone_waits() -> bool {
     REGISTRY.share().waiters.iter().any(Waiter::alive)
 }
 
-/// Slots held and the budget, for the log and for monitoring.
-pub fn in_use() -> (usize, usize) {
-    (used(&REGISTRY.share()), gucs::max_workers())
-}
-
-/// Hands this worker's slot to the first waiter (see the module's header), if anyone waits (a runner only while idle, with no
-/// job given to it). `true`: the slot is theirs, and this process must exit now.
+/// Hands this worker's slot to the first waiter (see the module's header), if anyone waits: a
+/// runner only while idle, a scheduler only between runs. `true`: the slot is theirs, and this
+/// process must exit now.
 pub fn give_to_waiter() -> bool {
     let index = MY_SLOT.load(Ordering::SeqCst);
     if index >= super::MAX_WORKERS {
