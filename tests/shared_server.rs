@@ -225,9 +225,11 @@ fn three_busy_databases_parallel_query_and_run_share_the_default_worker_slots() 
     );
 }
 
-#[test]
-fn a_storm_of_cancelled_runs_by_one_role_starves_nobody() {
-    let cluster = Cluster::start("shared_run_storm", &[]);
+/// Roles `noisy` and `quiet` in database `app`, each with CREATE on it (for a schema of its own):
+/// noisy with one rule `endless_<i>` per lock timeout given, each of whose runs takes minutes
+/// (0.1 s per row tested, 2,000 rows), quiet with an hourly rule `mine` on 100 expired rows.
+/// Returns (superuser, noisy, quiet) connections.
+fn noisy_and_quiet(cluster: &Cluster, lock_timeouts: &[&str]) -> (Client, Client, Client) {
     let mut admin = cluster.database_with_extension("app");
     admin
         .batch_execute(
@@ -237,14 +239,13 @@ fn a_storm_of_cancelled_runs_by_one_role_starves_nobody() {
         .unwrap();
     let mut noisy = cluster.connect_as("app", "noisy");
     noisy.batch_execute("CREATE SCHEMA noisy").unwrap();
-    for i in 0..6 {
+    for (i, lock_timeout) in lock_timeouts.iter().enumerate() {
         expiring_tokens(&mut noisy, &format!("noisy.t{i}"), 2000, 0);
-        // Each row takes 0.1 s to test: a run that would take minutes.
         noisy
             .execute(
-                "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) \
-                 VALUES ($1, $2, 'pg_catalog.pg_sleep(0.1) IS NOT NULL AND expires_at < pg_catalog.now()', '@hourly')",
-                &[&format!("slow_{i}"), &format!("noisy.t{i}")],
+                "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, lock_timeout) \
+                 VALUES ($1, $2, 'pg_catalog.pg_sleep(0.1) IS NOT NULL AND expires_at < pg_catalog.now()', '@yearly', $3::text::interval)",
+                &[&format!("endless_{i}"), &format!("noisy.t{i}"), lock_timeout],
             )
             .unwrap();
     }
@@ -252,6 +253,13 @@ fn a_storm_of_cancelled_runs_by_one_role_starves_nobody() {
     quiet.batch_execute("CREATE SCHEMA quiet").unwrap();
     expiring_tokens(&mut quiet, "quiet.tokens", 100, 10);
     add_rule(&mut quiet, "mine", "quiet.tokens", "@hourly");
+    (admin, noisy, quiet)
+}
+
+#[test]
+fn a_storm_of_cancelled_runs_by_one_role_starves_nobody() {
+    let cluster = Cluster::start("shared_run_storm", &[]);
+    let (mut admin, _noisy, mut quiet) = noisy_and_quiet(&cluster, &["5s"; 6]);
 
     // noisy: six sessions calling run() and cancelling it (statement_timeout) over and over.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -267,7 +275,7 @@ fn a_storm_of_cancelled_runs_by_one_role_starves_nobody() {
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let e = error_of(client.query_one(
                         "SELECT status FROM token_cleanup.run($1)",
-                        &[&format!("slow_{i}")],
+                        &[&format!("endless_{i}")],
                     ));
                     if e.contains("canceling statement due to statement timeout") {
                         cancelled += 1;
@@ -300,7 +308,7 @@ fn a_storm_of_cancelled_runs_by_one_role_starves_nobody() {
     );
     let interrupted = count(
         &mut admin,
-        "SELECT count(*) FROM token_cleanup.runs WHERE rule_name LIKE 'slow_%' AND status = 'interrupted'",
+        "SELECT count(*) FROM token_cleanup.runs WHERE rule_name LIKE 'endless_%' AND status = 'interrupted'",
     );
     assert!(
         interrupted >= 3,
@@ -556,30 +564,7 @@ fn a_budget_that_max_worker_processes_cannot_hold_is_named_in_the_log_with_the_f
 #[test]
 fn one_role_s_endless_run_calls_hold_only_its_share_of_the_workers() {
     let cluster = Cluster::start("shared_role_share", &[]);
-    let mut admin = cluster.database_with_extension("app");
-    admin
-        .batch_execute(
-            "CREATE ROLE noisy LOGIN; CREATE ROLE quiet LOGIN;
-             GRANT CREATE ON DATABASE app TO noisy, quiet;",
-        )
-        .unwrap();
-    let mut noisy = cluster.connect_as("app", "noisy");
-    noisy.batch_execute("CREATE SCHEMA noisy").unwrap();
-    for (i, lock_timeout) in [(0, "30s"), (1, "1s"), (2, "30s")] {
-        expiring_tokens(&mut noisy, &format!("noisy.t{i}"), 2000, 0);
-        // 0.1 s per row tested: a run of minutes.
-        noisy
-            .execute(
-                "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, lock_timeout) \
-                 VALUES ($1, $2, 'pg_catalog.pg_sleep(0.1) IS NOT NULL AND expires_at < pg_catalog.now()', '@yearly', $3::text::interval)",
-                &[&format!("endless_{i}"), &format!("noisy.t{i}"), &lock_timeout],
-            )
-            .unwrap();
-    }
-    let mut quiet = cluster.connect_as("app", "quiet");
-    quiet.batch_execute("CREATE SCHEMA quiet").unwrap();
-    expiring_tokens(&mut quiet, "quiet.tokens", 100, 10);
-    add_rule(&mut quiet, "mine", "quiet.tokens", "@hourly");
+    let (mut admin, mut noisy, mut quiet) = noisy_and_quiet(&cluster, &["30s", "1s", "30s"]);
 
     // noisy's first call gets a worker and never ends.
     let first = {
