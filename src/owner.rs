@@ -330,6 +330,7 @@ pub fn timed<R>(limits: Limits, f: impl FnOnce() -> R) -> R {
     // SAFETY: as above; replaces the caller's (later) timeout until `finally` arms it again.
     unsafe { guarded(|| enable_timeout_after(STATEMENT_TIMEOUT_ID, limits.statement_timeout_ms)) };
     PgTryBuilder::new(AssertUnwindSafe(f))
+        // SAFETY: disarms the timeout armed above and re-arms the caller's, in this backend.
         .finally(|| unsafe {
             guarded(|| {
                 disable_timeout(STATEMENT_TIMEOUT_ID, false);

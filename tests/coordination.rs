@@ -192,6 +192,7 @@ fn a_non_superuser_owner_can_drop_rename_move_and_copy_its_database() {
     let mut admin = cluster.connect("postgres");
     let tablespace = cluster.dir.join("ts");
     std::fs::create_dir_all(&tablespace).unwrap();
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         std::process::Command::new("chown")
             .args(["postgres:postgres", tablespace.to_str().unwrap()])

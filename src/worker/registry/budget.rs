@@ -20,7 +20,7 @@
 //!   turn, hand their slot to the first waiter ([`give_to_waiter`]) and exit. So databases take
 //!   turns when there are more of them than slots, and `run()` never waits long for a slot.
 
-use super::{my_identity, process_alive, Assignment, Kind, Registry, Slot, MY_SLOT, REGISTRY};
+use super::{my_identity, now, process_alive, Assignment, Kind, Registry, Slot, MY_SLOT, REGISTRY};
 use crate::gucs;
 use pgrx::pg_sys;
 use std::sync::atomic::Ordering;
@@ -63,11 +63,6 @@ impl Waiter {
     fn is(&self, kind: Kind, database: u32, pid: i32) -> bool {
         self.kind == kind && self.database == database && self.pid == pid
     }
-}
-
-fn now() -> i64 {
-    // SAFETY: reads the clock.
-    unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
 /// Slots held: live workers and live reservations.

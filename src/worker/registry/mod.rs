@@ -118,10 +118,7 @@ impl Slot {
         if self.kind == Kind::Free || self.procno < 0 {
             return false;
         }
-        // SAFETY: reads the clock.
-        if self.kind == Kind::Reserved
-            && self.reserved_until < unsafe { pg_sys::GetCurrentTimestamp() }
-        {
+        if self.kind == Kind::Reserved && self.reserved_until < now() {
             return false;
         }
         process_alive(self.pid, self.procno)
@@ -193,6 +190,12 @@ pub fn init() {
 unsafe fn proc_of(procno: i32) -> *mut pg_sys::PGPROC {
     // SAFETY: the caller's promise.
     unsafe { (*pg_sys::ProcGlobal).allProcs.add(procno as usize) }
+}
+
+/// The current time (PostgreSQL timestamp, µs).
+fn now() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
 /// Whether the process `pid` still holds PGPROC number `procno`.

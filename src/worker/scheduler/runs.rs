@@ -297,8 +297,9 @@ impl Scheduler {
     /// On exit, the runs going on stop too (recorded interrupted), as they did when the scheduler
     /// ran them itself: `pg_terminate_backend()` of the scheduler stops its database's purges.
     pub(super) fn stop_runners(&self) {
-        // SAFETY: reading this process's pid; SIGTERM to our own runner processes.
+        // SAFETY: reading this process's pid.
         for r in registry::runners_of(unsafe { pg_sys::MyProcPid }) {
+            // SAFETY: SIGTERM to a runner of ours, registered as alive just above.
             unsafe { libc::kill(r.pid, libc::SIGTERM) };
         }
     }
