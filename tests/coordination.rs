@@ -1,4 +1,4 @@
-//! Workers coordinated through shared memory (issue 9), end to end against live clusters with real
+//! Workers coordinated through shared memory, end to end against live clusters with real
 //! commits, as the people who use the extension: an application role that owns its table and
 //! holds only the grants the README suggests, a non-superuser database owner, another role trying
 //! to get in the way, and a DBA.
@@ -351,7 +351,7 @@ fn no_role_can_stall_the_scheduler() {
         "permission denied for function wake_scheduler"
     );
 
-    // PUBLIC's grants allow no lock on the rules table that would stall anyone (issue 18)...
+    // PUBLIC's grants allow no lock on the rules table that would stall anyone...
     assert_eq!(
         message(mallory.batch_execute(
             "BEGIN; LOCK TABLE token_cleanup.rules IN ACCESS EXCLUSIVE MODE; COMMIT"

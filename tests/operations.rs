@@ -1,4 +1,4 @@
-//! What operators need around a purge (issue 10), end to end against live clusters with real
+//! What operators need around a purge, end to end against live clusters with real
 //! commits, as an application role: archive before delete, blast-radius limits, NOTIFY, retries,
 //! lifetime counters, metrics, explain() and live progress; each with its failure paths.
 

@@ -1,5 +1,5 @@
 //! Nothing a role writes runs with more rights than that role has: one end-to-end regression test
-//! per finding of the security review (issue 8), against live clusters with real commits, each
+//! per finding of the first security review, against live clusters with real commits, each
 //! made by ordinary roles with only the grants a DBA would give. Every test has a positive control
 //! that proves the attack path was really taken: the role's function or trigger ran, and as whom.
 
@@ -24,7 +24,7 @@ fn app_role(cluster: &Cluster, admin: &mut Client, database: &str, role: &str) -
     cluster.connect_as(database, role)
 }
 
-/// Rule changes by ordinary roles do not wake the scheduler yet (issue 9): a superuser's wake-up.
+/// A superuser's wake-up of the scheduler.
 fn wake_scheduler(admin: &mut Client) {
     admin
         .batch_execute("SELECT token_cleanup.wake_scheduler()")

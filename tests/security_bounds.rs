@@ -1,4 +1,4 @@
-//! Security, round 3 (issue 18), bounds: error text and NOTIFY payloads bounded, a condition's meaning
+//! Security, bounds: error text and NOTIFY payloads bounded, a condition's meaning
 //! pinned against a database owner's settings, the metrics scrape bounded and leaving nothing behind,
 //! and the smaller findings. End to end as ordinary roles, each with a positive control.
 

@@ -1,4 +1,4 @@
-//! Security, round 3 (issue 18), rights: privilege before claim, archives owned by the rule's role,
+//! Security, rights: privilege before claim, archives owned by the rule's role,
 //! no lock on the rules table for ordinary roles, rules ids assigned, BYPASSRLS roles confined to
 //! their own rules, views that leak nothing. End to end as ordinary roles, each with a positive
 //! control.

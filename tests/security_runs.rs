@@ -1,6 +1,6 @@
-//! Security, round 3 (issue 18), runs: a run ends when told even if the rule's code swallows
+//! Security, runs: a run ends when told even if the rule's code swallows
 //! cancels, and acts only on the rule and tables it was given, whatever is deleted, changed or
-//! swapped while it waits; a cancelled run() ends its run (issue 19). End to end on live clusters
+//! swapped while it waits; a cancelled run() ends its run. End to end on live clusters
 //! with real commits, made by ordinary roles with only the grants the README suggests; each test has
 //! a positive control proving that the attack path was really taken.
 

@@ -4,7 +4,7 @@
 //! rows found through an index. Pure arithmetic, tested without a server.
 
 /// The duration a batch aims at. Row locks are held from a batch's first delete to its commit, so
-/// this bounds how long a live transaction can wait on a purged row (issue 4's limit is 100 ms).
+/// this bounds how long a live transaction can wait on a purged row (the target: 100 ms).
 pub const TARGET_BATCH_MS: f64 = 50.0;
 /// How much a batch may grow over the previous one: a sparse stretch of the table must not turn the
 /// next batch into a giant if the rows become dense again.
