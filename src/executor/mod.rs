@@ -11,9 +11,10 @@
 //! again after deleting that many.
 //!
 //! Rows locked by other sessions are skipped (`FOR UPDATE SKIP LOCKED`, tried only when a batch meets
-//! a lock, see [`delete_batch`]) when the owner holds UPDATE on the table (PostgreSQL requires it for
+//! a lock, see [`batch::delete_batch`]) when the owner holds UPDATE on the table (PostgreSQL requires it for
 //! row locks); otherwise a batch waits for them, bounded by the rule's lock_timeout.
 
+mod batch;
 mod batch_cap;
 pub mod binding;
 mod blast_radius;
@@ -24,21 +25,21 @@ mod prepare;
 mod range_delete;
 mod sizer;
 mod statements;
+mod tally;
 
 use crate::catalog::Rule;
 use crate::errors::Error;
 use crate::history::{self, Outcome};
 use crate::owner::{self, Limits};
 use crate::target::ResolvedTable;
+use batch::{at, block_number, collect, supported_wal_compression, tid};
 use method::Method;
-use pgrx::array::RawArray;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 use sizer::BatchSizer;
 use statements::{Archive, BatchSql};
-use std::ptr::NonNull;
 use std::time::{Duration, Instant};
+use tally::{interrupted, still_bound, Tally};
 
 /// Most ctids collected by one scan (6 bytes each in PostgreSQL, 8 here: 8 MB).
 pub const COLLECT_LIMIT: usize = 1_000_000;
@@ -152,29 +153,6 @@ pub fn table_locked_by_others(table: pg_sys::Oid) -> bool {
     !unsafe {
         pg_sys::ConditionalLockRelationOid(table, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE)
     }
-}
-
-/// A run's running totals, recorded after every batch.
-struct Tally<'a> {
-    run_id: i64,
-    /// When the run's row last got its progress: at most every [`PROGRESS_EVERY`].
-    progress_written: Instant,
-    rule_name: &'a str,
-    /// What the run was given: checked before every batch (see [`binding`]).
-    binding: &'a binding::Binding,
-    started: Instant,
-    stop_requested: &'a dyn Fn() -> bool,
-    /// The rule's max_run_duration: the run stops between batches once it has run this long.
-    max_duration: Option<Duration>,
-    rows_deleted: i64,
-    batches: i32,
-    scan_ms: u128,
-    longest_batch_ms: u128,
-    method: Option<&'static str>,
-    batches_redone: i32,
-    partitions: Vec<(String, i64, &'static str)>,
-    partitions_dropped: i32,
-    pacer: pacing::Pacer,
 }
 
 /// Runs `rule` as run `run_id` (already committed as `running`), recording progress after every
@@ -360,201 +338,12 @@ fn delete_through_index(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<O
     }
 }
 
-impl<'a> Tally<'a> {
-    /// One batch in its own transaction, progress recorded in it. Returns what it deleted and how
-    /// long it took (ms, start to commit); `Err` ends the run (stop requested, or a failure).
-    fn batch(&mut self, plan: &Plan, batch: Batch) -> Result<(Deleted, f64), Outcome> {
-        self.keep_pace(plan.max_rows_per_second);
-        let stop = self.stop_check();
-        let done_so_far = self.rows_deleted;
-        self.pacer.set_table(plan.table.oid);
-        self.pacer.wait(
-            self.rule_name,
-            || stop.check(),
-            |paused, reason| {
-                Outcome::Stopped(format!(
-                    "paused for {:.0} s at one stretch ({}), past pg_token_cleanup.max_pause; stopped with {} rows deleted, the rest go in the next run",
-                    paused.as_secs_f64(),
-                    reason.as_str(),
-                    done_so_far
-                ))
-            },
-        )?;
-        self.check_stop()?;
-        let started = Instant::now();
-        let (run_id, done, batches) = (self.run_id, self.rows_deleted, self.batches);
-        let write_progress = self.progress_written.elapsed() >= PROGRESS_EVERY;
-        let watch_waiters = self.pacer.watches_waiters();
-        let binding = self.binding;
-        let result = BackgroundWorker::transaction(|| {
-            if let Err(stale) = still_bound(plan, binding) {
-                return Ok(Err(stale));
-            }
-            batch_settings(plan.wal_compression);
-            let deleted = delete_batch(plan, &batch)?;
-            if write_progress {
-                history::progress(run_id, done + deleted.rows, batches + 1);
-            }
-            // Before commit, while this batch's row locks are held.
-            let blocked_someone = watch_waiters && pacing::blocking_sessions();
-            Ok::<_, Error>(Ok((deleted, blocked_someone)))
-        });
-        let elapsed = started.elapsed();
-        match result {
-            Ok(Err(stale)) => Err(stale),
-            Ok(Ok((deleted, blocked_someone))) => {
-                if blocked_someone {
-                    self.pacer.give_way_after(elapsed);
-                }
-                if write_progress {
-                    self.progress_written = Instant::now();
-                }
-                self.rows_deleted += deleted.rows;
-                self.batches_redone += i32::from(deleted.redone);
-                self.batches += 1;
-                crate::worker::signals::set_progress(self.rows_deleted, self.batches);
-                report_activity(&format!(
-                    "pg_token_cleanup: rule {} run {}: batch {}, {} rows",
-                    self.rule_name, self.run_id, self.batches, self.rows_deleted
-                ));
-                self.longest_batch_ms = self.longest_batch_ms.max(elapsed.as_millis());
-                Ok((deleted, elapsed.as_secs_f64() * 1000.0))
-            }
-            Err(_) if (self.stop_requested)() => Err(interrupted()),
-            Err(e) => Err(Outcome::Failed(
-                e.context(format!("deleting batch {}", self.batches + 1)),
-            )),
-        }
-    }
-
-    /// Ends the run between batches: interrupted on SIGTERM, stopped at max_run_duration.
-    fn check_stop(&self) -> Result<(), Outcome> {
-        self.stop_check().check()
-    }
-
-    /// What [`Tally::check_stop`] reads, apart from the tally (for a pause, which borrows it).
-    fn stop_check(&self) -> StopCheck<'a> {
-        StopCheck {
-            stop_requested: self.stop_requested,
-            started: self.started,
-            max_duration: self.max_duration,
-            rows_deleted: self.rows_deleted,
-        }
-    }
-
-    /// Waits, between batches and so holding no lock, until the rows deleted so far are within
-    /// `max_rows_per_second` of the run's time. Wakes every 100 ms to notice SIGTERM; leaves the
-    /// latch alone (a scheduler's wake-up for a rule change must survive the run).
-    fn keep_pace(&self, max_rows_per_second: u32) {
-        if max_rows_per_second == 0 {
-            return;
-        }
-        let due =
-            Duration::from_secs_f64(self.rows_deleted as f64 / f64::from(max_rows_per_second));
-        while self.check_stop().is_ok() {
-            let Some(ahead) = due.checked_sub(self.started.elapsed()) else {
-                return;
-            };
-            std::thread::sleep(ahead.min(Duration::from_millis(100)));
-        }
-    }
-}
-
-/// At the start of a transaction that names the plan's relations (a batch, a collecting scan, a
-/// partition's removal): locks the table and archive by OID (within the rule's lock_timeout), then
-/// checks that their names still name them and that the rule is still the one the run was given.
-/// `Err` ends the run, nothing deleted in this transaction.
-fn still_bound(plan: &Plan, bound: &binding::Binding) -> Result<(), Outcome> {
-    let what = if plan.partition { "partition" } else { "table" };
-    let wait = plan.limits.lock_timeout_ms;
-    binding::lock_and_check(plan.table.oid, &plan.table.qualified_name, what, wait)?;
-    if let Some(archive) = &plan.archive {
-        binding::lock_and_check(archive.oid, &archive.table, "archive_table", wait)?;
-    }
-    bound.check_rule()
-}
-
-/// Why a run ends between batches: SIGTERM, or max_run_duration reached.
-struct StopCheck<'a> {
-    stop_requested: &'a dyn Fn() -> bool,
-    started: Instant,
-    max_duration: Option<Duration>,
-    rows_deleted: i64,
-}
-
-impl StopCheck<'_> {
-    fn check(&self) -> Result<(), Outcome> {
-        if (self.stop_requested)() {
-            return Err(interrupted());
-        }
-        match self.max_duration {
-            Some(max) if self.started.elapsed() >= max => Err(Outcome::Stopped(format!(
-                "stopped after max_run_duration ({} s) with {} rows deleted; the rest go in the next run",
-                max.as_secs_f64(),
-                self.rows_deleted
-            ))),
-            _ => Ok(()),
-        }
-    }
-}
-
 /// What this worker is doing, in `pg_stat_activity.query` (visible to superusers, the members of
 /// pg_read_all_stats, and the worker's role).
 pub fn report_activity(what: &str) {
     let what = std::ffi::CString::new(what.replace('\0', "")).expect("no NUL");
     // SAFETY: copies the text into this backend's status entry.
     unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, what.as_ptr()) };
-}
-
-/// The settings of a batch's transaction.
-///
-/// Batches commit without waiting for their WAL flush (one fsync per batch would dominate small
-/// batches). A crash can lose only the last few batches' deletes, and those rows still match and go
-/// in the next run; the run's `running` and final records commit synchronously.
-///
-/// The batches' full-page images are compressed (see pg_token_cleanup.wal_compression): less WAL
-/// to write, replicate and archive, and shorter WAL flushes for concurrent commits. Recovery reads
-/// compressed records whatever the server's own setting.
-fn batch_settings(wal_compression: Option<&str>) {
-    owner::set_for_transaction("synchronous_commit", "off");
-    if let Some(method) = wal_compression {
-        owner::set_for_transaction("wal_compression", method);
-    }
-}
-
-/// The method pg_token_cleanup.wal_compression asks for, if this build of PostgreSQL has it (lz4
-/// and zstd are build options). The build's methods are read once per process.
-#[cfg(not(feature = "pg14"))]
-fn supported_wal_compression() -> Option<&'static str> {
-    static BUILT_IN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let method = crate::gucs::wal_compression().setting()?;
-    let built_in = BUILT_IN.get_or_init(|| {
-        Spi::get_one::<Vec<String>>(
-            "SELECT enumvals FROM pg_catalog.pg_settings WHERE name = 'wal_compression'",
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default()
-    });
-    built_in.iter().any(|m| m == method).then_some(method)
-}
-
-/// PostgreSQL 14's wal_compression is a boolean that means pglz (the methods came in 15): any method
-/// asked for turns it on.
-#[cfg(feature = "pg14")]
-fn supported_wal_compression() -> Option<&'static str> {
-    crate::gucs::wal_compression().setting().map(|_| "on")
-}
-
-fn interrupted() -> Outcome {
-    if crate::worker::registry::preempted() {
-        return Outcome::Interrupted(crate::worker::signals::preempted());
-    }
-    Outcome::Interrupted(Error::new(
-        PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
-        "stopped by SIGTERM (server shutdown, DROP DATABASE or pg_terminate_backend); \
-         committed batches stay deleted, the rest go in the next run",
-    ))
 }
 
 fn owner_statement<R>(plan: &Plan, limits: Limits, f: impl FnOnce() -> R) -> Result<R, Error> {
@@ -580,153 +369,3 @@ pub(crate) fn as_role<R>(
 }
 
 pub(crate) use prepare::planned_scan;
-
-/// One scan: the ctids of up to COLLECT_LIMIT rows matching the condition now, in physical order.
-fn collect(rule: &Rule, plan: &Plan) -> Result<Vec<pg_sys::ItemPointerData>, Error> {
-    // One array datum, copied out as raw bytes: a million rows through SPI tuples, or through
-    // per-element conversion, costs several times the scan itself.
-    let sql = format!(
-        "SELECT array_agg(ctid) FROM (SELECT ctid FROM ONLY {} WHERE {} LIMIT {COLLECT_LIMIT}) candidates",
-        plan.table.qualified_name,
-        crate::condition::embedded(&rule.condition)
-    );
-    let mut ctids = owner_statement(plan, plan.limits, || {
-        Spi::connect(|client| {
-            let table = client.select(sql.as_str(), Some(1), &[])?;
-            let Some(datum) = table.first().get_datum_by_ordinal(1)? else {
-                return Ok::<_, pgrx::spi::Error>(Vec::new());
-            };
-            // SAFETY: array_agg(ctid) is a one-dimensional tid[] without NULLs; it is detoasted
-            // before its elements (6 bytes each, as ItemPointerData) are copied out.
-            let ctids = unsafe {
-                let array = pg_sys::pg_detoast_datum(datum.cast_mut_ptr::<pg_sys::varlena>());
-                let mut raw =
-                    RawArray::from_ptr(NonNull::new(array.cast()).expect("detoasted array"));
-                raw.data::<pg_sys::ItemPointerData>().as_ref().to_vec()
-            };
-            Ok(ctids)
-        })
-    })??;
-    ctids.sort_unstable_by_key(|t| (block_number(t), t.ip_posid));
-    Ok(ctids)
-}
-
-fn block_number(t: &pg_sys::ItemPointerData) -> u32 {
-    (u32::from(t.ip_blkid.bi_hi) << 16) | u32::from(t.ip_blkid.bi_lo)
-}
-
-/// A tid as (block, offset), which orders as a walk reads the table.
-fn at(t: &pg_sys::ItemPointerData) -> batch_cap::At {
-    (block_number(t), t.ip_posid)
-}
-
-/// The tid `(block,offset)`; `(block,0)` precedes every row of the page (a TID range bound).
-fn tid(block: u32, offset: u16) -> pg_sys::ItemPointerData {
-    pg_sys::ItemPointerData {
-        ip_blkid: pg_sys::BlockIdData {
-            bi_hi: (block >> 16) as u16,
-            bi_lo: (block & 0xffff) as u16,
-        },
-        ip_posid: offset,
-    }
-}
-
-/// Deletes the batch's rows that still match the condition; returns how many.
-///
-/// Locking every row first (`FOR UPDATE SKIP LOCKED`) doubles the heap writes of a batch, so a batch
-/// first tries a plain DELETE that gives up on the first row lock within [`OPTIMISTIC_LOCK_WAIT_MS`];
-/// only a batch that meets a locked row is redone with SKIP LOCKED. Owners without UPDATE (which row
-/// locks require) get the plain DELETE with the rule's lock timeout.
-fn delete_batch(plan: &Plan, batch: &Batch) -> Result<Deleted, Error> {
-    let Some(skipping) = &plan.skip_locked_sql else {
-        return run_delete(plan, plan.limits, &plan.delete_sql, batch);
-    };
-    let optimistic = Limits {
-        lock_timeout_ms: OPTIMISTIC_LOCK_WAIT_MS,
-        ..plan.limits
-    };
-    match run_delete(plan, optimistic, &plan.delete_sql, batch) {
-        Err(e) if e.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => {
-            run_delete(plan, plan.limits, skipping, batch).map(|d| Deleted { redone: true, ..d })
-        }
-        other => other,
-    }
-}
-
-fn run_delete(
-    plan: &Plan,
-    limits: Limits,
-    sql: &BatchSql,
-    batch: &Batch,
-) -> Result<Deleted, Error> {
-    owner_statement(plan, limits, || {
-        // Fetch exactly the batch's rows by ctid (a TID or TID range scan). Left to itself the
-        // planner may prefer an index on the condition's columns and walk every matching row of the
-        // table for each batch, which makes a run quadratic in the rows it deletes (seen at 10M rows).
-        // SAFETY: settings scoped to as_owner's GUC nest level.
-        unsafe {
-            for scan in [
-                "enable_seqscan",
-                "enable_indexscan",
-                "enable_bitmapscan",
-                "enable_indexonlyscan",
-            ] {
-                owner::set_local(scan, "off");
-            }
-        }
-        match batch {
-            Batch::Ctids(chunk) => Spi::connect_mut(|client| {
-                let deleted = client.update(
-                    sql.with("ctid = ANY($1)").as_str(),
-                    None,
-                    &[chunk.to_vec().into()],
-                )?;
-                Ok::<_, pgrx::spi::Error>(Deleted {
-                    rows: deleted.len() as i64,
-                    redone: false,
-                    resume: None,
-                })
-            }),
-            Batch::Range { from, to, limit } => {
-                // The bounds are tids this module made: numbers, not user text.
-                let rows = format!(
-                    "ctid >= '({},{})'::tid AND ctid < '({},{})'::tid",
-                    block_number(from),
-                    from.ip_posid,
-                    block_number(to),
-                    to.ip_posid
-                );
-                if sql.capped() {
-                    let cap = batch_cap::Armed::new(*limit as u64, at(from), at(to));
-                    return Spi::connect_mut(|client| {
-                        let deleted = client.update(sql.with(&rows).as_str(), None, &[])?;
-                        Ok(Deleted {
-                            rows: deleted.len() as i64,
-                            redone: false,
-                            resume: cap.first_refused(),
-                        })
-                    });
-                }
-                // SPI says SELECT results sent to a DestNone receiver (ours) are "utility".
-                let expected = if plan.archive.is_some() {
-                    pg_sys::SPI_OK_UTILITY
-                } else {
-                    pg_sys::SPI_OK_DELETE_RETURNING
-                };
-                Spi::connect_mut(|_| {
-                    let (rows, last) =
-                        range_delete::execute(&sql.with(&rows), *limit as u64, expected as i32);
-                    Ok(Deleted {
-                        rows,
-                        redone: false,
-                        // Stopped at its limit: the rest of the range from the row after the last.
-                        resume: last
-                            .filter(|_| rows >= *limit as i64)
-                            .map(|(block, offset)| (block, offset + 1)),
-                    })
-                })
-            }
-        }
-    })?
-    .map_err(Error::from)
-}

@@ -1,0 +1,183 @@
+//! A run's running totals and the one batch step: stop checks (SIGTERM, max_run_duration, a
+//! preempted run), pacing, the batch's transaction with the binding checked first, progress in the
+//! run's row every few seconds and in shared memory after every batch.
+
+use super::batch::{batch_settings, delete_batch};
+use super::{binding, history, pacing, report_activity, Batch, Deleted, Plan, PROGRESS_EVERY};
+use crate::errors::Error;
+use crate::history::Outcome;
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
+
+/// A run's running totals, recorded after every batch.
+pub(super) struct Tally<'a> {
+    pub(super) run_id: i64,
+    /// When the run's row last got its progress: at most every [`PROGRESS_EVERY`].
+    pub(super) progress_written: Instant,
+    pub(super) rule_name: &'a str,
+    /// What the run was given: checked before every batch (see [`binding`]).
+    pub(super) binding: &'a binding::Binding,
+    pub(super) started: Instant,
+    pub(super) stop_requested: &'a dyn Fn() -> bool,
+    /// The rule's max_run_duration: the run stops between batches once it has run this long.
+    pub(super) max_duration: Option<Duration>,
+    pub(super) rows_deleted: i64,
+    pub(super) batches: i32,
+    pub(super) scan_ms: u128,
+    pub(super) longest_batch_ms: u128,
+    pub(super) method: Option<&'static str>,
+    pub(super) batches_redone: i32,
+    pub(super) partitions: Vec<(String, i64, &'static str)>,
+    pub(super) partitions_dropped: i32,
+    pub(super) pacer: pacing::Pacer,
+}
+
+impl<'a> Tally<'a> {
+    /// One batch in its own transaction, progress recorded in it. Returns what it deleted and how
+    /// long it took (ms, start to commit); `Err` ends the run (stop requested, or a failure).
+    pub(super) fn batch(&mut self, plan: &Plan, batch: Batch) -> Result<(Deleted, f64), Outcome> {
+        self.keep_pace(plan.max_rows_per_second);
+        let stop = self.stop_check();
+        let done_so_far = self.rows_deleted;
+        self.pacer.set_table(plan.table.oid);
+        self.pacer.wait(
+            self.rule_name,
+            || stop.check(),
+            |paused, reason| {
+                Outcome::Stopped(format!(
+                    "paused for {:.0} s at one stretch ({}), past pg_token_cleanup.max_pause; stopped with {} rows deleted, the rest go in the next run",
+                    paused.as_secs_f64(),
+                    reason.as_str(),
+                    done_so_far
+                ))
+            },
+        )?;
+        self.check_stop()?;
+        let started = Instant::now();
+        let (run_id, done, batches) = (self.run_id, self.rows_deleted, self.batches);
+        let write_progress = self.progress_written.elapsed() >= PROGRESS_EVERY;
+        let watch_waiters = self.pacer.watches_waiters();
+        let binding = self.binding;
+        let result = BackgroundWorker::transaction(|| {
+            if let Err(stale) = still_bound(plan, binding) {
+                return Ok(Err(stale));
+            }
+            batch_settings(plan.wal_compression);
+            let deleted = delete_batch(plan, &batch)?;
+            if write_progress {
+                history::progress(run_id, done + deleted.rows, batches + 1);
+            }
+            // Before commit, while this batch's row locks are held.
+            let blocked_someone = watch_waiters && pacing::blocking_sessions();
+            Ok::<_, Error>(Ok((deleted, blocked_someone)))
+        });
+        let elapsed = started.elapsed();
+        match result {
+            Ok(Err(stale)) => Err(stale),
+            Ok(Ok((deleted, blocked_someone))) => {
+                if blocked_someone {
+                    self.pacer.give_way_after(elapsed);
+                }
+                if write_progress {
+                    self.progress_written = Instant::now();
+                }
+                self.rows_deleted += deleted.rows;
+                self.batches_redone += i32::from(deleted.redone);
+                self.batches += 1;
+                crate::worker::signals::set_progress(self.rows_deleted, self.batches);
+                report_activity(&format!(
+                    "pg_token_cleanup: rule {} run {}: batch {}, {} rows",
+                    self.rule_name, self.run_id, self.batches, self.rows_deleted
+                ));
+                self.longest_batch_ms = self.longest_batch_ms.max(elapsed.as_millis());
+                Ok((deleted, elapsed.as_secs_f64() * 1000.0))
+            }
+            Err(_) if (self.stop_requested)() => Err(interrupted()),
+            Err(e) => Err(Outcome::Failed(
+                e.context(format!("deleting batch {}", self.batches + 1)),
+            )),
+        }
+    }
+
+    /// Ends the run between batches: interrupted on SIGTERM, stopped at max_run_duration.
+    pub(super) fn check_stop(&self) -> Result<(), Outcome> {
+        self.stop_check().check()
+    }
+
+    /// What [`Tally::check_stop`] reads, apart from the tally (for a pause, which borrows it).
+    fn stop_check(&self) -> StopCheck<'a> {
+        StopCheck {
+            stop_requested: self.stop_requested,
+            started: self.started,
+            max_duration: self.max_duration,
+            rows_deleted: self.rows_deleted,
+        }
+    }
+
+    /// Waits, between batches and so holding no lock, until the rows deleted so far are within
+    /// `max_rows_per_second` of the run's time. Wakes every 100 ms to notice SIGTERM; leaves the
+    /// latch alone (a scheduler's wake-up for a rule change must survive the run).
+    pub(super) fn keep_pace(&self, max_rows_per_second: u32) {
+        if max_rows_per_second == 0 {
+            return;
+        }
+        let due =
+            Duration::from_secs_f64(self.rows_deleted as f64 / f64::from(max_rows_per_second));
+        while self.check_stop().is_ok() {
+            let Some(ahead) = due.checked_sub(self.started.elapsed()) else {
+                return;
+            };
+            std::thread::sleep(ahead.min(Duration::from_millis(100)));
+        }
+    }
+}
+
+/// At the start of a transaction that names the plan's relations (a batch, a collecting scan, a
+/// partition's removal): locks the table and archive by OID (within the rule's lock_timeout), then
+/// checks that their names still name them and that the rule is still the one the run was given.
+/// `Err` ends the run, nothing deleted in this transaction.
+pub(super) fn still_bound(plan: &Plan, bound: &binding::Binding) -> Result<(), Outcome> {
+    let what = if plan.partition { "partition" } else { "table" };
+    let wait = plan.limits.lock_timeout_ms;
+    binding::lock_and_check(plan.table.oid, &plan.table.qualified_name, what, wait)?;
+    if let Some(archive) = &plan.archive {
+        binding::lock_and_check(archive.oid, &archive.table, "archive_table", wait)?;
+    }
+    bound.check_rule()
+}
+
+/// Why a run ends between batches: SIGTERM, or max_run_duration reached.
+struct StopCheck<'a> {
+    stop_requested: &'a dyn Fn() -> bool,
+    started: Instant,
+    max_duration: Option<Duration>,
+    rows_deleted: i64,
+}
+
+impl StopCheck<'_> {
+    fn check(&self) -> Result<(), Outcome> {
+        if (self.stop_requested)() {
+            return Err(interrupted());
+        }
+        match self.max_duration {
+            Some(max) if self.started.elapsed() >= max => Err(Outcome::Stopped(format!(
+                "stopped after max_run_duration ({} s) with {} rows deleted; the rest go in the next run",
+                max.as_secs_f64(),
+                self.rows_deleted
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+pub(super) fn interrupted() -> Outcome {
+    if crate::worker::registry::preempted() {
+        return Outcome::Interrupted(crate::worker::signals::preempted());
+    }
+    Outcome::Interrupted(Error::new(
+        PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
+        "stopped by SIGTERM (server shutdown, DROP DATABASE or pg_terminate_backend); \
+         committed batches stay deleted, the rest go in the next run",
+    ))
+}
