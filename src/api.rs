@@ -5,7 +5,7 @@ use crate::catalog;
 use crate::errors::refuse;
 use crate::errors::Error;
 use crate::gucs;
-use crate::history::Trigger;
+use crate::history::{self, Trigger};
 use crate::owner;
 use crate::schedule::{Schedule, SCHEDULE_HINT};
 use crate::target;
@@ -178,53 +178,9 @@ fn run(
         run_id: Some(run_id),
     });
     let patience_left = (patience > 0).then(|| Duration::from_millis(patience as u64));
-    let worker = match runner::start_manual(&handoff, &name, patience_left) {
-        Ok(worker) => worker,
-        Err(runner::NoWorker::BudgetFull) => refuse(
-            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-            format!(
-                "could not run rule \"{name}\": all {} workers of pg_token_cleanup.max_workers stayed busy for {patience} ms",
-                gucs::max_workers()
-            ),
-            "Try again, or raise pg_token_cleanup.max_workers (and max_worker_processes to hold it plus 4, restart needed). \
-             run() waits for a worker up to the rule's lock_timeout.",
-        ),
-        Err(runner::NoWorker::RoleShareFull) => refuse(
-            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-            format!(
-                "could not run rule \"{name}\": run() calls of your role already hold {} of the workers, its share of pg_token_cleanup.max_workers = {}, and none ended within {patience} ms",
-                registry::budget::role_share(),
-                gucs::max_workers()
-            ),
-            "A role's run() calls hold at most half the workers beside the launcher (at least one): wait for yours to finish, \
-             or raise pg_token_cleanup.max_workers (and max_worker_processes to hold it plus 4, restart needed).",
-        ),
-        Err(runner::NoWorker::ServerFull) => refuse(
-            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-            format!(
-                "could not start a background worker to run rule \"{name}\": every max_worker_processes slot stayed taken for {patience} ms"
-            ),
-            format!(
-                "Other work holds the server's background worker slots: raise max_worker_processes (restart needed) to at least \
-                 pg_token_cleanup.max_workers plus {}, or try again.",
-                gucs::WORKER_ROOM
-            ),
-        ),
-    };
-    // A caller that is cancelled (pg_cancel_backend, its own statement_timeout) or terminated while
-    // it waits ends the run too: a run nobody waits for would hold its worker slot for ever, and a
-    // few cancelled calls would take every slot of the server.
-    let waited = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
-        runner::wait_for_run(&worker, &handoff)
-    }))
-    .catch_others(|caught| {
-        if let Ok(pid) = worker.pid() {
-            // SAFETY: signals the runner this call started (it records the run interrupted).
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        caught.rethrow()
-    })
-    .execute();
+    let worker = runner::start_manual(&handoff, &name, patience_left)
+        .unwrap_or_else(|no_worker| no_worker.refuse(&name, patience));
+    let waited = runner::wait_for_run(&worker, &handoff);
     if waited.is_err() {
         refuse(
             PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
@@ -233,66 +189,44 @@ fn run(
         );
     }
     drop(handoff);
-    // update() rather than select(): a read-write SPI call takes a fresh snapshot, which sees the
-    // runner's commits (a read-only one would reuse this statement's snapshot).
-    let row = Spi::connect_mut(|client| {
-        let rows = client.update(
-            "SELECT status, rows_deleted, batches, started_at, finished_at, error, sqlstate, error_detail, error_hint \
-               FROM token_cleanup.runs WHERE id = $1",
-            Some(1),
-            &[run_id.into()],
-        )?;
-        let Some(r) = rows.into_iter().next() else { return Ok(None) };
-        Ok::<_, pgrx::spi::Error>(Some((
-            (
-                r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<i64>(2)?.unwrap_or(0),
-                r.get::<i32>(3)?.unwrap_or(0),
-                r.get::<TimestampWithTimeZone>(4)?,
-                r.get::<TimestampWithTimeZone>(5)?,
-            ),
-            (
-                r.get::<String>(6)?,
-                r.get::<String>(7)?,
-                r.get::<String>(8)?,
-                r.get::<String>(9)?,
-            ),
-        )))
-    })
-    .expect("reading token_cleanup.runs");
-    let Some(((status, rows, batches, started, finished), (error, sqlstate, detail, hint))) = row
-    else {
+    let Some(run) = history::recorded(run_id) else {
         refuse(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("rule \"{name}\" did not run"),
             "The rule was deleted, or it was created in this transaction and is not committed yet: commit, then run it.",
         );
     };
-    if status != "succeeded" && status != "stopped" {
-        let recorded = Error::from_recorded(
-            sqlstate.as_deref(),
-            error.unwrap_or_else(|| "no error recorded".into()),
-            detail,
-            hint,
-        );
-        let hint = recorded
-            .hint
-            .clone()
-            .unwrap_or_else(|| "Fix the cause and run the rule again.".into());
-        Error {
-            message: format!(
-                "run {run_id} of rule \"{name}\" {status}: {}",
-                recorded.message
-            ),
-            hint: Some(format!(
-                "{hint} The run is recorded in token_cleanup.runs (id {run_id})."
-            )),
-            ..recorded
-        }
-        .raise();
+    if let Some(error) = run.error {
+        raise_failed_run(run_id, &name, &run.status, error);
     }
-    let started = started.expect("started_at is NOT NULL");
+    let (status, rows, batches, started, finished) = (
+        run.status,
+        run.rows_deleted,
+        run.batches,
+        run.started_at,
+        run.finished_at,
+    );
     TableIterator::once((run_id, name, status, rows, batches, started, finished))
+}
+
+/// Raises the recorded error of run `run_id` of rule `name`, which ended `status`, saying where
+/// the run is recorded.
+fn raise_failed_run(run_id: i64, name: &str, status: &str, recorded: Error) -> ! {
+    let hint = recorded
+        .hint
+        .clone()
+        .unwrap_or_else(|| "Fix the cause and run the rule again.".into());
+    Error {
+        message: format!(
+            "run {run_id} of rule \"{name}\" {status}: {}",
+            recorded.message
+        ),
+        hint: Some(format!(
+            "{hint} The run is recorded in token_cleanup.runs (id {run_id})."
+        )),
+        ..recorded
+    }
+    .raise()
 }
 
 /// Deletes one of the caller's rules (a superuser: any rule). Rules are deleted through this
@@ -377,23 +311,7 @@ fn live_progress() -> TableIterator<
 > {
     // SAFETY: reading this backend's database OID.
     let live = registry::progress_in(unsafe { pg_sys::MyDatabaseId });
-    let ids: Vec<i64> = live.iter().map(|(id, _, _)| *id).collect();
-    // Row-level security on token_cleanup.runs decides what the caller sees.
-    let visible: Vec<i64> = if ids.is_empty() {
-        Vec::new()
-    } else {
-        Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT id FROM token_cleanup.runs WHERE id = ANY($1) AND status = 'running'",
-                    None,
-                    &[ids.into()],
-                )?
-                .map(|r| r.get::<i64>(1).map(Option::unwrap_or_default))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .expect("reading token_cleanup.runs")
-    };
+    let visible = history::visible_running(live.iter().map(|(id, _, _)| *id).collect());
     TableIterator::new(
         live.into_iter()
             .filter(move |(id, _, _)| visible.contains(id)),

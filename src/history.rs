@@ -293,3 +293,77 @@ pub fn running_elsewhere(rule_id: i64) -> Option<i64> {
     .ok()
     .flatten()
 }
+
+/// A finished run as recorded, for `token_cleanup.run()` to return or raise.
+pub struct Recorded {
+    pub status: String,
+    pub rows_deleted: i64,
+    pub batches: i32,
+    pub started_at: TimestampWithTimeZone,
+    pub finished_at: Option<TimestampWithTimeZone>,
+    /// The recorded error of a run that neither succeeded nor stopped.
+    pub error: Option<Error>,
+}
+
+/// Run `run_id` as recorded; `None`: there is no such run.
+pub fn recorded(run_id: i64) -> Option<Recorded> {
+    // update() rather than select(): a read-write SPI call takes a fresh snapshot, which sees the
+    // runner's commits (a read-only one would reuse the calling statement's snapshot).
+    Spi::connect_mut(|client| {
+        let rows = client.update(
+            "SELECT status, rows_deleted, batches, started_at, finished_at, error, sqlstate, error_detail, error_hint \
+               FROM token_cleanup.runs WHERE id = $1",
+            Some(1),
+            &[run_id.into()],
+        )?;
+        let Some(r) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let status = r.get::<String>(1)?.unwrap_or_default();
+        let error = (status != "succeeded" && status != "stopped").then(|| {
+            Ok::<_, pgrx::spi::Error>(Error::from_recorded(
+                r.get::<String>(7)?.as_deref(),
+                r.get::<String>(6)?.unwrap_or_else(|| "no error recorded".into()),
+                r.get::<String>(8)?,
+                r.get::<String>(9)?,
+            ))
+        });
+        Ok::<_, pgrx::spi::Error>(Some(Recorded {
+            status,
+            rows_deleted: r.get::<i64>(2)?.unwrap_or(0),
+            batches: r.get::<i32>(3)?.unwrap_or(0),
+            started_at: r.get::<TimestampWithTimeZone>(4)?.expect("started_at is NOT NULL"),
+            finished_at: r.get::<TimestampWithTimeZone>(5)?,
+            error: error.transpose()?,
+        }))
+    })
+    .expect("reading token_cleanup.runs")
+}
+
+/// The status of run `run_id`; `None`: there is no such run.
+pub fn status(run_id: i64) -> Option<String> {
+    Spi::get_one_with_args::<String>(
+        "SELECT status FROM token_cleanup.runs WHERE id = $1",
+        &[run_id.into()],
+    )
+    .ok()
+    .flatten()
+}
+
+/// Which of `ids` are runs going on that the caller may see (row-level security decides).
+pub fn visible_running(ids: Vec<i64>) -> Vec<i64> {
+    if ids.is_empty() {
+        return ids;
+    }
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT id FROM token_cleanup.runs WHERE id = ANY($1) AND status = 'running'",
+                None,
+                &[ids.into()],
+            )?
+            .map(|r| r.get::<i64>(1).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .expect("reading token_cleanup.runs")
+}

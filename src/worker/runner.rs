@@ -13,6 +13,7 @@ use super::handoff::{self, Handoff};
 use super::lifecycle::{self, Job};
 use super::registry::{self, budget, Kind};
 use super::{signals, LIBRARY, RUNNER_TYPE};
+use crate::gucs;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker,
 };
@@ -92,6 +93,50 @@ pub enum NoWorker {
     ServerFull,
 }
 
+impl NoWorker {
+    /// Raises the error `run()` of `rule` gives, having waited `patience_ms`.
+    pub fn refuse(&self, rule: &str, patience_ms: i32) -> ! {
+        let (message, hint) = match self {
+            NoWorker::BudgetFull => (
+                format!(
+                    "could not run rule \"{rule}\": all {} workers of pg_token_cleanup.max_workers stayed busy for {patience_ms} ms",
+                    gucs::max_workers()
+                ),
+                "Try again, or raise pg_token_cleanup.max_workers (and max_worker_processes to hold it plus 4, restart needed). \
+                 run() waits for a worker up to the rule's lock_timeout."
+                    .to_string(),
+            ),
+            NoWorker::RoleShareFull => (
+                format!(
+                    "could not run rule \"{rule}\": run() calls of your role already hold {} of the workers, its share of \
+                     pg_token_cleanup.max_workers = {}, and none ended within {patience_ms} ms",
+                    budget::role_share(),
+                    gucs::max_workers()
+                ),
+                "A role's run() calls hold at most half the workers beside the launcher (at least one): wait for yours to \
+                 finish, or raise pg_token_cleanup.max_workers (and max_worker_processes to hold it plus 4, restart needed)."
+                    .to_string(),
+            ),
+            NoWorker::ServerFull => (
+                format!(
+                    "could not start a background worker to run rule \"{rule}\": every max_worker_processes slot stayed taken \
+                     for {patience_ms} ms"
+                ),
+                format!(
+                    "Other work holds the server's background worker slots: raise max_worker_processes (restart needed) to at \
+                     least pg_token_cleanup.max_workers plus {}, or try again.",
+                    gucs::WORKER_ROOM
+                ),
+            ),
+        };
+        crate::errors::refuse(
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            message,
+            hint,
+        )
+    }
+}
+
 /// Starts a runner for one manual run, the job in `handoff`, notifying this backend when it stops:
 /// reserves a slot of the budget, waiting in turn for one for at most `patience` (`None`: until
 /// the caller is cancelled), then asks the postmaster, again within `patience`.
@@ -146,8 +191,28 @@ fn nap() {
 }
 
 /// Waits until the runner of a manual run says it is done (its outcome committed), or stopped
-/// without saying so; `Err` if the postmaster died. Cancellable (the run goes on).
+/// without saying so; `Err` if the postmaster died. A caller that is cancelled (pg_cancel_backend,
+/// its own statement_timeout) or terminated while it waits ends the run too: a run nobody waits for
+/// would hold its worker slot for ever, and a few cancelled calls would take every slot.
 pub fn wait_for_run(
+    worker: &DynamicBackgroundWorker,
+    handoff: &Handoff,
+) -> Result<(), BackgroundWorkerStatus> {
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        wait_for_done(worker, handoff)
+    }))
+    .catch_others(|caught| {
+        if let Ok(pid) = worker.pid() {
+            // SAFETY: signals the runner this call started (it records the run interrupted).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        caught.rethrow()
+    })
+    .execute()
+}
+
+/// [`wait_for_run`]'s wait.
+fn wait_for_done(
     worker: &DynamicBackgroundWorker,
     handoff: &Handoff,
 ) -> Result<(), BackgroundWorkerStatus> {

@@ -69,15 +69,8 @@ impl Scheduler {
     /// time, up to pg_token_cleanup.max_retries times, and never past the rule's next slot.
     fn retry_if_failed(&mut self, id: i64, run_id: i64, now: DateTime<Utc>) {
         let failed = run_id != 0
-            && BackgroundWorker::transaction(|| {
-                Spi::get_one_with_args::<String>(
-                    "SELECT status FROM token_cleanup.runs WHERE id = $1",
-                    &[run_id.into()],
-                )
-            })
-            .ok()
-            .flatten()
-            .is_some_and(|status| status == "failed");
+            && BackgroundWorker::transaction(|| history::status(run_id))
+                .is_some_and(|status| status == "failed");
         if !failed {
             self.attempts.remove(&id);
             return;
