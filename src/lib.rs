@@ -11,15 +11,24 @@
 //!   starts a **scheduler** (one dynamic worker per database) in each. A **runner** is a dynamic
 //!   worker that performs runs: pooled runners serve a scheduler; a manual runner performs the one
 //!   run of a `token_cleanup.run()` call. A scheduler with no runner to be had runs rules itself.
+//! - **claim**: a worker's mark in shared memory on the rule it runs and that rule's table: a rule
+//!   never runs twice at once, two rules on one table never run together.
+//! - **fire time**: a time the rule's cron schedule names; **due time**: when the scheduler next
+//!   starts the rule (its next fire time, or a retry's time, or now for a fire time missed).
 //! - **budget**: `pg_token_cleanup.max_workers`, the most workers of the extension at once in the
 //!   cluster; a **slot** is one worker's place in it ([`worker::registry::budget`]).
+//! - **share**: the most of a limit one party holds while others wait: an owner's share of
+//!   `max_parallel_runs`, a role's share of the budget for its `run()` calls.
 //!
 //! Where things are:
 //! - [`schedule`]: cron text → fire times (pure Rust); [`worker::agenda`]: due times (pure Rust).
-//! - [`catalog`]: rules, loading and validation; [`target`]: table resolution; [`condition`]: the
+//! - [`catalog`]: the rule type, loading ([`catalog::load`]) and validation; [`target`]: table
+//!   resolution; [`condition`]: the
 //!   proof that a condition is one expression, and the one place that embeds it.
 //! - [`executor`]: one run (batches; [`executor::binding`]: the rule and relations a run was given,
-//!   checked before every batch); [`history`]: the runs table; [`owner`]: running code that is
+//!   checked before every batch; [`executor::pacing`]: waits between batches); [`history`]: the
+//!   runs table (every statement on it but the rules' loading, which reads each rule's last
+//!   scheduled run); [`owner`]: running code that is
 //!   not ours as the right role, leaving nothing behind, and timeouts; [`errors`]: raising and
 //!   catching errors.
 //! - [`worker`]: launcher, scheduler, runner, signals (and how a run ends when told, even inside the
