@@ -23,18 +23,19 @@
 //! Where things are:
 //! - [`schedule`]: cron text → fire times (pure Rust); [`worker::agenda`]: due times (pure Rust).
 //! - [`catalog`]: the rule type, loading ([`catalog::load`]) and validation; [`target`]: table
-//!   resolution; [`condition`]: the
-//!   proof that a condition is one expression, and the one place that embeds it.
-//! - [`executor`]: one run (batches; [`executor::binding`]: the rule and relations a run was given,
-//!   checked before every batch; [`executor::pacing`]: waits between batches); [`history`]: the
-//!   runs table (every statement on it but the rules' loading, which reads each rule's last
-//!   scheduled run); [`owner`]: running code that is
-//!   not ours as the right role, leaving nothing behind, and timeouts; [`errors`]: raising and
-//!   catching errors.
+//!   resolution; [`condition`]: the proof that a condition is one expression, and the one place
+//!   that embeds it.
+//! - [`executor`]: one run (batches; [`executor::binding`]: the rule and relations a run was
+//!   given, checked before every batch; [`executor::pacing`]: waits between batches).
+//! - [`history`]: the runs table (every statement on it but the rules' loading, which reads each
+//!   rule's last scheduled run).
+//! - [`owner`]: running code that is not ours as the right role, leaving nothing behind, and
+//!   timeouts; [`errors`]: raising and catching errors.
 //! - [`worker`]: launcher, scheduler, runner, signals (and how a run ends when told, even inside the
 //!   owner's code: [`worker::signals`]), the registry in shared memory and the worker budget
 //!   ([`worker::registry`]); [`hooks`]: DROP DATABASE support.
-//! - [`api`]: SQL functions; [`gucs`]: settings; `sql/`: tables, views, policies, triggers.
+//! - [`api`]: SQL functions; [`inspect`]: what `preview()` and `explain()` show; [`gucs`]:
+//!   settings; `sql/`: tables, views, policies, triggers.
 
 use pgrx::prelude::*;
 
