@@ -20,6 +20,11 @@ pub const TICK: Duration = Duration::from_secs(5);
 const STARTS_PER_TICK: usize = 4;
 /// A database is not probed twice within this time, however often the launcher is woken.
 const MIN_PROBE_GAP: Duration = Duration::from_secs(1);
+/// How often the launcher looks again while a database waits for a slot.
+const WAITING_RECHECK: Duration = Duration::from_millis(100);
+/// The postmaster refusing to start a scheduler this long is warned about (a worker that just left
+/// holds its slot until it is reaped: a moment).
+const START_FAILURE_WARNING: Duration = Duration::from_secs(10);
 /// A scheduler that left while the extension was there (pg_terminate_backend, an error) is started
 /// again after this.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
@@ -45,6 +50,8 @@ struct Database {
     wake_requested: bool,
     /// Waiting for a slot of the budget (the launcher's latch is set when one frees).
     waiting: bool,
+    /// Since when the postmaster has refused to start its scheduler (warned past a while).
+    start_failing_since: Option<Instant>,
 }
 
 #[pg_guard]
@@ -86,6 +93,7 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
                 last_start: None,
                 wake_requested: false,
                 waiting: false,
+                start_failing_since: None,
             });
             db.wake_requested |= woken;
             if registry::scheduler_serves(oid) {
@@ -132,15 +140,24 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
             started += 1;
             db.last_start = Some(now);
             db.next_start = now + gucs::database_probe_interval();
-            db.scheduler = start_scheduler(oid, &db.name);
+            db.scheduler = start_scheduler(oid, &db.name, &mut db.start_failing_since);
             if db.scheduler.is_none() {
                 budget::cancel(Kind::Scheduler, oid);
+                // Most often a worker that just left and is not reaped yet: try again soon.
+                db.next_start = now + RESTART_DELAY;
             }
         }
         let next = databases
             .values()
-            .filter(|d| d.scheduler.is_none() && !d.waiting)
-            .map(|d| d.next_start.saturating_duration_since(Instant::now()))
+            .filter(|d| d.scheduler.is_none())
+            // A slot handed over becomes usable when the worker that gave it up has exited.
+            .map(|d| {
+                if d.waiting {
+                    WAITING_RECHECK
+                } else {
+                    d.next_start.saturating_duration_since(Instant::now())
+                }
+            })
             .min()
             .unwrap_or(TICK);
         signals::wait(next.clamp(Duration::from_millis(100), TICK));
@@ -167,7 +184,11 @@ fn is_alive(worker: &DynamicBackgroundWorker) -> bool {
     )
 }
 
-fn start_scheduler(database: pg_sys::Oid, name: &str) -> Option<DynamicBackgroundWorker> {
+fn start_scheduler(
+    database: pg_sys::Oid,
+    name: &str,
+    failing_since: &mut Option<Instant>,
+) -> Option<DynamicBackgroundWorker> {
     let worker = BackgroundWorkerBuilder::new(&format!("pg_token_cleanup scheduler {name}"))
         .set_type(SCHEDULER_TYPE)
         .set_library(super::LIBRARY)
@@ -180,8 +201,17 @@ fn start_scheduler(database: pg_sys::Oid, name: &str) -> Option<DynamicBackgroun
         .set_notify_pid(unsafe { pg_sys::MyProcPid })
         .load_dynamic();
     match worker {
-        Ok(w) => Some(w),
+        Ok(w) => {
+            *failing_since = None;
+            Some(w)
+        }
+        Err(_)
+            if failing_since.get_or_insert_with(Instant::now).elapsed() < START_FAILURE_WARNING =>
+        {
+            None
+        }
         Err(_) => {
+            *failing_since = Some(Instant::now());
             warning!(
                 "pg_token_cleanup: could not start a scheduler for database \"{name}\": every max_worker_processes slot is taken \
                  (by other work; pg_token_cleanup.max_workers had room); raise max_worker_processes to at least pg_token_cleanup.max_workers plus {}",

@@ -137,13 +137,10 @@ pub(super) fn reservation_for_me(registry: &Registry, kind: Kind, database: u32)
         }
         (*entry).bgw_notify_pid
     };
-    registry.slots.iter().position(|s| {
-        s.kind == Kind::Reserved
-            && s.reserved_for == kind
-            && s.database == database
-            && s.pid == starter
-            && s.alive()
-    })
+    registry
+        .slots
+        .iter()
+        .position(|s| s.is_reserved_for(kind, database, starter) && s.alive())
 }
 
 /// Reserves a slot for a worker of `kind` in `database` that this process is about to start (for
@@ -155,15 +152,13 @@ pub fn reserve(kind: Kind, database: pg_sys::Oid, role: pg_sys::Oid) -> bool {
     let (pid, procno) = my_identity();
     let database = u32::from(database);
     let mut registry = REGISTRY.exclusive();
-    let handed = registry.slots.iter().position(|s| {
-        s.kind == Kind::Reserved
-            && s.handed_over
-            && s.reserved_for == kind
-            && s.database == database
-            && s.pid == pid
-            && s.alive()
-    });
+    let handed = registry
+        .slots
+        .iter()
+        .position(|s| s.handed_over && s.is_reserved_for(kind, database, pid) && s.alive());
     let index = match handed {
+        // The worker that gave it up holds its postmaster slot until the postmaster has reaped it.
+        Some(index) if !reaped(registry.slots[index].yielder.0) => return false,
         Some(index) => index,
         None if !has_room(&registry, kind, database, pid, role) => return false,
         None => match registry.slots.iter().position(|s| !s.alive()) {
@@ -196,18 +191,24 @@ fn reservation(kind: Kind, database: u32, pid: i32, procno: i32, handed_over: bo
     }
 }
 
+/// Whether process `pid` is gone and reaped (its PGPROC keeps its pid until reused, and a
+/// zombie still answers signal 0).
+fn reaped(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let answered = unsafe { libc::kill(pid, 0) } == 0;
+    pid <= 0 || (!answered && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH))
+}
+
 /// Gives back a reservation this process made and will not use (the postmaster started no worker).
 pub fn cancel(kind: Kind, database: pg_sys::Oid) {
     let pid = my_identity().0;
     let database = u32::from(database);
     let mut registry = REGISTRY.exclusive();
-    if let Some(slot) = registry.slots.iter_mut().find(|s| {
-        s.kind == Kind::Reserved
-            && !s.handed_over
-            && s.reserved_for == kind
-            && s.database == database
-            && s.pid == pid
-    }) {
+    if let Some(slot) = registry
+        .slots
+        .iter_mut()
+        .find(|s| !s.handed_over && s.is_reserved_for(kind, database, pid))
+    {
         *slot = Slot::FREE;
     }
     wake_waiters(&registry);
@@ -220,10 +221,16 @@ pub fn wait(kind: Kind, database: pg_sys::Oid, role: pg_sys::Oid) {
     let (pid, procno) = my_identity();
     let database = u32::from(database);
     let mut registry = REGISTRY.exclusive();
+    // Already waiting, or already handed a slot (usable once its giver is reaped): a second entry
+    // would get a second slot handed over, held for nothing until it lapsed.
     if registry
         .waiters
         .iter()
         .any(|w| w.is(kind, database, pid) && w.alive())
+        || registry
+            .slots
+            .iter()
+            .any(|s| s.handed_over && s.is_reserved_for(kind, database, pid) && s.alive())
     {
         return;
     }
@@ -251,12 +258,7 @@ pub fn stop_waiting(kind: Kind, database: pg_sys::Oid) {
     }
     let mut freed = false;
     for s in registry.slots.iter_mut() {
-        if s.kind == Kind::Reserved
-            && s.handed_over
-            && s.reserved_for == kind
-            && s.database == database
-            && s.pid == pid
-        {
+        if s.handed_over && s.is_reserved_for(kind, database, pid) {
             *s = Slot::FREE;
             freed = true;
         }
@@ -299,6 +301,7 @@ pub fn give_to_waiter() -> bool {
     registry.waiters[first] = Waiter::NONE;
     registry.slots[index] = Slot {
         role: w.role,
+        yielder: my_identity(),
         ..reservation(w.kind, w.database, w.pid, w.procno, true)
     };
     MY_SLOT.store(usize::MAX, Ordering::SeqCst);

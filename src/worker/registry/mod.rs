@@ -78,8 +78,11 @@ struct Slot {
     /// Reserved: until when (PostgreSQL timestamp, µs); a worker that has not adopted it by then
     /// never will.
     reserved_until: i64,
-    /// Reserved: handed to a waiter by a worker that gave its slot up (see [`budget`]).
+    /// Reserved: handed to a waiter by a worker that gave its slot up (see [`budget`]); usable
+    /// once that worker (`yielder`: pid, PGPROC number) is gone, as the postmaster's slot it
+    /// held is free only then.
     handed_over: bool,
+    yielder: (i32, i32),
     /// Runner: its scheduler stopped its run to give the slot to another owner's due rule.
     preempted: bool,
     /// The claimed run's progress: rows deleted and batches committed so far (its row in
@@ -92,6 +95,15 @@ struct Slot {
 }
 
 impl Slot {
+    /// Whether this is a reservation for a worker of `kind` in `database`, made by (or handed to)
+    /// process `pid`.
+    fn is_reserved_for(&self, kind: Kind, database: u32, pid: i32) -> bool {
+        self.kind == Kind::Reserved
+            && self.reserved_for == kind
+            && self.database == database
+            && self.pid == pid
+    }
+
     const FREE: Slot = Slot {
         kind: Kind::Free,
         pid: 0,
@@ -106,6 +118,7 @@ impl Slot {
         reserved_for: Kind::Free,
         reserved_until: 0,
         handed_over: false,
+        yielder: (0, -1),
         preempted: false,
         rows_deleted: 0,
         batches: 0,

@@ -110,6 +110,8 @@ struct Scheduler {
     retry_next: HashSet<i64>,
     /// When this scheduler started serving (its turn, when databases take turns).
     serving_since: Instant,
+    /// Since when the postmaster has refused to start runners (warned past a while).
+    spawn_failing_since: Option<Instant>,
 }
 
 /// Entry point of a scheduler; the argument is the database OID.
@@ -165,6 +167,7 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
         attempts: HashMap::new(),
         retry_next: HashSet::new(),
         serving_since: Instant::now(),
+        spawn_failing_since: None,
     };
     while !signals::stop_requested() {
         let step = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(scheduler.step())))

@@ -3,6 +3,9 @@
 //! ended and scheduling retries of failed ones, starting pooled runners within the budget.
 
 use super::{InFlight, Scheduler, Served, SPAWN_PATIENCE};
+
+/// The postmaster refusing runners this long is warned about.
+const SPAWN_FAILURE_WARNING: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::gucs;
 use crate::history::{self, Trigger};
 use crate::worker::dispatch::{self, Candidate};
@@ -266,11 +269,21 @@ impl Scheduler {
             }
             match runner::spawn_pooled(self.database, &self.database_name) {
                 Some(worker) => {
+                    self.spawn_failing_since = None;
                     self.starting.push((worker, Instant::now()));
                     started += 1;
                 }
                 None => {
                     budget::cancel(Kind::Runner, self.database);
+                    // A worker that just left holds its postmaster slot until it is reaped: warn
+                    // only when this lasts.
+                    let failing = self.spawn_failing_since.get_or_insert_with(Instant::now);
+                    if failing.elapsed() < SPAWN_FAILURE_WARNING {
+                        if started == 0 {
+                            return Started::NoneToBeHad;
+                        }
+                        break;
+                    }
                     self.warn(&format!(
                         "pg_token_cleanup: could not start a runner: every max_worker_processes slot is taken \
                          (by other work; pg_token_cleanup.max_workers had room); the scheduler runs due rules itself \
