@@ -39,7 +39,7 @@ use pgrx::pg_sys;
 use sizer::BatchSizer;
 use statements::{Archive, BatchSql};
 use std::time::{Duration, Instant};
-use tally::{interrupted, still_bound, Tally};
+use tally::{still_bound, Tally};
 
 /// Most ctids collected by one scan (6 bytes each in PostgreSQL, 8 here: 8 MB).
 pub const COLLECT_LIMIT: usize = 1_000_000;
@@ -155,14 +155,23 @@ pub fn table_locked_by_others(table: pg_sys::Oid) -> bool {
     }
 }
 
-/// Runs `rule` as run `run_id` (already committed as `running`), recording progress after every
-/// batch and the outcome at the end. `stop_requested` is polled between batches. Must be called
-/// outside a transaction; opens its own.
+/// What the worker performing a run gives it: whether to stop and why (polled between batches and
+/// after an error), and where the progress after each committed batch goes.
+pub trait RunControl {
+    fn stop_requested(&self) -> bool;
+    /// What the run's record says when it stops for [`RunControl::stop_requested`].
+    fn why_stopped(&self) -> Error;
+    fn progress(&self, rows_deleted: i64, batches: i32);
+}
+
+/// Runs `rule` as run `run_id` (already committed as `running`), recording progress and the
+/// outcome at the end, stopping between batches when `control` says so. Must be called outside a
+/// transaction; opens its own.
 pub fn execute(
     rule: &Rule,
     run_id: i64,
     binding: &binding::Binding,
-    stop_requested: &dyn Fn() -> bool,
+    control: &dyn RunControl,
 ) -> RunReport {
     let started = Instant::now();
     let mut tally = Tally {
@@ -171,7 +180,7 @@ pub fn execute(
         rule_name: &rule.name,
         binding,
         started,
-        stop_requested,
+        control,
         max_duration: rule.max_run_duration(),
         rows_deleted: 0,
         batches: 0,
@@ -209,7 +218,7 @@ fn run(rule: &Rule, tally: &mut Tally) -> Result<Outcome, Outcome> {
     tally.scan_ms += planning.elapsed().as_millis();
     let plans = match plans {
         Ok(plans) => plans,
-        Err(_) if (tally.stop_requested)() => return Err(interrupted()),
+        Err(_) if tally.control.stop_requested() => return Err(tally.interrupted()),
         Err(why) => return Err(Outcome::Failed(why)),
     };
     tally.method = plans.first().map(|p| p.method.name());
@@ -250,8 +259,8 @@ fn run(rule: &Rule, tally: &mut Tally) -> Result<Outcome, Outcome> {
     }
     // A SIGTERM that came during the last batch (whose error was then not a cancel) still ends the
     // run as interrupted: the scan that would have said nothing is left did not happen.
-    if (tally.stop_requested)() {
-        return Err(interrupted());
+    if tally.control.stop_requested() {
+        return Err(tally.interrupted());
     }
     Ok(Outcome::Succeeded)
 }
@@ -310,7 +319,7 @@ fn delete_through_index(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<O
         let candidates = match collected {
             Err(stale) => return Err(stale),
             Ok(Ok(c)) => c,
-            Ok(Err(_)) if (tally.stop_requested)() => return Err(interrupted()),
+            Ok(Err(_)) if tally.control.stop_requested() => return Err(tally.interrupted()),
             Ok(Err(e)) => return Err(Outcome::Failed(e.context("finding rows to delete"))),
         };
         let full_scan = candidates.len() >= COLLECT_LIMIT;

@@ -7,7 +7,6 @@ use super::{binding, history, pacing, report_activity, Batch, Deleted, Plan, PRO
 use crate::errors::Error;
 use crate::history::Outcome;
 use pgrx::bgworkers::BackgroundWorker;
-use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
 /// A run's running totals, recorded after every batch.
@@ -19,7 +18,7 @@ pub(super) struct Tally<'a> {
     /// What the run was given: checked before every batch (see [`binding`]).
     pub(super) binding: &'a binding::Binding,
     pub(super) started: Instant,
-    pub(super) stop_requested: &'a dyn Fn() -> bool,
+    pub(super) control: &'a dyn super::RunControl,
     /// The rule's max_run_duration: the run stops between batches once it has run this long.
     pub(super) max_duration: Option<Duration>,
     pub(super) rows_deleted: i64,
@@ -85,7 +84,7 @@ impl<'a> Tally<'a> {
                 self.rows_deleted += deleted.rows;
                 self.batches_redone += i32::from(deleted.redone);
                 self.batches += 1;
-                crate::worker::signals::set_progress(self.rows_deleted, self.batches);
+                self.control.progress(self.rows_deleted, self.batches);
                 report_activity(&format!(
                     "pg_token_cleanup: rule {} run {}: batch {}, {} rows",
                     self.rule_name, self.run_id, self.batches, self.rows_deleted
@@ -93,11 +92,16 @@ impl<'a> Tally<'a> {
                 self.longest_batch_ms = self.longest_batch_ms.max(elapsed.as_millis());
                 Ok((deleted, elapsed.as_secs_f64() * 1000.0))
             }
-            Err(_) if (self.stop_requested)() => Err(interrupted()),
+            Err(_) if self.control.stop_requested() => Err(self.interrupted()),
             Err(e) => Err(Outcome::Failed(
                 e.context(format!("deleting batch {}", self.batches + 1)),
             )),
         }
+    }
+
+    /// The outcome of a run its worker stopped.
+    pub(super) fn interrupted(&self) -> Outcome {
+        Outcome::Interrupted(self.control.why_stopped())
     }
 
     /// Ends the run between batches: interrupted on SIGTERM, stopped at max_run_duration.
@@ -108,7 +112,7 @@ impl<'a> Tally<'a> {
     /// What [`Tally::check_stop`] reads, apart from the tally (for a pause, which borrows it).
     fn stop_check(&self) -> StopCheck<'a> {
         StopCheck {
-            stop_requested: self.stop_requested,
+            control: self.control,
             started: self.started,
             max_duration: self.max_duration,
             rows_deleted: self.rows_deleted,
@@ -149,7 +153,7 @@ pub(super) fn still_bound(plan: &Plan, bound: &binding::Binding) -> Result<(), O
 
 /// Why a run ends between batches: SIGTERM, or max_run_duration reached.
 struct StopCheck<'a> {
-    stop_requested: &'a dyn Fn() -> bool,
+    control: &'a dyn super::RunControl,
     started: Instant,
     max_duration: Option<Duration>,
     rows_deleted: i64,
@@ -157,8 +161,8 @@ struct StopCheck<'a> {
 
 impl StopCheck<'_> {
     fn check(&self) -> Result<(), Outcome> {
-        if (self.stop_requested)() {
-            return Err(interrupted());
+        if self.control.stop_requested() {
+            return Err(Outcome::Interrupted(self.control.why_stopped()));
         }
         match self.max_duration {
             Some(max) if self.started.elapsed() >= max => Err(Outcome::Stopped(format!(
@@ -169,15 +173,4 @@ impl StopCheck<'_> {
             _ => Ok(()),
         }
     }
-}
-
-pub(super) fn interrupted() -> Outcome {
-    if crate::worker::registry::preempted() {
-        return Outcome::Interrupted(crate::worker::signals::preempted());
-    }
-    Outcome::Interrupted(Error::new(
-        PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
-        "stopped by SIGTERM (server shutdown, DROP DATABASE or pg_terminate_backend); \
-         committed batches stay deleted, the rest go in the next run",
-    ))
 }

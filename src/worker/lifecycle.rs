@@ -34,7 +34,7 @@ pub struct Job {
 
 /// Performs `job` in this (registered) worker; returns the run it recorded, or 0 when it recorded
 /// none (a scheduled slot skipped because a manual run of the rule is going on).
-pub fn perform(job: &Job, stop_requested: &dyn Fn() -> bool) -> i64 {
+pub fn perform(job: &Job) -> i64 {
     let rule = &job.rule;
     let (table, binding, refused) = BackgroundWorker::transaction(|| {
         let table = target::lookup_table(&rule.table_name)
@@ -74,7 +74,7 @@ pub fn perform(job: &Job, stop_requested: &dyn Fn() -> bool) -> i64 {
         rule.name
     ));
     if table != pg_sys::InvalidOid {
-        let waited = wait_for_table(rule, table, stop_requested).and_then(|()| {
+        let waited = wait_for_table(rule, table).and_then(|()| {
             BackgroundWorker::transaction(|| {
                 binding.check_rule()?;
                 binding.check_table()
@@ -95,7 +95,7 @@ pub fn perform(job: &Job, stop_requested: &dyn Fn() -> bool) -> i64 {
     }
     // The deadline the executor counts max_run_duration from, for ending the rule's code past it.
     super::signals::set_run_deadline(rule.max_run_duration());
-    let report = executor::execute(rule, run_id, &binding, stop_requested);
+    let report = executor::execute(rule, run_id, &binding, &WorkerControl);
     super::log_run(rule, run_id, job.trigger, &report);
     announce(
         job,
@@ -105,6 +105,31 @@ pub fn perform(job: &Job, stop_requested: &dyn Fn() -> bool) -> i64 {
         report.elapsed_ms,
     );
     run_id
+}
+
+/// How a worker controls the run it performs: SIGTERM stops it (or its scheduler, to give the
+/// runner to another owner's rule: [`super::registry::preempt`]); progress goes to the registry.
+struct WorkerControl;
+
+impl executor::RunControl for WorkerControl {
+    fn stop_requested(&self) -> bool {
+        super::signals::stop_requested()
+    }
+
+    fn why_stopped(&self) -> Error {
+        if super::registry::preempted() {
+            return super::signals::preempted();
+        }
+        Error::new(
+            PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
+            "stopped by SIGTERM (server shutdown, DROP DATABASE or pg_terminate_backend); \
+             committed batches stay deleted, the rest go in the next run",
+        )
+    }
+
+    fn progress(&self, rows_deleted: i64, batches: i32) {
+        super::signals::set_progress(rows_deleted, batches);
+    }
 }
 
 /// `NOTIFY token_cleanup, '<json>'` at the end of a run, as `pg_token_cleanup.notify` asks.
@@ -259,15 +284,11 @@ fn already_running(rule: &Rule, busy: Busy) -> Error {
 /// Waits, holding no lock, until no other session holds a lock on the table that the run's DELETE
 /// would wait for, up to the rule's lock_timeout (0: for ever). A long migration holding
 /// `ACCESS EXCLUSIVE` thus fails this run after its lock_timeout, and delays no other rule.
-fn wait_for_table(
-    rule: &Rule,
-    table: pg_sys::Oid,
-    stop_requested: &dyn Fn() -> bool,
-) -> Result<(), Outcome> {
+fn wait_for_table(rule: &Rule, table: pg_sys::Oid) -> Result<(), Outcome> {
     let lock_timeout = rule.limits().lock_timeout_ms;
     let started = Instant::now();
     while BackgroundWorker::transaction(|| executor::table_locked_by_others(table)) {
-        if stop_requested() {
+        if super::signals::stop_requested() {
             return Err(Outcome::Interrupted(Error::new(
                 PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
                 "stopped by SIGTERM while waiting for the table's lock",

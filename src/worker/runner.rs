@@ -294,7 +294,7 @@ pub extern "C-unwind" fn pg_token_cleanup_runner_main(arg: pg_sys::Datum) {
             }
             match handoff::read::<Job>(number) {
                 Some(job) => {
-                    lifecycle::perform(&job, &signals::stop_requested);
+                    lifecycle::perform(&job);
                     handoff::signal_done(number);
                 }
                 None => {
@@ -320,7 +320,7 @@ fn serve(database: pg_sys::Oid, scheduler_pid: i32) {
         signals::reload_config_if_asked();
         if let Some(handle) = registry::take() {
             let run_id = match handoff::read::<Job>(handle) {
-                Some(job) => lifecycle::perform(&job, &signals::stop_requested),
+                Some(job) => lifecycle::perform(&job),
                 None => 0,
             };
             registry::done(run_id);

@@ -19,13 +19,12 @@
 //! lock: when it cannot read the rules (a role holds `LOCK TABLE token_cleanup.rules`), it keeps
 //! serving the rules it has and tries again.
 
-use super::agenda::{Agenda, AgendaRule};
+use super::agenda::Agenda;
 use super::dispatch::RoundRobin;
 use super::handoff::Handoff;
 use super::registry::{self, budget, Kind, Refused};
-use super::reload::{self, Load, Plan};
 use super::{extension_present, signals};
-use crate::catalog::{self, LoadedRule, Rule};
+use crate::catalog::Rule;
 use crate::errors::{in_subtransaction, Error};
 use crate::gucs;
 use crate::history;
@@ -37,6 +36,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod rules;
 mod runs;
 
 /// Longest sleep: invalidations (rule changes committed by two-phase commit) are read this often.
@@ -91,6 +91,9 @@ struct Scheduler {
     agenda: Agenda,
     /// The enabled rules, with the row version each was read at (see `reload`).
     rules: HashMap<i64, Served>,
+    /// How many roles own them: what an owner's share of max_parallel_runs divides by (counted at
+    /// each reload, not at each dispatch).
+    owners: usize,
     reload_due: bool,
     /// Reloads are coalesced: none before this instant.
     next_reload_at: Option<Instant>,
@@ -155,6 +158,7 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
         database_name: database_name(database),
         agenda: Agenda::new(gucs::timezone()),
         rules: HashMap::new(),
+        owners: 0,
         reload_due: true,
         next_reload_at: None,
         outdated: None,
@@ -299,149 +303,6 @@ impl Scheduler {
         }
         registry::come_back_at(self.database, 0);
         false
-    }
-
-    /// Reloads the enabled rules that changed (see `reload`). `None`: the extension is gone.
-    /// `Some(false)`: the rules could not be read (a lock held on them, say); the ones already
-    /// loaded stay in service.
-    fn reload_rules(&mut self) -> Option<bool> {
-        self.next_reload_at = Some(Instant::now() + RELOAD_GAP);
-        // A new pg_token_cleanup.timezone moves every rule without its own: read them all.
-        let everything = self.agenda.timezone() != gucs::timezone();
-        let known = &self.rules;
-        let loaded = BackgroundWorker::transaction(|| {
-            if !extension_present() {
-                return None;
-            }
-            crate::owner::set_for_transaction("lock_timeout", OWN_LOCK_TIMEOUT);
-            if let Ok(Some(t)) = crate::target::lookup_table("token_cleanup.rules") {
-                RULES_OID.store(u32::from(t.oid), Ordering::SeqCst);
-            }
-            if let Some(installed) = catalog::outdated_sql_version() {
-                return Some(Err(installed));
-            }
-            Some(Ok(in_subtransaction(|| {
-                let plan = if everything {
-                    Plan::everything()
-                } else {
-                    reload::plan(known, |s| s.version, &catalog::enabled_rule_versions())
-                };
-                let rules = match &plan.load {
-                    Load::All => catalog::load_enabled_rules(None),
-                    Load::Only(ids) if ids.is_empty() => Vec::new(),
-                    Load::Only(ids) => catalog::load_enabled_rules(Some(ids)),
-                };
-                (plan, rules)
-            })))
-        })?;
-        let loaded = match loaded {
-            Err(installed) => {
-                self.serve_nothing_until_updated(installed);
-                return Some(false);
-            }
-            Ok(loaded) => loaded,
-        };
-        if self.outdated.take().is_some() {
-            log!(
-                "pg_token_cleanup: extension updated to {}; serving its rules",
-                env!("CARGO_PKG_VERSION")
-            );
-        }
-        // At the first reload, once the tables are this version's: runs a crash left `running`.
-        if !self.orphans_marked {
-            self.orphans_marked = true;
-            let marked = BackgroundWorker::transaction(history::mark_interrupted);
-            if marked > 0 {
-                log!("pg_token_cleanup: marked {marked} unfinished run(s) as interrupted");
-            }
-        }
-        let (plan, loaded) = match loaded {
-            Ok(loaded) => loaded,
-            // Read while DROP EXTENSION was committing.
-            Err(_) if !BackgroundWorker::transaction(extension_present) => return None,
-            Err(e) => {
-                self.warn(&format!(
-                    "pg_token_cleanup: could not read token_cleanup.rules ({e}); serving the {} rule(s) loaded before, trying again",
-                    self.rules.len()
-                ));
-                return Some(false);
-            }
-        };
-        self.reload_due = false;
-        self.take_rules(&plan, loaded);
-        Some(true)
-    }
-
-    /// Puts freshly loaded rules in service: all of them (`Load::All`), or the changed ones beside
-    /// those loaded before, less the ones gone.
-    fn take_rules(&mut self, plan: &Plan, loaded: Vec<LoadedRule>) {
-        let agenda_rules: Vec<AgendaRule> = loaded
-            .iter()
-            .map(|l| AgendaRule {
-                id: l.rule.id,
-                schedule: l.rule.schedule.clone(),
-                timezone: l.rule.timezone.clone(),
-                updated_at: l.rule.updated_at,
-                last_scheduled: l.last_scheduled,
-            })
-            .collect();
-        let now = Utc::now();
-        let rejected = match plan.load {
-            Load::All => {
-                self.rules.clear();
-                self.agenda.sync(&agenda_rules, gucs::timezone(), now)
-            }
-            Load::Only(_) => {
-                let ids: HashSet<i64> = loaded.iter().map(|l| l.rule.id).collect();
-                let gone = reload::gone_after_load(plan, &ids);
-                for id in &gone {
-                    self.rules.remove(id);
-                }
-                self.agenda.update(&agenda_rules, &gone, now)
-            }
-        };
-        for rejected in rejected {
-            warning!(
-                "pg_token_cleanup: rule {} skipped: {}",
-                rejected.id,
-                rejected.reason
-            );
-        }
-        let changed = loaded.len();
-        for l in loaded {
-            let served = Served {
-                rule: l.rule,
-                version: l.version,
-            };
-            self.rules.insert(served.rule.id, served);
-        }
-        debug1!(
-            "pg_token_cleanup: read {changed} new or changed rule(s); {} enabled",
-            self.rules.len()
-        );
-        if plan.load == Load::All {
-            // A full load briefly holds two copies and the query's result; give the freed memory
-            // back to the system so the worker's footprint follows its live data.
-            // SAFETY: glibc's malloc_trim only releases free heap memory.
-            unsafe { libc::malloc_trim(0) };
-        }
-    }
-
-    /// The database's extension is older than the library (new files installed, server restarted,
-    /// `ALTER EXTENSION … UPDATE` not run yet): its tables lack what this version reads, so no rule
-    /// runs until the update, which wakes the scheduler; the version is also read again now and then.
-    fn serve_nothing_until_updated(&mut self, installed: String) {
-        if self.outdated.as_deref() != Some(installed.as_str()) {
-            warning!(
-                "pg_token_cleanup: database \"{}\" has the extension at version {installed}, the library is {}: its rules do not run until ALTER EXTENSION pg_token_cleanup UPDATE",
-                self.database_name,
-                env!("CARGO_PKG_VERSION")
-            );
-        }
-        self.outdated = Some(installed);
-        self.rules.clear();
-        self.agenda.sync(&[], gucs::timezone(), Utc::now());
-        self.next_reload_at = Some(Instant::now() + OUTDATED_RECHECK);
     }
 
     fn prune_if_due(&mut self) {

@@ -12,7 +12,7 @@ use crate::worker::dispatch::{self, Candidate};
 use crate::worker::handoff::Handoff;
 use crate::worker::lifecycle::{self, Job};
 use crate::worker::registry::{self, budget, Assignment, Kind};
-use crate::worker::{runner, signals};
+use crate::worker::runner;
 use chrono::{DateTime, Utc};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerStatus};
 use pgrx::pg_sys;
@@ -135,8 +135,7 @@ impl Scheduler {
             running.tables.insert(flight.table.clone());
             *running.by_owner.entry(flight.owner.clone()).or_default() += 1;
         }
-        let owners: HashSet<&str> = self.rules.values().map(|s| s.rule.owner.as_str()).collect();
-        let share = dispatch::share(slots, owners.len());
+        let share = dispatch::share(slots, self.owners);
         let chosen = dispatch::choose(&candidates, &running, free, share, &mut self.turn);
         if chosen.is_empty() {
             if free == 0 {
@@ -235,7 +234,7 @@ impl Scheduler {
     /// Performs the run of rule `id` in this process, as a runner would.
     fn run_here(&mut self, id: i64, due_at: DateTime<Utc>) {
         let job = self.job(id, due_at);
-        let run_id = lifecycle::perform(&job, &signals::stop_requested);
+        let run_id = lifecycle::perform(&job);
         let now = Utc::now();
         self.agenda.done(id, now);
         self.retry_if_failed(id, run_id, now);
