@@ -12,7 +12,7 @@ use crate::target;
 use crate::worker::handoff::Handoff;
 use crate::worker::lifecycle::Job;
 use crate::worker::{registry, runner};
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +20,6 @@ use std::time::Duration;
 
 /// Most fire times `next_runs` lists.
 const MAX_NEXT_RUNS: i32 = 10_000;
-/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
-const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 extern "C-unwind" {
     // commands/sequence.h, not in pgrx's bindings; called through `guarded` (it raises ERRORs).
@@ -29,12 +27,11 @@ extern "C-unwind" {
 }
 
 fn to_chrono(t: TimestampWithTimeZone) -> DateTime<Utc> {
-    let us = pg_sys::TimestampTz::from(t).saturating_add(PG_EPOCH_OFFSET_US);
-    Utc.timestamp_micros(us).single().unwrap_or_else(Utc::now)
+    crate::pgtime::from_pg(pg_sys::TimestampTz::from(t))
 }
 
 fn to_pg(t: DateTime<Utc>) -> TimestampWithTimeZone {
-    TimestampWithTimeZone::try_from(t.timestamp_micros() - PG_EPOCH_OFFSET_US)
+    TimestampWithTimeZone::try_from(crate::pgtime::to_pg(t))
         .expect("fire times lie within PostgreSQL's timestamp range")
 }
 

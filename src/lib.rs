@@ -30,7 +30,7 @@
 //! - [`history`]: the runs table (every statement on it but the rules' loading, which reads each
 //!   rule's last scheduled run).
 //! - [`owner`]: running code that is not ours as the right role, leaving nothing behind, and
-//!   timeouts; [`errors`]: raising and catching errors.
+//!   timeouts; [`errors`]: raising and catching errors; [`pgtime`]: PostgreSQL's timestamps.
 //! - [`worker`]: launcher, scheduler, runner, signals (and how a run ends when told, even inside the
 //!   owner's code: [`worker::signals`]), the registry in shared memory and the worker budget
 //!   ([`worker::registry`]); [`hooks`]: DROP DATABASE support.
@@ -49,6 +49,7 @@ pub mod history;
 pub mod hooks;
 pub mod inspect;
 pub mod owner;
+pub mod pgtime;
 pub mod schedule;
 pub mod target;
 pub mod worker;

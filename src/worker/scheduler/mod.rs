@@ -28,7 +28,7 @@ use crate::catalog::Rule;
 use crate::errors::{in_subtransaction, Error};
 use crate::gucs;
 use crate::history;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use pgrx::bgworkers::{BackgroundWorker, DynamicBackgroundWorker};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -219,12 +219,6 @@ unsafe extern "C-unwind" fn rules_invalidated(_arg: pg_sys::Datum, relid: pg_sys
     }
 }
 
-/// A time as a PostgreSQL timestamp (µs since 2000-01-01).
-fn to_pg_timestamp(t: DateTime<Utc>) -> pg_sys::TimestampTz {
-    const POSTGRES_EPOCH_IN_UNIX_MICROS: i64 = 946_684_800_000_000;
-    t.timestamp_micros() - POSTGRES_EPOCH_IN_UNIX_MICROS
-}
-
 fn database_name(database: pg_sys::Oid) -> String {
     BackgroundWorker::transaction(|| super::database_name(database))
 }
@@ -297,7 +291,7 @@ impl Scheduler {
                 .next_wake_after(now, |_| true)
                 .unwrap_or(now + POLL)
         };
-        registry::come_back_at(self.database, to_pg_timestamp(back));
+        registry::come_back_at(self.database, crate::pgtime::to_pg(back));
         if budget::give_to_waiter() {
             return true;
         }
