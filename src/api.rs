@@ -5,26 +5,18 @@ use crate::catalog;
 use crate::errors::refuse;
 use crate::errors::Error;
 use crate::gucs;
-use crate::history::{self, Trigger};
+use crate::history;
 use crate::owner;
 use crate::schedule::{Schedule, SCHEDULE_HINT};
 use crate::target;
-use crate::worker::handoff::Handoff;
-use crate::worker::lifecycle::Job;
 use crate::worker::{registry, runner};
 use chrono::{DateTime, Utc};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 /// Most fire times `next_runs` lists.
 const MAX_NEXT_RUNS: i32 = 10_000;
-
-extern "C-unwind" {
-    // commands/sequence.h, not in pgrx's bindings; called through `guarded` (it raises ERRORs).
-    fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
-}
 
 fn to_chrono(t: TimestampWithTimeZone) -> DateTime<Utc> {
     crate::pgtime::from_pg(pg_sys::TimestampTz::from(t))
@@ -112,7 +104,7 @@ fn preview(
         table.qualified_name,
         crate::condition::embedded(&rule.condition)
     );
-    let matching = crate::executor::as_role(owner, rule.limits(), || Spi::get_one::<i64>(&sql))
+    let matching = crate::owner::as_role(owner, rule.limits(), || Spi::get_one::<i64>(&sql))
         .unwrap_or_else(|e| e.raise())
         .unwrap_or_else(|e| Error::from(e).raise())
         .unwrap_or(0);
@@ -149,6 +141,31 @@ fn run(
         name!(finished_at, Option<TimestampWithTimeZone>),
     ),
 > {
+    refuse_snapshot_isolation();
+    let rule = catalog::visible_rule_by_name(rule_name);
+    refuse_uncommitted(&rule);
+    let name = rule.name.clone();
+    let run = runner::run_manual(rule);
+    if let Some(error) = run.error {
+        raise_failed_run(run.run_id, &name, &run.status, error);
+    }
+    let timestamp = |t: pg_sys::TimestampTz| TimestampWithTimeZone::try_from(t).ok();
+    TableIterator::once((
+        run.run_id,
+        name,
+        run.status,
+        run.rows_deleted,
+        run.batches,
+        timestamp(run.started_at).expect("a run has started"),
+        (run.finished_at != 0)
+            .then(|| timestamp(run.finished_at))
+            .flatten(),
+    ))
+}
+
+/// `run()` waits for a run that commits in transactions of its own: a REPEATABLE READ or
+/// SERIALIZABLE caller would not see them.
+fn refuse_snapshot_isolation() {
     // SAFETY: reading the isolation level of the current transaction.
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
         refuse(
@@ -157,7 +174,10 @@ fn run(
             "Call it in a READ COMMITTED transaction (the default): it waits for the run, which commits in its own transactions.",
         );
     }
-    let rule = catalog::visible_rule_by_name(rule_name);
+}
+
+/// A run must run the rule as everyone sees it, not a version this transaction has not committed.
+fn refuse_uncommitted(rule: &catalog::Rule) {
     if changed_in_this_transaction(rule.id) {
         refuse(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -165,49 +185,10 @@ fn run(
             "Commit, then run it: a run commits in transactions of its own, and must run the rule as everyone sees it.",
         );
     }
-    let name = rule.name.clone();
-    let patience = rule.limits().lock_timeout_ms;
-    let run_id = allocate_run_id();
-    let handoff = Handoff::create(&Job {
-        rule,
-        trigger: Trigger::Manual,
-        scheduled_for: None,
-        run_id: Some(run_id),
-    });
-    let patience_left = (patience > 0).then(|| Duration::from_millis(patience as u64));
-    let worker = runner::start_manual(&handoff, &name, patience_left)
-        .unwrap_or_else(|no_worker| no_worker.refuse(&name, patience));
-    let waited = runner::wait_for_run(&worker, &handoff);
-    if waited.is_err() {
-        refuse(
-            PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
-            format!("the server shut down while rule \"{name}\" was running"),
-            format!("See run {run_id} in token_cleanup.runs."),
-        );
-    }
-    drop(handoff);
-    let Some(run) = history::recorded(run_id) else {
-        refuse(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("rule \"{name}\" did not run"),
-            "The rule was deleted, or it was created in this transaction and is not committed yet: commit, then run it.",
-        );
-    };
-    if let Some(error) = run.error {
-        raise_failed_run(run_id, &name, &run.status, error);
-    }
-    let (status, rows, batches, started, finished) = (
-        run.status,
-        run.rows_deleted,
-        run.batches,
-        run.started_at,
-        run.finished_at,
-    );
-    TableIterator::once((run_id, name, status, rows, batches, started, finished))
 }
 
-/// Raises the recorded error of run `run_id` of rule `name`, which ended `status`, saying where
-/// the run is recorded.
+/// Raises the error of run `run_id` of rule `name`, which ended `status`, as its runner handed it
+/// back, saying where the run is recorded.
 fn raise_failed_run(run_id: i64, name: &str, status: &str, recorded: Error) -> ! {
     let hint = recorded
         .hint
@@ -279,15 +260,6 @@ fn changed_in_this_transaction(rule_id: i64) -> bool {
     .is_some_and(|xmin| unsafe {
         pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(xmin as u32))
     })
-}
-
-fn allocate_run_id() -> i64 {
-    let seq = target::lookup_table("token_cleanup.runs_id_seq")
-        .ok()
-        .flatten()
-        .expect("token_cleanup.runs_id_seq exists");
-    // SAFETY: nextval on our own sequence; the caller need not hold USAGE on it.
-    unsafe { crate::errors::guarded(|| nextval_internal(seq.oid, false)) }
 }
 
 static SCHEDULER_WAKE_PENDING: AtomicBool = AtomicBool::new(false);

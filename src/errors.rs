@@ -9,7 +9,8 @@ use std::panic::AssertUnwindSafe;
 
 /// An error as users read it, carried unchanged from where it is raised or caught to where it is
 /// raised again or recorded (`token_cleanup.runs.sqlstate`, `error`, `error_detail`, `error_hint`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "Carried", from = "Carried")]
 pub struct Error {
     pub sqlstate: PgSqlErrorCode,
     pub message: String,
@@ -118,6 +119,33 @@ pub fn bounded(text: &str) -> String {
         .find(|&i| text.is_char_boundary(i))
         .unwrap_or(0);
     format!("{}{marker}", &text[..end])
+}
+
+/// An error's form when it crosses processes (a runner's result to its caller): the SQLSTATE as its
+/// five characters.
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+struct Carried {
+    sqlstate: String,
+    message: String,
+    detail: Option<String>,
+    hint: Option<String>,
+}
+
+impl From<Error> for Carried {
+    fn from(e: Error) -> Carried {
+        Carried {
+            sqlstate: e.sqlstate_text(),
+            message: e.message,
+            detail: e.detail,
+            hint: e.hint,
+        }
+    }
+}
+
+impl From<Carried> for Error {
+    fn from(c: Carried) -> Error {
+        Error::from_recorded(Some(&c.sqlstate), c.message, c.detail, c.hint)
+    }
 }
 
 impl std::fmt::Display for Error {

@@ -59,6 +59,8 @@ static MAX_PARALLEL_RUNS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_P
 /// The cluster's worker budget. 4 fits PostgreSQL's default `max_worker_processes = 8` beside what
 /// the server's own defaults need ([`WORKER_ROOM`]).
 pub const DEFAULT_MAX_WORKERS: i32 = 4;
+/// The most `max_workers` may be: the slots of the workers' registry in shared memory.
+pub const MAX_WORKERS_LIMIT: usize = 512;
 static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_WORKERS);
 /// Background worker slots the user's own work needs on a server with PostgreSQL's defaults: the
 /// logical replication launcher, one logical replication worker, and the two workers of a parallel
@@ -239,7 +241,7 @@ pub fn init() {
         c"Each takes a max_worker_processes slot. Databases take turns when they need more; a scheduler with no runner runs its rules itself. Keep max_worker_processes at least this plus 4 (parallel query, logical replication).",
         &MAX_WORKERS,
         2,
-        crate::worker::registry::MAX_WORKERS as i32,
+        MAX_WORKERS_LIMIT as i32,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -474,8 +476,7 @@ pub fn max_retries() -> u32 {
     MAX_RETRIES.get().max(0) as u32
 }
 
-/// The wait before retry `attempt` (1-based): the backoff, doubled for each earlier retry.
-pub fn retry_backoff(attempt: u32) -> std::time::Duration {
-    let base = std::time::Duration::from_secs(RETRY_BACKOFF_S.get().max(1) as u64);
-    base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+/// The wait before the first retry of a failed scheduled run.
+pub fn retry_backoff() -> std::time::Duration {
+    std::time::Duration::from_secs(RETRY_BACKOFF_S.get().max(1) as u64)
 }

@@ -65,8 +65,15 @@ impl Outcome {
     }
 }
 
-/// Inserts a `running` row for `rule` and returns its id; `id` may be preallocated by the caller
-/// (manual runs pass the id they will read back). `scheduled_for` is the due time, epoch seconds.
+/// A run recorded `running`: its id and when it started (the row's `started_at`).
+#[derive(Debug, Clone, Copy)]
+pub struct Begun {
+    pub run_id: i64,
+    pub started_at: pg_sys::TimestampTz,
+}
+
+/// Inserts a `running` row for `rule`; `id` may be preallocated by the caller (`run()` passes the
+/// id it names the run by). `scheduled_for` is the due time, epoch seconds.
 pub fn begin(
     id: Option<i64>,
     rule_id: i64,
@@ -74,11 +81,11 @@ pub fn begin(
     owner: &str,
     trigger: Trigger,
     scheduled_for: Option<f64>,
-) -> i64 {
-    Spi::get_one_with_args::<i64>(
+) -> Begun {
+    let (run_id, started_at) = Spi::get_two_with_args::<i64, TimestampWithTimeZone>(
         "INSERT INTO token_cleanup.runs (id, rule_id, rule_name, owner, trigger, status, scheduled_for, pid) \
          VALUES (coalesce($1, nextval('token_cleanup.runs_id_seq')), $2, $3, $4, $5, 'running', \
-                 to_timestamp($6), pg_backend_pid()) RETURNING id",
+                 to_timestamp($6), pg_backend_pid()) RETURNING id, started_at",
         &[
             id.into(),
             rule_id.into(),
@@ -88,8 +95,11 @@ pub fn begin(
             scheduled_for.into(),
         ],
     )
-    .expect("inserting into token_cleanup.runs")
-    .expect("INSERT … RETURNING gives a row")
+    .expect("inserting into token_cleanup.runs");
+    Begun {
+        run_id: run_id.expect("INSERT … RETURNING gives a row"),
+        started_at: started_at.expect("started_at is NOT NULL").into(),
+    }
 }
 
 /// Records progress of a run still going on (visible to others once the batch commits).
@@ -103,7 +113,7 @@ pub fn progress(run_id: i64, rows_deleted: i64, batches: i32) {
 
 /// What a run did, as recorded at its end.
 #[derive(Debug, Clone, Default)]
-pub struct Counts {
+pub struct RunStats {
     pub rows_deleted: i64,
     pub batches: i32,
     pub longest_batch_ms: i32,
@@ -119,15 +129,15 @@ pub struct Counts {
     pub pause_reasons: Option<String>,
 }
 
-/// Records the end of a run.
-pub fn finish(run_id: i64, outcome: &Outcome, counts: &Counts) {
+/// Records the end of a run; returns when it ended (the row's `finished_at`).
+pub fn finish(run_id: i64, outcome: &Outcome, counts: &RunStats) -> pg_sys::TimestampTz {
     let error = outcome.error();
-    Spi::run_with_args(
+    let finished_at = Spi::get_one_with_args::<TimestampWithTimeZone>(
         "UPDATE token_cleanup.runs SET status = $2, error = $3, rows_deleted = $4, batches = $5, \
                 longest_batch_ms = $6, method = $7, sqlstate = $8, error_detail = $9, error_hint = $10, \
                 partitions = $11::jsonb, partitions_dropped = $12, \
                 paused = pg_catalog.make_interval(secs => $13), pause_reasons = $14::jsonb, \
-                finished_at = pg_catalog.clock_timestamp() WHERE id = $1",
+                finished_at = pg_catalog.clock_timestamp() WHERE id = $1 RETURNING finished_at",
         &[
             run_id.into(),
             outcome.status().into(),
@@ -148,6 +158,8 @@ pub fn finish(run_id: i64, outcome: &Outcome, counts: &Counts) {
     .expect("updating token_cleanup.runs");
     add_to_totals(run_id);
     keep_bounded(run_id);
+    // SAFETY: reads the clock (for a row someone deleted meanwhile).
+    finished_at.map_or_else(|| unsafe { pg_sys::GetCurrentTimestamp() }, Into::into)
 }
 
 /// Whether pg_token_cleanup.log_runs keeps (and logs) a run that ended with `status` having deleted
@@ -294,19 +306,44 @@ pub fn running_elsewhere(rule_id: i64) -> Option<i64> {
     .flatten()
 }
 
-/// A finished run as recorded, for `token_cleanup.run()` to return or raise.
-pub struct Recorded {
+/// How a run ended: what its runner hands back to whoever asked for the run, and what the runs
+/// table holds of it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunResult {
+    /// 0: no run was recorded (a scheduled slot skipped because the rule was busy).
+    pub run_id: i64,
     pub status: String,
     pub rows_deleted: i64,
     pub batches: i32,
-    pub started_at: TimestampWithTimeZone,
-    pub finished_at: Option<TimestampWithTimeZone>,
-    /// The recorded error of a run that neither succeeded nor stopped.
+    /// As the runs table has them (PostgreSQL timestamps); `finished_at` is 0 for a run still going.
+    pub started_at: pg_sys::TimestampTz,
+    pub finished_at: pg_sys::TimestampTz,
+    /// The error of a run that neither succeeded nor stopped.
     pub error: Option<Error>,
 }
 
-/// Run `run_id` as recorded; `None`: there is no such run.
-pub fn recorded(run_id: i64) -> Option<Recorded> {
+impl RunResult {
+    /// A scheduled slot that recorded no run.
+    pub fn skipped() -> RunResult {
+        RunResult {
+            run_id: 0,
+            status: String::new(),
+            rows_deleted: 0,
+            batches: 0,
+            started_at: 0,
+            finished_at: 0,
+            error: None,
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        self.status == "failed"
+    }
+}
+
+/// Run `run_id` as recorded (for a run whose runner ended without handing its result back);
+/// `None`: there is no such run.
+pub fn recorded(run_id: i64) -> Option<RunResult> {
     // update() rather than select(): a read-write SPI call takes a fresh snapshot, which sees the
     // runner's commits (a read-only one would reuse the calling statement's snapshot).
     Spi::connect_mut(|client| {
@@ -328,26 +365,33 @@ pub fn recorded(run_id: i64) -> Option<Recorded> {
                 r.get::<String>(9)?,
             ))
         });
-        Ok::<_, pgrx::spi::Error>(Some(Recorded {
+        let timestamp = |t: Option<TimestampWithTimeZone>| t.map_or(0, Into::into);
+        Ok::<_, pgrx::spi::Error>(Some(RunResult {
+            run_id,
             status,
             rows_deleted: r.get::<i64>(2)?.unwrap_or(0),
             batches: r.get::<i32>(3)?.unwrap_or(0),
-            started_at: r.get::<TimestampWithTimeZone>(4)?.expect("started_at is NOT NULL"),
-            finished_at: r.get::<TimestampWithTimeZone>(5)?,
+            started_at: timestamp(r.get::<TimestampWithTimeZone>(4)?),
+            finished_at: timestamp(r.get::<TimestampWithTimeZone>(5)?),
             error: error.transpose()?,
         }))
     })
     .expect("reading token_cleanup.runs")
 }
 
-/// The status of run `run_id`; `None`: there is no such run.
-pub fn status(run_id: i64) -> Option<String> {
-    Spi::get_one_with_args::<String>(
-        "SELECT status FROM token_cleanup.runs WHERE id = $1",
-        &[run_id.into()],
-    )
-    .ok()
-    .flatten()
+extern "C-unwind" {
+    // commands/sequence.h, not in pgrx's bindings; called through `guarded` (it raises ERRORs).
+    fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
+}
+
+/// A new run id, for a caller that names its run before a runner records it (`run()`).
+pub fn allocate_run_id() -> i64 {
+    let seq = crate::target::lookup_table("token_cleanup.runs_id_seq")
+        .ok()
+        .flatten()
+        .expect("token_cleanup.runs_id_seq exists");
+    // SAFETY: nextval on our own sequence; the caller need not hold USAGE on it.
+    unsafe { crate::errors::guarded(|| nextval_internal(seq.oid, false)) }
 }
 
 /// Which of `ids` are runs going on that the caller may see (row-level security decides).

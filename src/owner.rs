@@ -12,7 +12,7 @@
 //! [`run_as`] chooses the role: the rule's owner, except that a superuser's rule on a table owned by
 //! another role runs as the table's owner, so that code that role wrote never runs as superuser.
 
-use crate::errors::guarded;
+use crate::errors::{guarded, Error};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::CString;
@@ -340,4 +340,43 @@ pub fn timed<R>(limits: Limits, f: impl FnOnce() -> R) -> R {
             })
         })
         .execute()
+}
+
+/// How a background worker ends a statement of code that is not ours from outside (SIGTERM, a
+/// statement timeout the code ignores, the run's deadline): given the statement's timeout in ms
+/// (0: none) and the statement. The worker installs it when it starts; a backend has none, since
+/// PostgreSQL's own die() already ends its statements.
+pub type StatementGuard = fn(statement_timeout_ms: i32, statement: &mut dyn FnMut());
+
+static STATEMENT_GUARD: std::sync::OnceLock<StatementGuard> = std::sync::OnceLock::new();
+
+/// Installs this process's [`StatementGuard`] (once; later calls change nothing).
+pub fn install_statement_guard(guard: StatementGuard) {
+    let _ = STATEMENT_GUARD.set(guard);
+}
+
+/// Runs `f` under this process's [`StatementGuard`], if it has one.
+fn guarded_statement<R>(statement_timeout_ms: i32, f: impl FnOnce() -> R) -> R {
+    let Some(guard) = STATEMENT_GUARD.get() else {
+        return f();
+    };
+    let mut f = Some(f);
+    let mut result = None;
+    guard(statement_timeout_ms, &mut || {
+        result = f.take().map(|f| f());
+    });
+    result.expect("the guard runs the statement")
+}
+
+/// Runs `f` (statements of code that is not ours) as `role` within `limits`, in a subtransaction
+/// whose error is returned, ended from outside as [`StatementGuard`] says, leaving no advisory lock
+/// behind.
+pub fn as_role<R>(role: pg_sys::Oid, limits: Limits, f: impl FnOnce() -> R) -> Result<R, Error> {
+    leaving_no_advisory_locks(|| {
+        crate::errors::in_subtransaction(|| {
+            as_owner(role, limits, || {
+                timed(limits, || guarded_statement(limits.statement_timeout_ms, f))
+            })
+        })
+    })
 }

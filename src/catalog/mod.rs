@@ -88,22 +88,6 @@ impl Rule {
             .unwrap_or_else(gucs::max_fraction)
     }
 
-    /// What a run is paced by: the rule's own limits, else the settings; 0 is off.
-    pub fn pace_limits(&self) -> crate::executor::pacing::PaceLimits {
-        let lag_ms = self
-            .max_replica_lag_ms
-            .unwrap_or_else(gucs::max_replica_lag_ms);
-        let wal_mb = self
-            .max_wal_rate_mb
-            .map(f64::from)
-            .unwrap_or_else(gucs::max_wal_rate_mb);
-        crate::executor::pacing::PaceLimits {
-            max_replica_lag: (lag_ms > 0).then(|| std::time::Duration::from_millis(lag_ms as u64)),
-            max_wal_rate: (wal_mb > 0.0).then_some(wal_mb * 1024.0 * 1024.0),
-            yield_to_waiters: self.yield_to_waiters.unwrap_or_else(gucs::yield_to_waiters),
-        }
-    }
-
     /// Timeouts: the rule's own, else the settings.
     pub fn limits(&self) -> Limits {
         let clamp = |v: i64| v.clamp(0, i64::from(i32::MAX)) as i32;

@@ -411,9 +411,8 @@ fn check_condition(
         statement_timeout_ms: 10_000,
     };
     let role = owner::run_as(owner_oid, table.oid);
-    let checked =
-        crate::executor::as_role(role, limits, || condition::check_semantics(table, text))
-            .unwrap_or_else(|e| e.raise());
+    let checked = crate::owner::as_role(role, limits, || condition::check_semantics(table, text))
+        .unwrap_or_else(|e| e.raise());
     if let Err(why) = checked {
         condition::refuse_condition(rule, text, &why, &table.qualified_name);
     }

@@ -74,8 +74,27 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    pub fn counts(&self) -> history::Counts {
-        history::Counts {
+    /// A run that ended before its executor started (refused, or its table stayed locked).
+    pub fn ended_before_work(outcome: Outcome) -> RunReport {
+        RunReport {
+            outcome,
+            rows_deleted: 0,
+            batches: 0,
+            elapsed_ms: 0,
+            scan_ms: 0,
+            longest_batch_ms: 0,
+            method: None,
+            batches_redone: 0,
+            partitions: Vec::new(),
+            partitions_dropped: 0,
+            paused: Duration::ZERO,
+            pause_reasons: None,
+        }
+    }
+
+    /// What the runs table records of it.
+    pub fn stats(&self) -> history::RunStats {
+        history::RunStats {
             rows_deleted: self.rows_deleted,
             batches: self.batches,
             longest_batch_ms: self.longest_batch_ms.min(i32::MAX as u128) as i32,
@@ -164,9 +183,9 @@ pub trait RunControl {
     fn progress(&self, rows_deleted: i64, batches: i32);
 }
 
-/// Runs `rule` as run `run_id` (already committed as `running`), recording progress and the
-/// outcome at the end, stopping between batches when `control` says so. Must be called outside a
-/// transaction; opens its own.
+/// Runs `rule` as run `run_id` (already committed as `running`), recording progress, stopping
+/// between batches when `control` says so; returns what it did, for the caller to record. Must be
+/// called outside a transaction; opens its own.
 pub fn execute(
     rule: &Rule,
     run_id: i64,
@@ -190,10 +209,10 @@ pub fn execute(
         batches_redone: 0,
         partitions: Vec::new(),
         partitions_dropped: 0,
-        pacer: pacing::Pacer::new(rule.pace_limits(), pg_sys::InvalidOid),
+        pacer: pacing::Pacer::new(pacing::PaceLimits::of(rule), pg_sys::InvalidOid),
     };
     let outcome = run(rule, &mut tally).unwrap_or_else(|stopped| stopped);
-    let report = RunReport {
+    RunReport {
         outcome,
         rows_deleted: tally.rows_deleted,
         batches: tally.batches,
@@ -206,9 +225,7 @@ pub fn execute(
         partitions_dropped: tally.partitions_dropped,
         paused: tally.pacer.paused,
         pause_reasons: tally.pacer.reasons_json(),
-    };
-    BackgroundWorker::transaction(|| history::finish(run_id, &report.outcome, &report.counts()));
-    report
+    }
 }
 
 /// The run itself; `Err` carries an outcome that ended it early (failure or stop).
@@ -356,25 +373,7 @@ pub fn report_activity(what: &str) {
 }
 
 fn owner_statement<R>(plan: &Plan, limits: Limits, f: impl FnOnce() -> R) -> Result<R, Error> {
-    as_role(plan.owner, limits, f)
-}
-
-/// Runs `f` (statements of code that is not ours) as `role` within `limits`, in a subtransaction
-/// whose error is returned, ended by SIGTERM in a worker, leaving no advisory lock behind.
-pub(crate) fn as_role<R>(
-    role: pg_sys::Oid,
-    limits: Limits,
-    f: impl FnOnce() -> R,
-) -> Result<R, Error> {
-    owner::leaving_no_advisory_locks(|| {
-        crate::errors::in_subtransaction(|| {
-            owner::as_owner(role, limits, || {
-                owner::timed(limits, || {
-                    crate::worker::signals::cancellable(limits.statement_timeout_ms, f)
-                })
-            })
-        })
-    })
+    owner::as_role(plan.owner, limits, f)
 }
 
 pub(crate) use prepare::planned_scan;

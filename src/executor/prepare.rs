@@ -240,7 +240,7 @@ pub(crate) fn planned_scan(
         table.qualified_name,
         crate::condition::embedded(condition)
     );
-    let json = super::as_role(role, limits, || {
+    let json = crate::owner::as_role(role, limits, || {
         // SAFETY: scoped to as_owner's GUC nest level.
         unsafe { owner::set_local("max_parallel_workers_per_gather", "0") };
         Spi::get_one::<pgrx::Json>(&explain)

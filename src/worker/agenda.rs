@@ -7,7 +7,10 @@
 //!   due now and fires **once**, not once per missed slot;
 //! - after a run, the next due time is the first fire time after the run *ended*, so a run longer
 //!   than the schedule's interval never queues a second run of the same rule;
-//! - a rule whose schedule and `updated_at` did not change keeps its due time across reloads.
+//! - a failed scheduled run is tried again after the [`RetryPolicy`]'s backoff, doubling each time,
+//!   up to its number of retries, and only if the retry comes before the rule's next fire time;
+//! - a rule whose schedule and `updated_at` did not change keeps its due time (and its retries)
+//!   across reloads.
 
 use crate::schedule::Schedule;
 use chrono::{DateTime, TimeZone, Utc};
@@ -37,6 +40,24 @@ struct Entry {
     /// ordinal sets, which 100,000 rules would otherwise multiply.
     schedule: Rc<Schedule>,
     next_due: Option<DateTime<Utc>>,
+    /// Retries of the latest failed run so far (0: the next run is a scheduled one).
+    retries: u32,
+}
+
+/// How failed scheduled runs are tried again (`pg_token_cleanup.retry_backoff`, `max_retries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The wait before the first retry; it doubles for each further one.
+    pub backoff: std::time::Duration,
+    pub max_retries: u32,
+}
+
+impl RetryPolicy {
+    /// The wait before retry `attempt` (1-based).
+    pub fn wait_before(&self, attempt: u32) -> std::time::Duration {
+        self.backoff
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+    }
 }
 
 /// Due times of the rules of one database, evaluated in one time zone.
@@ -169,6 +190,7 @@ impl Agenda {
                 tz: rule_tz,
                 schedule,
                 next_due: None,
+                retries: 0,
             },
         );
         self.set_next_due(rule.id, next_due);
@@ -223,29 +245,41 @@ impl Agenda {
             .collect()
     }
 
-    /// Records that `id` ran (or was skipped) and finished at `now`: its next due time is the first
-    /// fire time after `now`.
-    pub fn done(&mut self, id: i64, now: DateTime<Utc>) {
-        let next = self.entries.get(&id).map(|e| {
-            e.schedule
-                .next_after(&now.with_timezone(&e.tz))
-                .map(|t| t.with_timezone(&Utc))
-        });
-        if let Some(next) = next {
-            self.set_next_due(id, next);
-        }
+    /// Records that the slot of `id` due now was skipped at `now` (its rule was busy): its next
+    /// due time is the first fire time after `now`.
+    pub fn skipped(&mut self, id: i64, now: DateTime<Utc>) {
+        self.ran(id, now, false, None);
     }
 
-    /// Makes `id` due at `at` if that is before its next fire time (a retry of a failed run).
-    /// Returns whether it did.
-    pub fn due_earlier(&mut self, id: i64, at: DateTime<Utc>) -> bool {
-        match self.entries.get(&id) {
-            Some(e) if e.next_due.is_none_or(|next| at < next) => {
-                self.set_next_due(id, Some(at));
-                true
-            }
-            _ => false,
-        }
+    /// Records that a run of `id` ended at `now`, `failed` or not. Its next due time is the first
+    /// fire time after `now`; but a failed run is due again after the policy's backoff when that
+    /// comes first and retries are left. Returns the retry's attempt number, if one is due.
+    pub fn ran(
+        &mut self,
+        id: i64,
+        now: DateTime<Utc>,
+        failed: bool,
+        policy: Option<&RetryPolicy>,
+    ) -> Option<u32> {
+        let entry = self.entries.get_mut(&id)?;
+        let next_fire = entry
+            .schedule
+            .next_after(&now.with_timezone(&entry.tz))
+            .map(|t| t.with_timezone(&Utc));
+        let attempt = entry.retries + 1;
+        let retry_at = policy
+            .filter(|p| failed && attempt <= p.max_retries)
+            .and_then(|p| chrono::Duration::from_std(p.wait_before(attempt)).ok())
+            .map(|wait| now + wait)
+            .filter(|at| next_fire.is_none_or(|next| *at < next));
+        entry.retries = if retry_at.is_some() { attempt } else { 0 };
+        self.set_next_due(id, retry_at.or(next_fire));
+        retry_at.map(|_| attempt)
+    }
+
+    /// Whether the run of `id` due next is a retry of a failed one.
+    pub fn retrying(&self, id: i64) -> bool {
+        self.entries.get(&id).is_some_and(|e| e.retries > 0)
     }
 
     /// The earliest due time of any rule.
@@ -335,7 +369,7 @@ mod tests {
         );
         let due = a.due(now);
         assert_eq!(due, vec![(1, t("2026-01-02T03:00:00Z"))]);
-        a.done(1, now);
+        a.skipped(1, now);
         assert!(
             a.due(now).is_empty(),
             "fires once, not once per missed slot"
@@ -354,7 +388,7 @@ mod tests {
         );
         assert_eq!(a.next_wake(), Some(t("2026-01-01T00:00:10Z")));
         // The run due at :10 ends at :47; the next is :50, not :20, :30, :40.
-        a.done(1, t("2026-01-01T00:00:47Z"));
+        a.skipped(1, t("2026-01-01T00:00:47Z"));
         assert_eq!(a.next_wake(), Some(t("2026-01-01T00:00:50Z")));
     }
 
@@ -365,7 +399,7 @@ mod tests {
         let r1 = rule(1, "0 3 * * *", "2026-01-01T09:00:00Z", None);
         let r2 = rule(2, "0 4 * * *", "2026-01-01T09:00:00Z", None);
         a.sync(&[r1.clone(), r2.clone()], chrono_tz::UTC, now);
-        a.done(1, t("2026-01-02T03:00:01Z"));
+        a.skipped(1, t("2026-01-02T03:00:01Z"));
         let later = t("2026-01-02T05:00:00Z");
         let mut r2_changed = rule(2, "30 4 * * *", "2026-01-02T05:00:00Z", None);
         a.sync(&[r1, r2_changed.clone()], chrono_tz::UTC, later);
@@ -443,7 +477,7 @@ mod tests {
         let r3 = rule(3, "0 5 * * *", "2026-01-01T09:00:00Z", None);
         a.sync(&[r1, r2, r3], chrono_tz::UTC, now);
         // Rule 1 ran late; an update that does not name it keeps that due time.
-        a.done(1, t("2026-01-02T03:00:01Z"));
+        a.skipped(1, t("2026-01-02T03:00:01Z"));
         let later = t("2026-01-02T05:30:00Z");
         let r2_changed = rule(2, "0 6 * * *", "2026-01-02T05:30:00Z", None);
         let rejected = a.update(&[r2_changed], &[3], later);
@@ -514,15 +548,71 @@ mod tests {
             a.next_wake_after(at_10, |id| id != 1),
             Some(t("2026-01-01T00:01:00Z"))
         );
-        a.done(1, t("2026-01-01T00:00:12Z"));
+        a.skipped(1, t("2026-01-01T00:00:12Z"));
         assert!(a.due(t("2026-01-01T00:00:12Z")).is_empty());
-        // A retry in 3 s comes before the next slot (:20), and is what is due then.
-        assert!(a.due_earlier(1, t("2026-01-01T00:00:15Z")));
-        assert_eq!(
-            a.due(t("2026-01-01T00:00:15Z")),
-            vec![(1, t("2026-01-01T00:00:15Z"))]
+        assert_eq!(a.next_due(1), Some(t("2026-01-01T00:00:20Z")));
+    }
+
+    fn policy(backoff_s: u64, max_retries: u32) -> RetryPolicy {
+        RetryPolicy {
+            backoff: std::time::Duration::from_secs(backoff_s),
+            max_retries,
+        }
+    }
+
+    fn one_rule(schedule: &str) -> Agenda {
+        let mut a = Agenda::new(chrono_tz::UTC);
+        a.sync(
+            &[rule(1, schedule, "2026-01-01T00:00:00Z", None)],
+            chrono_tz::UTC,
+            t("2026-01-01T00:00:00Z"),
         );
-        // A retry after the next slot is not taken.
-        assert!(!a.due_earlier(1, t("2026-01-01T00:00:30Z")));
+        a
+    }
+
+    #[test]
+    fn a_failed_run_is_retried_with_a_doubling_backoff_up_to_max_retries() {
+        let mut a = one_rule("@hourly");
+        let p = policy(10, 3);
+        let failed_at = t("2026-01-01T01:00:05Z");
+        assert_eq!(a.ran(1, failed_at, true, Some(&p)), Some(1));
+        assert_eq!(a.next_due(1), Some(t("2026-01-01T01:00:15Z")));
+        assert!(a.retrying(1));
+        assert_eq!(a.ran(1, t("2026-01-01T01:00:16Z"), true, Some(&p)), Some(2));
+        assert_eq!(a.next_due(1), Some(t("2026-01-01T01:00:36Z")));
+        assert_eq!(a.ran(1, t("2026-01-01T01:00:37Z"), true, Some(&p)), Some(3));
+        assert_eq!(a.next_due(1), Some(t("2026-01-01T01:01:17Z")));
+        // The fourth failure in a row has no retry left: back to the schedule, streak reset.
+        assert_eq!(a.ran(1, t("2026-01-01T01:01:18Z"), true, Some(&p)), None);
+        assert_eq!(a.next_due(1), Some(t("2026-01-01T02:00:00Z")));
+        assert!(!a.retrying(1));
+        assert_eq!(a.ran(1, t("2026-01-01T02:00:01Z"), true, Some(&p)), Some(1));
+    }
+
+    #[test]
+    fn a_success_ends_the_retries_and_a_retry_never_passes_the_next_fire_time() {
+        let mut a = one_rule("*/10 * * * * *");
+        let p = policy(3, 5);
+        assert_eq!(a.ran(1, t("2026-01-01T00:00:12Z"), true, Some(&p)), Some(1));
+        assert_eq!(a.next_due(1), Some(t("2026-01-01T00:00:15Z")));
+        // The retry succeeds: the next run is the scheduled one, and a later failure starts over.
+        assert_eq!(a.ran(1, t("2026-01-01T00:00:16Z"), false, Some(&p)), None);
+        assert_eq!(a.next_due(1), Some(t("2026-01-01T00:00:20Z")));
+        assert!(!a.retrying(1));
+        // A retry 3 s after :28 would come after the :30 slot: the slot runs instead.
+        assert_eq!(a.ran(1, t("2026-01-01T00:00:28Z"), true, Some(&p)), None);
+        assert_eq!(a.next_due(1), Some(t("2026-01-01T00:00:30Z")));
+        // No policy (retries off): a failure waits for the schedule.
+        assert_eq!(a.ran(1, t("2026-01-01T00:00:31Z"), true, None), None);
+        assert_eq!(a.next_due(1), Some(t("2026-01-01T00:00:40Z")));
+    }
+
+    #[test]
+    fn the_backoff_doubles_without_overflowing() {
+        let p = policy(60, 100);
+        assert_eq!(p.wait_before(1), std::time::Duration::from_secs(60));
+        assert_eq!(p.wait_before(2), std::time::Duration::from_secs(120));
+        assert_eq!(p.wait_before(4), std::time::Duration::from_secs(480));
+        assert_eq!(p.wait_before(64), p.wait_before(21));
     }
 }

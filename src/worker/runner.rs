@@ -7,13 +7,17 @@
 //! - A **manual** runner performs the one run of a `token_cleanup.run()` call while the calling
 //!   session waits for it.
 //!
-//! Both go through the same [`lifecycle::perform`].
+//! Both take a [`RunRequest`] from a [`Handoff`], go through the same [`run::perform`], and hand
+//! the [`RunResult`] back through it.
 
 use super::handoff::{self, Handoff};
-use super::lifecycle::{self, Job};
 use super::registry::{self, budget, Kind};
+use super::run::{self, RunRequest};
 use super::{signals, LIBRARY, RUNNER_TYPE};
+use crate::catalog::Rule;
+use crate::errors::refuse;
 use crate::gucs;
+use crate::history::{self, RunResult, Trigger};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker,
 };
@@ -35,8 +39,75 @@ pub fn spawn_pooled(database: pg_sys::Oid, database_name: &str) -> Option<Dynami
     start(
         &format!("pg_token_cleanup runner {database_name}"),
         database,
-        &format!("pool {scheduler_pid}"),
+        Args::Pool { scheduler_pid },
     )
+}
+
+/// What a runner is started for, passed in its `bgw_extra`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Args {
+    /// Serve the scheduler with this pid.
+    Pool { scheduler_pid: i32 },
+    /// Perform the run requested in the handoff segment with this handle.
+    Manual { handle: u32 },
+}
+
+impl Args {
+    fn to_extra(self) -> String {
+        match self {
+            Args::Pool { scheduler_pid } => format!("pool {scheduler_pid}"),
+            Args::Manual { handle } => format!("manual {handle}"),
+        }
+    }
+
+    fn parse(extra: &str) -> Option<Args> {
+        let (mode, number) = extra.trim().split_once(' ')?;
+        match mode {
+            "pool" => number
+                .parse()
+                .ok()
+                .map(|scheduler_pid| Args::Pool { scheduler_pid }),
+            "manual" => number.parse().ok().map(|handle| Args::Manual { handle }),
+            _ => None,
+        }
+    }
+}
+
+/// Runs `rule` now in a runner of its own and waits for it (`token_cleanup.run()`): waits for a
+/// slot of the budget up to the rule's lock_timeout, raises the refusal if none came, and returns
+/// how the run ended as the runner handed it back.
+pub fn run_manual(rule: Rule) -> RunResult {
+    let name = rule.name.clone();
+    let patience = rule.limits().lock_timeout_ms;
+    let run_id = history::allocate_run_id();
+    let handoff = Handoff::create(&RunRequest {
+        rule,
+        trigger: Trigger::Manual,
+        scheduled_for: None,
+        run_id: Some(run_id),
+    });
+    let patience_left = (patience > 0).then(|| Duration::from_millis(patience as u64));
+    let worker = start_manual(&handoff, &name, patience_left)
+        .unwrap_or_else(|no_worker| no_worker.refuse(&name, patience));
+    if wait_for_run(&worker, &handoff).is_err() {
+        refuse(
+            PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
+            format!("the server shut down while rule \"{name}\" was running"),
+            format!("See run {run_id} in token_cleanup.runs."),
+        );
+    }
+    // A runner ended by a die inside the rule's code records the run at its exit, without handing
+    // it back.
+    handoff
+        .result()
+        .or_else(|| history::recorded(run_id))
+        .unwrap_or_else(|| {
+            refuse(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("rule \"{name}\" did not run"),
+                "The rule was deleted, or it was created in this transaction and is not committed yet: commit, then run it.",
+            )
+        })
 }
 
 /// Reserves a slot of the budget for the runner of a manual run, waiting in turn for one (idle
@@ -137,10 +208,10 @@ impl NoWorker {
     }
 }
 
-/// Starts a runner for one manual run, the job in `handoff`, notifying this backend when it stops:
-/// reserves a slot of the budget, waiting in turn for one for at most `patience` (`None`: until
-/// the caller is cancelled), then asks the postmaster, again within `patience`.
-pub fn start_manual(
+/// Starts a runner for one manual run, the request in `handoff`, notifying this backend when it
+/// stops: reserves a slot of the budget, waiting in turn for one for at most `patience` (`None`:
+/// until the caller is cancelled), then asks the postmaster, again within `patience`.
+fn start_manual(
     handoff: &Handoff,
     rule_name: &str,
     patience: Option<Duration>,
@@ -161,7 +232,9 @@ pub fn start_manual(
         let worker = start(
             &format!("pg_token_cleanup runner {rule_name}"),
             database,
-            &format!("manual {}", handoff.handle()),
+            Args::Manual {
+                handle: handoff.handle(),
+            },
         );
         if let Some(worker) = worker {
             return Ok(worker);
@@ -194,7 +267,7 @@ fn nap() {
 /// without saying so; `Err` if the postmaster died. A caller that is cancelled (pg_cancel_backend,
 /// its own statement_timeout) or terminated while it waits ends the run too: a run nobody waits for
 /// would hold its worker slot for ever, and a few cancelled calls would take every slot.
-pub fn wait_for_run(
+fn wait_for_run(
     worker: &DynamicBackgroundWorker,
     handoff: &Handoff,
 ) -> Result<(), BackgroundWorkerStatus> {
@@ -243,7 +316,7 @@ fn wait_for_done(
     }
 }
 
-fn start(title: &str, database: pg_sys::Oid, extra: &str) -> Option<DynamicBackgroundWorker> {
+fn start(title: &str, database: pg_sys::Oid, args: Args) -> Option<DynamicBackgroundWorker> {
     // SAFETY: reading this process's pid.
     let my_pid = unsafe { pg_sys::MyProcPid };
     BackgroundWorkerBuilder::new(truncated(title, 90))
@@ -253,7 +326,7 @@ fn start(title: &str, database: pg_sys::Oid, extra: &str) -> Option<DynamicBackg
         .enable_spi_access()
         .set_restart_time(None)
         .set_argument(database.into_datum())
-        .set_extra(extra)
+        .set_extra(&args.to_extra())
         .set_notify_pid(my_pid)
         .load_dynamic()
         .ok()
@@ -276,34 +349,25 @@ pub extern "C-unwind" fn pg_token_cleanup_runner_main(arg: pg_sys::Datum) {
     // SAFETY: the spawner passes an OID datum.
     let database = unsafe { pg_sys::Oid::from_datum(arg, false) }.expect("database OID argument");
     let extra = BackgroundWorker::get_extra().to_string();
-    let mut words = extra.split_whitespace();
-    let (mode, number) = (
-        words.next(),
-        words.next().and_then(|n| n.parse::<u32>().ok()),
-    );
-    let Some(number) = number else {
-        warning!("pg_token_cleanup: runner started without its job ({extra:?})");
+    let Some(args) = Args::parse(&extra) else {
+        warning!("pg_token_cleanup: runner started without its request ({extra:?})");
         return;
     };
     super::connect(database);
-    match mode {
-        Some("manual") => {
+    match args {
+        Args::Manual { handle } => {
             if registry::register(Kind::Runner, database, 0).is_err() {
                 warning!("pg_token_cleanup: runner not starting: its slot of the budget lapsed");
                 return;
             }
-            match handoff::read::<Job>(number) {
-                Some(job) => {
-                    lifecycle::perform(&job);
-                    handoff::signal_done(number);
-                }
+            match handoff::read::<RunRequest>(handle) {
+                Some(request) => handoff::hand_back(handle, &run::perform(&request)),
                 None => {
                     warning!("pg_token_cleanup: the caller of run() left before its runner started")
                 }
             }
         }
-        Some("pool") => serve(database, number as i32),
-        _ => warning!("pg_token_cleanup: runner started with an unknown job ({extra:?})"),
+        Args::Pool { scheduler_pid } => serve(database, scheduler_pid),
     }
 }
 
@@ -319,11 +383,10 @@ fn serve(database: pg_sys::Oid, scheduler_pid: i32) {
     while !signals::stop_requested() {
         signals::reload_config_if_asked();
         if let Some(handle) = registry::take() {
-            let run_id = match handoff::read::<Job>(handle) {
-                Some(job) => lifecycle::perform(&job),
-                None => 0,
-            };
-            registry::done(run_id);
+            if let Some(request) = handoff::read::<RunRequest>(handle) {
+                handoff::hand_back(handle, &run::perform(&request));
+            }
+            registry::done();
             idle_since = Instant::now();
             continue;
         }
@@ -341,7 +404,22 @@ fn serve(database: pg_sys::Oid, scheduler_pid: i32) {
 
 #[cfg(test)]
 mod tests {
-    use super::truncated;
+    use super::{truncated, Args};
+
+    #[test]
+    fn start_arguments_round_trip() {
+        for args in [
+            Args::Pool {
+                scheduler_pid: 4242,
+            },
+            Args::Manual { handle: u32::MAX },
+        ] {
+            assert_eq!(Args::parse(&args.to_extra()), Some(args));
+        }
+        assert_eq!(Args::parse("pool"), None);
+        assert_eq!(Args::parse("manual x"), None);
+        assert_eq!(Args::parse("other 1"), None);
+    }
 
     #[test]
     fn titles_are_cut_on_a_character_boundary() {

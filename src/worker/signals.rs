@@ -75,6 +75,7 @@ pub fn install() {
         pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(on_sigterm));
     }
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    crate::owner::install_statement_guard(guard_statement);
 }
 
 unsafe extern "C-unwind" fn on_sigterm(_signal: i32) {
@@ -249,14 +250,11 @@ pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-/// Runs `f` (a statement of the rule's owner, whose statement timeout is `statement_timeout_ms`,
-/// 0 for none) so that SIGTERM ends it, and so that it cannot outlive its statement timeout or the
-/// run's deadline by more than [`ESCALATION_GRACE`], whatever it catches. Only in a background
-/// worker; in a backend, PostgreSQL's own die() already ends the session.
-pub fn cancellable<R>(statement_timeout_ms: i32, f: impl FnOnce() -> R) -> R {
-    if !crate::owner::in_background_worker() {
-        return f();
-    }
+/// This worker's [`crate::owner::StatementGuard`]: runs `statement` (of the rule's owner, whose
+/// statement timeout is `statement_timeout_ms`, 0 for none) so that SIGTERM ends it, and so that it
+/// cannot outlive its statement timeout or the run's deadline by more than [`ESCALATION_GRACE`],
+/// whatever it catches.
+fn guard_statement(statement_timeout_ms: i32, statement: &mut dyn FnMut()) {
     IN_OWNER_STATEMENT.store(true, Ordering::SeqCst);
     if stop_requested() {
         // SIGTERM came just before: end at the statement's first interrupt check.
@@ -264,7 +262,7 @@ pub fn cancellable<R>(statement_timeout_ms: i32, f: impl FnOnce() -> R) -> R {
         unsafe { raise_die(DieReason::Sigterm) };
     }
     let armed = arm_escalation(statement_timeout_ms);
-    let result = pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
+    pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(statement))
         .finally(|| {
             IN_OWNER_STATEMENT.store(false, Ordering::SeqCst);
             if let Some(id) = armed {
@@ -273,7 +271,6 @@ pub fn cancellable<R>(statement_timeout_ms: i32, f: impl FnOnce() -> R) -> R {
             }
         })
         .execute();
-    result
 }
 
 /// Arms the escalation timer at the earlier of the statement's timeout and the run's deadline, plus

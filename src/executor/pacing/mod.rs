@@ -66,6 +66,23 @@ pub struct PaceLimits {
 }
 
 impl PaceLimits {
+    /// What a run of `rule` is paced by: the rule's own limits, else the settings; 0 is off.
+    pub fn of(rule: &crate::catalog::Rule) -> PaceLimits {
+        use crate::gucs;
+        let lag_ms = rule
+            .max_replica_lag_ms
+            .unwrap_or_else(gucs::max_replica_lag_ms);
+        let wal_mb = rule
+            .max_wal_rate_mb
+            .map(f64::from)
+            .unwrap_or_else(gucs::max_wal_rate_mb);
+        PaceLimits {
+            max_replica_lag: (lag_ms > 0).then(|| Duration::from_millis(lag_ms as u64)),
+            max_wal_rate: (wal_mb > 0.0).then_some(wal_mb * 1024.0 * 1024.0),
+            yield_to_waiters: rule.yield_to_waiters.unwrap_or_else(gucs::yield_to_waiters),
+        }
+    }
+
     fn any(&self) -> bool {
         self.max_replica_lag.is_some() || self.max_wal_rate.is_some() || self.yield_to_waiters
     }

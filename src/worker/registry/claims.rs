@@ -23,6 +23,7 @@ impl Drop for Claim {
         with_my_slot(|slot| {
             slot.rule_id = 0;
             slot.table = 0;
+            slot.run_id = 0;
             slot.rows_deleted = 0;
             slot.batches = 0;
         });

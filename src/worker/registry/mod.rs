@@ -30,7 +30,7 @@ use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Most workers of this extension at once (launcher, schedulers, runners), cluster-wide.
-pub const MAX_WORKERS: usize = 512;
+pub const MAX_WORKERS: usize = crate::gucs::MAX_WORKERS_LIMIT;
 /// Most databases the launcher keeps state for.
 const MAX_DATABASES: usize = 512;
 
@@ -51,7 +51,7 @@ pub enum Kind {
 pub enum Assignment {
     /// Waiting for work.
     Idle = 0,
-    /// The scheduler handed over a job (`handoff`); the runner has not taken it yet.
+    /// The scheduler handed over a run request (`handoff`); the runner has not taken it yet.
     Given = 1,
     /// The runner is performing it.
     Taken = 2,
@@ -69,7 +69,7 @@ struct Slot {
     /// Runner: the pid of the scheduler it serves; 0 for a runner of `token_cleanup.run()`.
     scheduler_pid: i32,
     assignment: Assignment,
-    /// The DSM handle of the job handed over.
+    /// The DSM handle of the run request handed over.
     handoff: u32,
     /// The run recorded for the assignment.
     run_id: i64,

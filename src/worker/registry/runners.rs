@@ -1,4 +1,4 @@
-//! Pooled runners and their scheduler: which runners serve it, and the handover of a job (Idle →
+//! Pooled runners and their scheduler: which runners serve it, and the handover of a request (Idle →
 //! Given → Taken → Done → Idle), each side waking the other through its latch.
 
 use super::{budget, set_latch, with_my_slot, Assignment, Kind, Slot, MY_SLOT, REGISTRY};
@@ -10,7 +10,6 @@ pub struct RunnerView {
     pub slot: usize,
     pub pid: i32,
     pub assignment: Assignment,
-    pub run_id: i64,
 }
 
 /// The live runners serving the scheduler `scheduler_pid`.
@@ -25,12 +24,11 @@ pub fn runners_of(scheduler_pid: i32) -> Vec<RunnerView> {
             slot: i,
             pid: s.pid,
             assignment: s.assignment,
-            run_id: s.run_id,
         })
         .collect()
 }
 
-/// Hands the job in DSM segment `handoff` to the idle runner in `slot` (still `pid`) and wakes it.
+/// Hands the request in DSM segment `handoff` to the idle runner in `slot` (still `pid`) and wakes it.
 /// False if that runner is gone or busy.
 pub fn give(slot: usize, pid: i32, handoff: u32) -> bool {
     let mut registry = REGISTRY.exclusive();
@@ -40,7 +38,6 @@ pub fn give(slot: usize, pid: i32, handoff: u32) -> bool {
     }
     s.assignment = Assignment::Given;
     s.handoff = handoff;
-    s.run_id = 0;
     set_latch(s);
     true
 }
@@ -51,11 +48,10 @@ pub fn acknowledge(slot: usize, pid: i32) {
     let s = &mut registry.slots[slot];
     if s.pid == pid && s.assignment == Assignment::Done {
         s.assignment = Assignment::Idle;
-        s.run_id = 0;
     }
 }
 
-/// The runner's side: the handle of a job given to it, now taken.
+/// The runner's side: the handle of a request given to it, now taken.
 pub fn take() -> Option<u32> {
     with_my_slot(|slot| {
         (slot.assignment == Assignment::Given).then(|| {
@@ -66,11 +62,10 @@ pub fn take() -> Option<u32> {
     .flatten()
 }
 
-/// The runner's side: the job is done (`run_id` 0: no run was recorded); wakes its scheduler.
-pub fn done(run_id: i64) {
+/// The runner's side: the request is done (its result handed back); wakes its scheduler.
+pub fn done() {
     let scheduler = with_my_slot(|slot| {
         slot.assignment = Assignment::Done;
-        slot.run_id = run_id;
         slot.scheduler_pid
     });
     if let Some(scheduler_pid) = scheduler {
@@ -93,7 +88,7 @@ pub fn wake_scheduler_pid(pid: i32) {
     }
 }
 
-/// A pooled runner leaves: its slot is freed at once, unless a job was given to it meanwhile (then
+/// A pooled runner leaves: its slot is freed at once, unless a request was given to it meanwhile (then
 /// it must take it first). True when it may exit.
 pub fn leave_if_idle() -> bool {
     let left = with_my_slot(|slot| {

@@ -32,7 +32,7 @@ use chrono::Utc;
 use pgrx::bgworkers::{BackgroundWorker, DynamicBackgroundWorker};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -81,8 +81,8 @@ struct InFlight {
     table: String,
     owner: String,
     started: Instant,
-    /// Kept mapped until the runner is done with it.
-    _handoff: Handoff,
+    /// The request, then the result: kept mapped until the runner is done with it.
+    handoff: Handoff,
 }
 
 struct Scheduler {
@@ -107,10 +107,6 @@ struct Scheduler {
     starting: Vec<(DynamicBackgroundWorker, Instant)>,
     last_prune: Option<Instant>,
     last_warning: Option<(String, Instant)>,
-    /// Failed scheduled runs of a rule in a row, while retries are going on.
-    attempts: HashMap<i64, u32>,
-    /// Rules whose next due time is a retry.
-    retry_next: HashSet<i64>,
     /// When this scheduler started serving (its turn, when databases take turns).
     serving_since: Instant,
     /// Since when the postmaster has refused to start runners (warned past a while).
@@ -168,8 +164,6 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
         starting: Vec::new(),
         last_prune: None,
         last_warning: None,
-        attempts: HashMap::new(),
-        retry_next: HashSet::new(),
         serving_since: Instant::now(),
         spawn_failing_since: None,
     };

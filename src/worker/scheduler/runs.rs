@@ -7,11 +7,12 @@ use super::{InFlight, Scheduler, Served, SPAWN_PATIENCE};
 /// The postmaster refusing runners this long is warned about.
 const SPAWN_FAILURE_WARNING: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::gucs;
-use crate::history::{self, Trigger};
+use crate::history::{self, RunResult, Trigger};
+use crate::worker::agenda::RetryPolicy;
 use crate::worker::dispatch::{self, Candidate};
 use crate::worker::handoff::Handoff;
-use crate::worker::lifecycle::{self, Job};
 use crate::worker::registry::{self, budget, Assignment, Kind};
+use crate::worker::run::{self, RunRequest};
 use crate::worker::runner;
 use chrono::{DateTime, Utc};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerStatus};
@@ -46,51 +47,38 @@ impl Scheduler {
             {
                 Some(r) if r.assignment == Assignment::Done => {
                     registry::acknowledge(r.slot, r.pid);
-                    ended.push((*id, r.run_id));
+                    let failed = flight
+                        .handoff
+                        .result::<RunResult>()
+                        .is_some_and(|result| result.failed());
+                    ended.push((*id, failed));
                 }
                 Some(_) => {}
                 None => {
                     // The runner died mid-run (a crash restart ends everything else too; this is
                     // a runner killed alone): its run is marked interrupted below.
                     lost_runner = true;
-                    ended.push((*id, 0));
+                    ended.push((*id, false));
                 }
             }
         }
         if lost_runner {
             BackgroundWorker::transaction(history::mark_interrupted);
         }
-        let now = Utc::now();
-        for (id, run_id) in ended {
+        for (id, failed) in ended {
             self.in_flight.remove(&id);
-            self.agenda.done(id, now);
-            self.retry_if_failed(id, run_id, now);
+            self.ran(id, failed);
         }
     }
 
-    /// A failed scheduled run is tried again after pg_token_cleanup.retry_backoff, doubling each
-    /// time, up to pg_token_cleanup.max_retries times, and never past the rule's next slot.
-    fn retry_if_failed(&mut self, id: i64, run_id: i64, now: DateTime<Utc>) {
-        let failed = run_id != 0
-            && BackgroundWorker::transaction(|| history::status(run_id))
-                .is_some_and(|status| status == "failed");
-        if !failed {
-            self.attempts.remove(&id);
-            return;
-        }
-        let attempt = self.attempts.get(&id).copied().unwrap_or(0) + 1;
-        let retry_at = chrono::Duration::from_std(gucs::retry_backoff(attempt))
-            .ok()
-            .map(|wait| now + wait);
-        match retry_at {
-            Some(at) if attempt <= gucs::max_retries() && self.agenda.due_earlier(id, at) => {
-                self.attempts.insert(id, attempt);
-                self.retry_next.insert(id);
-            }
-            _ => {
-                self.attempts.remove(&id);
-            }
-        }
+    /// Records that the run of rule `id` ended: when it runs next, a retry if it failed (see
+    /// [`crate::worker::agenda::RetryPolicy`]).
+    fn ran(&mut self, id: i64, failed: bool) {
+        let policy = RetryPolicy {
+            backoff: gucs::retry_backoff(),
+            max_retries: gucs::max_retries(),
+        };
+        self.agenda.ran(id, Utc::now(), failed, Some(&policy));
     }
 
     /// Hands due rules to idle runners, starting runners up to max_parallel_runs; runs one here
@@ -113,12 +101,12 @@ impl Scheduler {
         let mut candidates = Vec::new();
         for (id, due_at) in due {
             let Some(Served { rule, .. }) = self.rules.get(&id) else {
-                self.agenda.done(id, now);
+                self.agenda.skipped(id, now);
                 continue;
             };
             if claimed.contains(&id) {
                 log!("pg_token_cleanup: rule \"{}\" is already running in another session; skipping the run due at {due_at}", rule.name);
-                self.agenda.done(id, now);
+                self.agenda.skipped(id, now);
                 continue;
             }
             candidates.push(Candidate {
@@ -158,9 +146,9 @@ impl Scheduler {
                 unserved.push(id);
                 continue;
             };
-            let job = self.job(id, due_at[&id]);
-            let (table, owner) = (job.rule.table_name.clone(), job.rule.owner.clone());
-            let handoff = Handoff::create(&job);
+            let request = self.request(id, due_at[&id]);
+            let (table, owner) = (request.rule.table_name.clone(), request.rule.owner.clone());
+            let handoff = Handoff::create(&request);
             if registry::give(runner.slot, runner.pid, handoff.handle()) {
                 self.in_flight.insert(
                     id,
@@ -170,7 +158,7 @@ impl Scheduler {
                         table,
                         owner,
                         started: Instant::now(),
-                        _handoff: handoff,
+                        handoff,
                     },
                 );
             }
@@ -216,14 +204,14 @@ impl Scheduler {
         }
     }
 
-    /// The job of a scheduled run (or a retry) of rule `id` due at `due_at`.
-    fn job(&mut self, id: i64, due_at: DateTime<Utc>) -> Job {
-        let trigger = if self.retry_next.remove(&id) {
+    /// The request of a scheduled run (or a retry) of rule `id` due at `due_at`.
+    fn request(&self, id: i64, due_at: DateTime<Utc>) -> RunRequest {
+        let trigger = if self.agenda.retrying(id) {
             Trigger::Retry
         } else {
             Trigger::Schedule
         };
-        Job {
+        RunRequest {
             rule: self.rules[&id].rule.clone(),
             trigger,
             scheduled_for: Some(due_at.timestamp_micros() as f64 / 1e6),
@@ -233,11 +221,9 @@ impl Scheduler {
 
     /// Performs the run of rule `id` in this process, as a runner would.
     fn run_here(&mut self, id: i64, due_at: DateTime<Utc>) {
-        let job = self.job(id, due_at);
-        let run_id = lifecycle::perform(&job);
-        let now = Utc::now();
-        self.agenda.done(id, now);
-        self.retry_if_failed(id, run_id, now);
+        let request = self.request(id, due_at);
+        let failed = run::perform(&request).failed();
+        self.ran(id, failed);
     }
 
     /// Starts up to `wanted` more runners, within max_parallel_runs and the cluster's budget;

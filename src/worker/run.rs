@@ -1,16 +1,17 @@
-//! One run, the same for scheduled and manual runs, in one place: check that the role the rule runs
-//! as may delete from its table (before anything else, so a rule on a table its owner cannot touch
-//! never claims it nor plans anything), claim the rule and its table, record the run as `running`
-//! (committed before any row is deleted), wait for the table's lock, check that the rule and table
-//! are still the ones the run was given (see `executor::binding`), execute, record the outcome,
-//! log, release the claim (on drop, whatever happens).
+//! One run, the same for scheduled and manual runs, in one place: a [`RunRequest`] in, a
+//! [`RunResult`] out. [`perform`] checks that the role the rule runs as may delete from its table
+//! (before anything else, so a rule on a table its owner cannot touch never claims it nor plans
+//! anything), claims the rule and its table, records the run as `running` (committed before any row
+//! is deleted), waits for the table's lock, checks that the rule and table are still the ones the
+//! run was given (see `executor::binding`), executes, and ends the run in [`end`]: the one place
+//! a run's outcome is recorded, announced and logged. The claim goes on drop, whatever happens.
 
 use super::registry::{self, Busy};
 use crate::catalog::Rule;
 use crate::errors::Error;
-use crate::executor;
 use crate::executor::binding::Binding;
-use crate::history::{self, Counts, Outcome, Trigger};
+use crate::executor::{self, RunReport};
+use crate::history::{self, Outcome, RunResult, Trigger};
 use crate::target;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
@@ -23,55 +24,50 @@ const LOCK_RETRY: Duration = Duration::from_millis(100);
 
 /// What a runner is asked to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Job {
+pub struct RunRequest {
     pub rule: Rule,
     pub trigger: Trigger,
     /// The due time of a scheduled run, epoch seconds.
     pub scheduled_for: Option<f64>,
-    /// The run id to record under (manual runs allocate it, to read the result back).
+    /// The run id to record under (`run()` allocates it, to name the run even if its runner dies).
     pub run_id: Option<i64>,
 }
 
-/// Performs `job` in this (registered) worker; returns the run it recorded, or 0 when it recorded
-/// none (a scheduled slot skipped because a manual run of the rule is going on).
-pub fn perform(job: &Job) -> i64 {
-    let rule = &job.rule;
+/// Performs `request` in this (registered) worker and returns how it ended.
+pub fn perform(request: &RunRequest) -> RunResult {
+    let rule = &request.rule;
     let (table, binding, refused) = BackgroundWorker::transaction(|| {
         let table = target::lookup_table(&rule.table_name)
             .ok()
             .flatten()
             .map_or(pg_sys::InvalidOid, |t| t.oid);
-        let binding = Binding::new(rule, job.trigger != Trigger::Manual, table);
+        let binding = Binding::new(rule, request.trigger != Trigger::Manual, table);
         (table, binding, may_not_delete(rule, table))
     });
     if let Some(refused) = refused {
-        return record_failure(job, refused, "did not start: no DELETE privilege");
+        return end_unstarted(request, Outcome::Failed(refused));
     }
-    let _claim = match registry::claim(rule.id, table, job.run_id.unwrap_or(0)) {
+    let _claim = match registry::claim(rule.id, table, request.run_id.unwrap_or(0)) {
         Ok(claim) => claim,
-        Err(busy) if job.trigger == Trigger::Manual => {
-            return record_failure(
-                job,
-                already_running(rule, busy),
-                "did not start: already running",
-            );
+        Err(busy) if request.trigger == Trigger::Manual => {
+            return end_unstarted(request, Outcome::Failed(already_running(rule, busy)));
         }
         Err(busy) => {
             log!(
                 "pg_token_cleanup: rule \"{}\" is busy ({}); skipping its run due at {}",
                 rule.name,
                 already_running(rule, busy).message,
-                job.scheduled_for.unwrap_or_default()
+                request.scheduled_for.unwrap_or_default()
             );
-            return 0;
+            return RunResult::skipped();
         }
     };
-    let run_id = BackgroundWorker::transaction(|| begin(job));
-    registry::set_claimed_run(run_id);
-    let _recorded_at_exit = UnfinishedRun::new(run_id);
+    let begun = BackgroundWorker::transaction(|| begin(request));
+    registry::set_claimed_run(begun.run_id);
+    let _recorded_at_exit = UnfinishedRun::new(begun.run_id);
     executor::report_activity(&format!(
-        "pg_token_cleanup: rule {} run {run_id}: starting",
-        rule.name
+        "pg_token_cleanup: rule {} run {}: starting",
+        rule.name, begun.run_id
     ));
     if table != pg_sys::InvalidOid {
         let waited = wait_for_table(rule, table).and_then(|()| {
@@ -81,30 +77,44 @@ pub fn perform(job: &Job) -> i64 {
             })
         });
         if let Err(why) = waited {
-            BackgroundWorker::transaction(|| history::finish(run_id, &why, &Counts::default()));
-            announce(job, run_id, &why, 0, 0);
-            log!(
-                "pg_token_cleanup: rule \"{}\" run {run_id} ({}) {}: {}",
-                rule.name,
-                job.trigger.as_str(),
-                why.status(),
-                why.message().unwrap_or_default()
-            );
-            return run_id;
+            return end(request, begun, &RunReport::ended_before_work(why));
         }
     }
     // The deadline the executor counts max_run_duration from, for ending the rule's code past it.
     super::signals::set_run_deadline(rule.max_run_duration());
-    let report = executor::execute(rule, run_id, &binding, &WorkerControl);
-    super::log_run(rule, run_id, job.trigger, &report);
+    let report = executor::execute(rule, begun.run_id, &binding, &WorkerControl);
+    end(request, begun, &report)
+}
+
+/// Records, announces and logs the end of a run begun as `begun`: the one place a run ends.
+fn end(request: &RunRequest, begun: history::Begun, report: &RunReport) -> RunResult {
+    let run_id = begun.run_id;
+    let stats = report.stats();
+    let finished_at =
+        BackgroundWorker::transaction(|| history::finish(run_id, &report.outcome, &stats));
     announce(
-        job,
+        request,
         run_id,
         &report.outcome,
         report.rows_deleted,
         report.elapsed_ms,
     );
-    run_id
+    super::log_run(&request.rule, run_id, request.trigger, report);
+    RunResult {
+        run_id,
+        status: report.outcome.status().to_string(),
+        rows_deleted: report.rows_deleted,
+        batches: report.batches,
+        started_at: begun.started_at,
+        finished_at,
+        error: report.outcome.error().cloned(),
+    }
+}
+
+/// Records a run that did not start (refused before its claim, or its rule already running).
+fn end_unstarted(request: &RunRequest, outcome: Outcome) -> RunResult {
+    let begun = BackgroundWorker::transaction(|| begin(request));
+    end(request, begun, &RunReport::ended_before_work(outcome))
 }
 
 /// How a worker controls the run it performs: SIGTERM stops it (or its scheduler, to give the
@@ -133,7 +143,13 @@ impl executor::RunControl for WorkerControl {
 }
 
 /// `NOTIFY token_cleanup, '<json>'` at the end of a run, as `pg_token_cleanup.notify` asks.
-fn announce(job: &Job, run_id: i64, outcome: &Outcome, rows_deleted: i64, elapsed_ms: u128) {
+fn announce(
+    request: &RunRequest,
+    run_id: i64,
+    outcome: &Outcome,
+    rows_deleted: i64,
+    elapsed_ms: u128,
+) {
     let wanted = match crate::gucs::notify() {
         crate::gucs::Notify::Off => false,
         crate::gucs::Notify::Failures => {
@@ -150,7 +166,7 @@ fn announce(job: &Job, run_id: i64, outcome: &Outcome, rows_deleted: i64, elapse
     let database = BackgroundWorker::transaction(|| crate::worker::database_name(database));
     let payload = notify_payload(
         &database,
-        job,
+        request,
         run_id,
         outcome.status(),
         error.map(Error::sqlstate_text),
@@ -171,7 +187,7 @@ fn announce(job: &Job, run_id: i64, outcome: &Outcome, rows_deleted: i64, elapse
 /// What is left is bounded: names of at most 200 characters (rules) and 63 bytes (roles, databases).
 fn notify_payload(
     database: &str,
-    job: &Job,
+    request: &RunRequest,
     run_id: i64,
     status: &str,
     sqlstate: Option<String>,
@@ -180,10 +196,10 @@ fn notify_payload(
 ) -> String {
     serde_json::json!({
         "database": database,
-        "rule": job.rule.name,
-        "owner": job.rule.owner,
+        "rule": request.rule.name,
+        "owner": request.rule.owner,
         "run_id": run_id,
-        "trigger": job.trigger.as_str(),
+        "trigger": request.trigger.as_str(),
         "status": status,
         "rows_deleted": rows_deleted,
         "duration_ms": elapsed_ms as u64,
@@ -192,14 +208,14 @@ fn notify_payload(
     .to_string()
 }
 
-fn begin(job: &Job) -> i64 {
+fn begin(request: &RunRequest) -> history::Begun {
     history::begin(
-        job.run_id,
-        job.rule.id,
-        &job.rule.name,
-        &job.rule.owner,
-        job.trigger,
-        job.scheduled_for,
+        request.run_id,
+        request.rule.id,
+        &request.rule.name,
+        &request.rule.owner,
+        request.trigger,
+        request.scheduled_for,
     )
 }
 
@@ -246,23 +262,6 @@ fn may_not_delete(rule: &Rule, table: pg_sys::Oid) -> Option<Error> {
         )
         .with_hint("Grant DELETE on the table to that role, or delete the rule.")
     })
-}
-
-/// Records a run that did not start (committed), returning its id.
-fn record_failure(job: &Job, why: Error, what: &str) -> i64 {
-    let outcome = Outcome::Failed(why);
-    let run_id = BackgroundWorker::transaction(|| {
-        let id = begin(job);
-        history::finish(id, &outcome, &Counts::default());
-        id
-    });
-    announce(job, run_id, &outcome, 0, 0);
-    log!(
-        "pg_token_cleanup: rule \"{}\" run {run_id} ({}) {what}",
-        job.rule.name,
-        job.trigger.as_str()
-    );
-    run_id
 }
 
 fn already_running(rule: &Rule, busy: Busy) -> Error {
