@@ -171,13 +171,7 @@ fn explain(
 
 /// From the rule's lifetime counters: its past rate, applied to `rows`.
 fn expected_duration(rule: &Rule, rows: i64) -> Option<pgrx::datum::Interval> {
-    let (deleted, seconds) = Spi::get_two_with_args::<f64, f64>(
-        "SELECT rows_deleted::float8, extract(epoch FROM run_time)::float8 \
-           FROM token_cleanup.rule_totals WHERE rule_id = $1",
-        &[rule.id.into()],
-    )
-    .ok()?;
-    let (deleted, seconds) = (deleted?, seconds?);
+    let (deleted, seconds) = crate::history::lifetime_rate(rule.id)?;
     if deleted <= 0.0 || seconds <= 0.0 {
         return None;
     }

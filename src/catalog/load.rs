@@ -82,12 +82,9 @@ pub fn load_enabled_rules(only: Option<&[i64]>) -> Vec<LoadedRule> {
     } else {
         ""
     };
+    let last_run = crate::history::last_scheduled_start_sql("r.id");
     let sql = format!(
-        "SELECT {RULE_COLUMNS}, \
-           (SELECT extract(epoch FROM h.started_at)::float8 \
-              FROM token_cleanup.runs h WHERE h.rule_id = r.id AND h.trigger IN ('schedule', 'retry') \
-             ORDER BY h.started_at DESC LIMIT 1) AS last_run, \
-           r.xmin::text::int8 AS version \
+        "SELECT {RULE_COLUMNS}, {last_run} AS last_run, r.xmin::text::int8 AS version \
          FROM token_cleanup.rules r WHERE r.enabled {filter} ORDER BY r.id"
     );
     let args = only
