@@ -39,20 +39,20 @@
 
 use pgrx::prelude::*;
 
-pub mod api;
-pub mod catalog;
-pub mod condition;
-pub mod errors;
-pub mod executor;
-pub mod gucs;
-pub mod history;
-pub mod hooks;
-pub mod inspect;
-pub mod owner;
-pub mod pgtime;
-pub mod schedule;
-pub mod target;
-pub mod worker;
+mod api;
+mod catalog;
+mod condition;
+mod errors;
+mod executor;
+mod gucs;
+mod history;
+mod hooks;
+mod inspect;
+mod owner;
+mod pgtime;
+mod schedule;
+mod target;
+mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;

@@ -147,11 +147,6 @@ fn one_rule(filter: &str, arg: pgrx::datum::DatumWithOid) -> Option<Rule> {
     .expect("reading token_cleanup.rules")
 }
 
-/// One rule by id (as the worker sees it), `None` if it no longer exists.
-pub fn load_rule_by_id(id: i64) -> Option<Rule> {
-    one_rule("r.id = $1", id.into())
-}
-
 /// One rule by name as the *calling user* sees it (row-level security applies), or an error that
 /// says it does not exist (another role's rule is indistinguishable from a missing one).
 pub fn visible_rule_by_name(name: &str) -> Rule {

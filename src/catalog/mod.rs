@@ -72,14 +72,6 @@ impl Rule {
         }
     }
 
-    /// The time zone the rule's schedule is evaluated in: its own, else the setting.
-    pub fn timezone(&self) -> chrono_tz::Tz {
-        self.timezone
-            .as_deref()
-            .and_then(gucs::parse_timezone)
-            .unwrap_or_else(gucs::timezone)
-    }
-
     /// The largest fraction of live rows a run may delete (1: no limit): the rule's own, else the
     /// setting.
     pub fn effective_max_fraction(&self) -> f64 {

@@ -4,17 +4,6 @@
 use crate::errors::Error;
 use pgrx::prelude::*;
 
-/// Whether another live process is running this rule now (for a clear "already running" error).
-pub fn running_elsewhere(rule_id: i64) -> Option<i64> {
-    Spi::get_one_with_args::<i64>(
-        "SELECT id FROM token_cleanup.runs WHERE rule_id = $1 AND status = 'running' \
-            AND pid <> pg_backend_pid() ORDER BY id DESC LIMIT 1",
-        &[rule_id.into()],
-    )
-    .ok()
-    .flatten()
-}
-
 /// How a run ended: what its runner hands back to whoever asked for the run, and what the runs
 /// table holds of it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -283,11 +283,13 @@ impl Agenda {
     }
 
     /// The earliest due time of any rule.
+    #[cfg(test)]
     pub fn next_wake(&self) -> Option<DateTime<Utc>> {
         self.next_wake_where(|_| true)
     }
 
     /// The earliest due time of the rules `include` accepts.
+    #[cfg(test)]
     pub fn next_wake_where(&self, include: impl Fn(i64) -> bool) -> Option<DateTime<Utc>> {
         self.queue
             .iter()
@@ -308,16 +310,14 @@ impl Agenda {
             .map(|(t, _)| *t)
     }
 
+    #[cfg(test)]
     pub fn next_due(&self, id: i64) -> Option<DateTime<Utc>> {
         self.entries.get(&id).and_then(|e| e.next_due)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 
