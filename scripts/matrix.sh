@@ -12,7 +12,7 @@
 # - Install: the .so into the server's lib/postgresql; the control file and SQL scripts as
 #   `cargo pgrx install` put them into Debian's PostgreSQL 15 (the SQL is the same for every
 #   version; where the server differs, the script itself checks server_version_num).
-# - Check: the end-to-end suites (SUITES) with PG_BIN pointing at that server (tests/common/mod.rs),
+# - Check: the end-to-end suites (SUITES) with PG_BIN pointing at that server (tests/e2e/common/mod.rs),
 #   their reliability rows in target/matrix/pgNN/results, their output in target/matrix/pgNN/<suite>.log.
 #   The load test's soak runs on 15 only (scripts/test.sh). Tests that need pg_dump, pg_restore or
 #   pg_basebackup say they skipped: the npm builds do not carry them.
@@ -35,7 +35,7 @@ SUITES=${SUITES:-"worker manual_run reliability hostile security security_runs s
 # clients, the same for every server version).
 cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null 2>&1
 extension_files=$("$PG_CONFIG" --sharedir)/extension
-for suite in $SUITES; do cargo test --no-run --test "$suite" >/dev/null 2>&1; done
+cargo test --no-run --test e2e >/dev/null 2>&1
 
 server_for() {
     local v=$1 dir=$ROOT/pg$1
@@ -72,10 +72,10 @@ build_for() {
 
 test_on() {
     local v=$1 server=$2 out=$PWD/target/matrix/pg$1 suite status=0
-    rm -rf "$out/results" && mkdir -p "$out/results"
+    mkdir -p "$out"
     for suite in $SUITES; do
-        if ! PG_BIN="$server/bin" RESULTS_DIR="$out/results" cargo test --test "$suite" >"$out/$suite.log" 2>&1; then
-            echo "pg$v: FAILED in tests/$suite.rs (output: target/matrix/pg$v/$suite.log)"
+        if ! PG_BIN="$server/bin" cargo test --test e2e -- "$suite::" >"$out/$suite.log" 2>&1; then
+            echo "pg$v: FAILED in tests/e2e/$suite.rs (output: target/matrix/pg$v/$suite.log)"
             grep -E "^test .* FAILED|panicked at" "$out/$suite.log" | head -6 | sed "s/^/pg$v:   /"
             status=1
         fi

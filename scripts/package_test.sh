@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Debian package test (tests/package.rs): builds the .deb (scripts/package.sh), installs it with
+# The Debian package test (tests/e2e/package.rs): builds the .deb (scripts/package.sh), installs it with
 # apt-get on this machine's PostgreSQL 15, sees a rule run, removes it. It replaces whatever
 # pg_token_cleanup files the system PostgreSQL had, so the development build is installed again at
 # the end (cargo pgrx install), for the other tests and the demo.
@@ -9,6 +9,6 @@ bash scripts/setup.sh
 source scripts/pg_env.sh
 deb=$(bash scripts/package.sh)
 status=0
-DEB=$PWD/$deb cargo test --test package -- --ignored --nocapture || status=$?
+DEB=$PWD/$deb cargo test --test e2e -- package:: --ignored --nocapture || status=$?
 cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null 2>&1
 exit $status

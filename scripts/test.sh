@@ -43,7 +43,7 @@ postgres15() {
     # cargo pgrx test installs the extension into the system PostgreSQL 15 before the tests run;
     # the end-to-end tests in tests/ use that installation.
     rm -rf target/reliability
-    cargo pgrx test pg15 && bash scripts/reliability_report.sh
+    RESULTS_DIR=$PWD/target/reliability cargo pgrx test pg15 && bash scripts/reliability_report.sh
 }
 
 part "PostgreSQL 15: unit, #[pg_test], end-to-end, load and ${SOAK_SECS} s soak" postgres15

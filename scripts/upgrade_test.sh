@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The upgrade test (tests/upgrade.rs), once from each released version (0.1.0, 0.2.0, 0.3.0): a database
+# The upgrade test (tests/e2e/upgrade.rs), once from each released version (0.1.0, 0.2.0, 0.3.0): a database
 # created at that version, with rules of a superuser and of an ordinary role and their run history,
 # updated with ALTER EXTENSION … UPDATE to this version (through every upgrade script in between),
 # then checked (rules, owners, history and statistics kept, scheduler serving again, schema equal to
@@ -63,8 +63,8 @@ to=$PWD/target/package/$(basename "$deb" _amd64.deb)
 
 for release in $RELEASES; do
     version=${release%%:*}
-    echo "==> tests/upgrade.rs from $version, in a copy of PostgreSQL 15 in $work/pg15"
+    echo "==> tests/e2e/upgrade.rs from $version, in a copy of PostgreSQL 15 in $work/pg15"
     copy_postgres
     PG_BIN=$work/pg15$bindir UPGRADE_TREE=$work/pg15 UPGRADE_FROM=$work/v$version/pkg UPGRADE_TO=$to \
-        UPGRADE_FROM_VERSION=$version cargo test --test upgrade -- --ignored --nocapture
+        UPGRADE_FROM_VERSION=$version cargo test --test e2e -- upgrade:: --ignored --nocapture
 done

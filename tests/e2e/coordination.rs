@@ -3,9 +3,7 @@
 //! holds only the grants the README suggests, a non-superuser database owner, another role trying
 //! to get in the way, and a DBA.
 
-mod common;
-
-use common::{count, expiring_tokens, record, wait_for, Cluster};
+use crate::common::{count, expiring_tokens, wait_for, Cluster, Figures};
 use postgres::Client;
 use std::time::{Duration, Instant};
 
@@ -126,6 +124,7 @@ fn p99(sorted: &[f64]) -> f64 {
 /// pg_stat_activity, which hides other roles' sessions).
 #[test]
 fn an_ordinary_roles_rule_changes_take_effect_within_two_seconds() {
+    let mut figures = Figures::start("an application role's rule changes");
     let _serial = one_at_a_time();
     let cluster = Cluster::start("coord_changes", &["max_prepared_transactions = 4"]);
     drop(cluster.database_with_extension("app"));
@@ -170,8 +169,7 @@ fn an_ordinary_roles_rule_changes_take_effect_within_two_seconds() {
         .batch_execute("COMMIT PREPARED 'rule_change'")
         .unwrap();
     let took_prepared = first_run_within(&mut alice, "prepared", Duration::from_secs(2));
-    record(
-        "an application role's rule changes",
+    figures.record(
         "INSERT, UPDATE of the schedule, enabled = false, DELETE, and an INSERT by PREPARE TRANSACTION / COMMIT PREPARED, by a role that owns its table and has no other grant",
         &format!(
             "first run {:.2} s after INSERT, {:.2} s after UPDATE, {:.2} s after COMMIT PREPARED; no run later than 2 s after the disable or the DELETE",
@@ -179,7 +177,7 @@ fn an_ordinary_roles_rule_changes_take_effect_within_two_seconds() {
             took_update.as_secs_f64(),
             took_prepared.as_secs_f64()
         ),
-        "pass",
+        "",
     );
 }
 
@@ -187,6 +185,9 @@ fn an_ordinary_roles_rule_changes_take_effect_within_two_seconds() {
 /// dropped, renamed or copied by its owner.
 #[test]
 fn a_non_superuser_owner_can_drop_rename_move_and_copy_its_database() {
+    let mut figures = Figures::start(
+        "a non-superuser database owner's DROP, RENAME, SET TABLESPACE and TEMPLATE copy",
+    );
     let _serial = one_at_a_time();
     let cluster = Cluster::start("coord_dbowner", &[]);
     let mut admin = cluster.connect("postgres");
@@ -252,14 +253,13 @@ fn a_non_superuser_owner_can_drop_rename_move_and_copy_its_database() {
         assert!(took < Duration::from_secs(2), "{what} took {took:?}");
         timings.push(format!("{what} {:.2} s", took.as_secs_f64()));
     }
-    record(
-        "a non-superuser database owner's DROP, RENAME, SET TABLESPACE and TEMPLATE copy",
+    figures.record(
         "CREATEDB role owning a database with the extension and its scheduler connected; another role's DROP DATABASE first",
         &format!(
             "the other role's DROP refused by PostgreSQL, scheduler untouched; {}",
             timings.join(", ")
         ),
-        "pass",
+        "",
     );
 }
 
@@ -267,6 +267,9 @@ fn a_non_superuser_owner_can_drop_rename_move_and_copy_its_database() {
 /// only after 64 s, and not at all while any role held its advisory-lock key.
 #[test]
 fn a_terminated_scheduler_is_back_within_five_seconds_whatever_locks_roles_hold() {
+    let mut figures = Figures::start(
+        "pg_terminate_backend() of the scheduler while another role holds 0.1's advisory-lock keys",
+    );
     let _serial = one_at_a_time();
     // The default probe interval: 0.1's launcher took that long to restart a terminated scheduler.
     let cluster = Cluster::start(
@@ -314,11 +317,10 @@ fn a_terminated_scheduler_is_back_within_five_seconds_whatever_locks_roles_hold(
             .then_some(())
     });
     assert_ne!(new, old);
-    record(
-        "pg_terminate_backend() of the scheduler while another role holds 0.1's advisory-lock keys",
+    figures.record(
         "every-second rule of an application role; mallory holds pg_advisory_lock on the scheduler's and the rule's keys",
         &format!("a new scheduler was up {:.1} s later and ran the rule", back.as_secs_f64()),
-        "pass",
+        "",
     );
 }
 
@@ -326,6 +328,9 @@ fn a_terminated_scheduler_is_back_within_five_seconds_whatever_locks_roles_hold(
 /// table, or waking the scheduler as often as it likes, stalled every rule of the database.
 #[test]
 fn no_role_can_stall_the_scheduler() {
+    let mut figures = Figures::start(
+        "LOCK TABLE token_cleanup.rules and a storm of rule changes by another role",
+    );
     let _serial = one_at_a_time();
     let cluster = Cluster::start("coord_stall", &["log_min_messages = debug1"]);
     drop(cluster.database_with_extension("app"));
@@ -402,14 +407,13 @@ fn no_role_can_stall_the_scheduler() {
         reloads <= 4 * 4 + 2,
         "{reloads} reloads for {commits} changes in 4 s"
     );
-    record(
-        "LOCK TABLE token_cleanup.rules and a storm of rule changes by another role",
+    figures.record(
         "mallory holds ACCESS EXCLUSIVE on the rules table for 4 s; then commits a change to her own rule as fast as she can for 3 s; alice's rule runs every second",
         &format!(
             "{} runs of alice's rule during the lock, at most {worst_lock:.3} s late; {commits} changes cost {reloads} reloads; alice's runs p99 {storm_p99:.3} s late; LOCK on the history and calling wake_scheduler() refused",
             during_lock.len()
         ),
-        "pass",
+        "",
     );
 }
 
@@ -417,6 +421,8 @@ fn no_role_can_stall_the_scheduler() {
 /// rules on one table still never run at once.
 #[test]
 fn a_long_purge_runs_beside_short_rules() {
+    let mut figures =
+        Figures::start("a long purge beside an every-second rule, and two rules on one table");
     let _serial = one_at_a_time();
     let cluster = Cluster::start("coord_parallel", &[]);
     let mut admin = cluster.database_with_extension("app");
@@ -488,14 +494,13 @@ fn a_long_purge_runs_beside_short_rules() {
     );
     assert!(twin_runs >= 10, "{twin_runs} runs of the twins");
     assert_eq!(overlaps, 0, "runs of two rules on one table overlapped");
-    record(
-        "a long purge beside an every-second rule, and two rules on one table",
+    figures.record(
         "30,000 rows purged at 1,000 rows/s; an every-second rule on another table; two every-second rules of 0.6 s on one shared table",
         &format!(
             "purge {purge_seconds:.1} s; the short rule ran {} times meanwhile, start delay p99 {frequent_p99:.3} s; {twin_runs} runs of the twins, none overlapping",
             delays.len()
         ),
-        "pass",
+        "",
     );
 }
 
@@ -558,6 +563,7 @@ fn a_run_waiting_for_a_slot_starts_when_one_frees_and_records_its_delay() {
 /// recorded `stopped`; the next runs finish the job, deleting every matching row once and no other.
 #[test]
 fn max_run_duration_stops_a_run_and_the_next_runs_finish_the_job() {
+    let mut figures = Figures::start("max_run_duration = 2 s on a purge needing 10 s");
     let _serial = one_at_a_time();
     let cluster = Cluster::start("coord_duration", &[]);
     let mut admin = cluster.database_with_extension("app");
@@ -623,11 +629,10 @@ fn max_run_duration_stops_a_run_and_the_next_runs_finish_the_job() {
         ),
         0
     );
-    record(
-        "max_run_duration = 2 s on a purge needing 10 s",
+    figures.record(
         "10,000 expired + 1,000 live rows at 1,000 rows/s, every-second schedule",
         &format!("first run stopped after {seconds:.2} s with {rows} rows deleted; {stopped} stopped runs in all; 10,000 rows deleted once, the 1,000 live rows untouched"),
-        "pass",
+        "",
     );
 }
 

@@ -2,11 +2,9 @@
 //! commits, as an application role: archive before delete, blast-radius limits, NOTIFY, retries,
 //! lifetime counters, metrics, explain() and live progress; each with its failure paths.
 
-mod common;
+use crate::common::error_of;
 
-use common::error_of;
-
-use common::{count, wait_for, Cluster};
+use crate::common::{count, wait_for, Cluster};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 use std::time::Duration;
@@ -188,7 +186,7 @@ fn blast_radius_limits_refuse_a_run_and_delete_nothing() {
         .batch_execute("UPDATE token_cleanup.rules SET max_fraction = NULL WHERE name = 'capped'")
         .unwrap();
     let mut admin = cluster.connect("app");
-    common::alter_system(&mut admin, "pg_token_cleanup.max_fraction", "0.2");
+    crate::common::alter_system(&mut admin, "pg_token_cleanup.max_fraction", "0.2");
     std::thread::sleep(Duration::from_millis(500));
     let message = error_of(alice.query("SELECT * FROM token_cleanup.run('capped')", &[]));
     assert!(message.contains("more than max_fraction 0.2"), "{message}");

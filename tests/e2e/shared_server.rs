@@ -5,9 +5,7 @@
 //! later, a role that floods `run()` and cancels, a role whose runs never end. Each test asserts
 //! that everybody else still gets what they need.
 
-mod common;
-
-use common::{alter_system, count, error_of, expiring_tokens, record, wait_for, Cluster};
+use crate::common::{alter_system, count, error_of, expiring_tokens, wait_for, Cluster, Figures};
 use postgres::Client;
 use std::time::{Duration, Instant};
 
@@ -105,6 +103,9 @@ fn parallel_workers(client: &mut Client) -> (i64, i64) {
 
 #[test]
 fn three_busy_databases_parallel_query_and_run_share_the_default_worker_slots() {
+    let mut figures = Figures::start(
+        "four databases, parallel query and run() on the default max_worker_processes = 8",
+    );
     let cluster = Cluster::start("shared_three_databases", &[]);
     let mut postgres = cluster.connect("postgres");
     let slots: String = postgres
@@ -213,15 +214,14 @@ fn three_busy_databases_parallel_query_and_run_share_the_default_worker_slots() 
             .contains("cannot hold pg_token_cleanup.max_workers"),
         "the defaults fit together"
     );
-    record(
-        "four databases, parallel query and run() on the default max_worker_processes = 8",
+    figures.record(
         "every database's every-second rules run about every second; parallel query launches every worker it planned; run() succeeds in each database; a database created later is served within seconds",
         &format!(
             "first runs in all three databases within {:.1} s; parallel query launched 2 of 2 workers 10 of 10 times; run() succeeded in 3 of 3 databases; the late database's first run {:.1} s after CREATE DATABASE; then over 15 s the least-run rule ran {worst_runs} times, longest gap {worst_gap:.1} s; {ours} workers of the extension",
             settled.as_secs_f64(),
             late_after.as_secs_f64()
         ),
-        "pass",
+        "",
     );
 }
 
@@ -258,6 +258,7 @@ fn noisy_and_quiet(cluster: &Cluster, lock_timeouts: &[&str]) -> (Client, Client
 
 #[test]
 fn a_storm_of_cancelled_runs_by_one_role_starves_nobody() {
+    let mut figures = Figures::start("a storm of cancelled run() calls by one role");
     let cluster = Cluster::start("shared_run_storm", &[]);
     let (mut admin, _noisy, mut quiet) = noisy_and_quiet(&cluster, &["5s"; 6]);
 
@@ -326,19 +327,19 @@ fn a_storm_of_cancelled_runs_by_one_role_starves_nobody() {
         slowest < Duration::from_secs(5),
         "quiet's slowest run() took {slowest:?}"
     );
-    record(
-        "a storm of cancelled run() calls by one role",
+    figures.record(
         "another role's run() still succeeds; cancelled runs end with their callers",
         &format!(
             "6 sessions cancelling run() at 400 ms ({cancelled} cancelled, {interrupted} runs recorded interrupted); the other role's 5 run() calls all succeeded, slowest {:.2} s; no run left running",
             slowest.as_secs_f64()
         ),
-        "pass",
+        "",
     );
 }
 
 #[test]
 fn a_role_whose_runs_never_end_holds_no_more_than_its_share() {
+    let mut figures = Figures::start("a role whose runs never end");
     // A server sized for more runners (the test is about max_parallel_runs): four runner slots
     // per database, two owners.
     let cluster = Cluster::start(
@@ -420,16 +421,18 @@ fn a_role_whose_runs_never_end_holds_no_more_than_its_share() {
         fair_runs >= 5,
         "fair's every-second rule ran {fair_runs} times in 8 s"
     );
-    record(
-        "a role whose runs never end",
+    figures.record(
         "holds at most its share of max_parallel_runs; another owner's every-second rule keeps running",
         &format!("hog's 4 endless every-second rules took 4 of 4 slots alone; with fair's rule due, hog held {hog_running} ({preempted} of its runs stopped for fair's); fair's rule ran {fair_runs} times in 8 s"),
-        "pass",
+        "",
     );
 }
 
 #[test]
 fn dropping_an_expired_partition_holds_its_exclusive_lock_only_for_the_drop() {
+    let mut figures = Figures::start(
+        "dropping an expired partition of 2,000,000 rows while the application reads the table",
+    );
     let cluster = Cluster::start("shared_partition_drop", &["pg_token_cleanup.enabled = off"]);
     let mut admin = cluster.database_with_extension("app");
     admin
@@ -507,15 +510,14 @@ fn dropping_an_expired_partition_holds_its_exclusive_lock_only_for_the_drop() {
         stall * 2 < scan,
         "a reader waited {stall:?}; reading the partition takes {scan:?}"
     );
-    record(
-        "dropping an expired partition of 2,000,000 rows while the application reads the table",
+    figures.record(
         "ACCESS EXCLUSIVE held only for the DROP itself, never while rows are read",
         &format!(
             "the partition's bounds proved every row matches; a reader of the partitioned table waited at most {:.0} ms, where one read of the partition's matching rows takes {:.0} ms (0.3 held the lock for two)",
             stall.as_secs_f64() * 1e3,
             scan.as_secs_f64() * 1e3
         ),
-        "pass",
+        "",
     );
 }
 
@@ -563,6 +565,8 @@ fn a_budget_that_max_worker_processes_cannot_hold_is_named_in_the_log_with_the_f
 
 #[test]
 fn one_role_s_endless_run_calls_hold_only_its_share_of_the_workers() {
+    let mut figures =
+        Figures::start("one role's run() calls that never end, beside another role's run()");
     let cluster = Cluster::start("shared_role_share", &[]);
     let (mut admin, mut noisy, mut quiet) = noisy_and_quiet(&cluster, &["30s", "1s", "30s"]);
 
@@ -616,13 +620,12 @@ fn one_role_s_endless_run_calls_hold_only_its_share_of_the_workers() {
             "canceling statement due to user request"
         );
     }
-    record(
-        "one role's run() calls that never end, beside another role's run()",
+    figures.record(
         "a role's run() calls hold at most its share of the budget; another role's run() gets a worker at once",
         &format!(
             "noisy's first call ran (never ending), its second was refused after its 1 s lock_timeout naming the role's share, its third waited; quiet's run() succeeded in {:.2} s",
             took.as_secs_f64()
         ),
-        "pass",
+        "",
     );
 }

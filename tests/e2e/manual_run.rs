@@ -3,9 +3,7 @@
 //! the READ COMMITTED requirement, rows locked by other sessions skipped rather than waited on, and
 //! the two ways a run finds its rows (a walk of the table, an index).
 
-mod common;
-
-use common::{count, live_checksum, token_table, wait_for, Cluster};
+use crate::common::{count, live_checksum, token_table, wait_for, Cluster};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -276,7 +274,7 @@ fn batches_compress_their_wal_unless_told_to_keep_the_servers_setting() {
     // The WAL of one run over a freshly checkpointed table (so every page it touches writes a
     // full-page image), with the batches' wal_compression as given.
     let mut wal_of_a_run = |mode: &str| -> i64 {
-        common::alter_system(&mut db, "pg_token_cleanup.wal_compression", mode);
+        crate::common::alter_system(&mut db, "pg_token_cleanup.wal_compression", mode);
         // The runner forks from the postmaster: wait until a new process has the setting.
         wait_for(
             "the setting to reach new processes",

@@ -3,10 +3,8 @@
 //! their own rules, views that leak nothing. End to end as ordinary roles, each with a positive
 //! control.
 
-mod common;
-
-use common::tenants::tenant;
-use common::{count, error_of, Cluster};
+use crate::common::tenants::tenant;
+use crate::common::{count, error_of, Cluster};
 use postgres::Client;
 use std::time::{Duration, Instant};
 
@@ -177,8 +175,8 @@ fn no_role_can_block_others_through_the_rules_table() {
             "BEGIN; UPDATE token_cleanup.rules SET batch_size = 11 WHERE name = 'alices'",
         )
         .unwrap();
-    if common::have_client_tools(&["pg_dump"]) {
-        let dumped = std::process::Command::new(common::client_tool("pg_dump").unwrap())
+    if crate::common::have_client_tools(&["pg_dump"]) {
+        let dumped = std::process::Command::new(crate::common::client_tool("pg_dump").unwrap())
             .args([
                 "-h",
                 "127.0.0.1",
@@ -276,7 +274,7 @@ fn the_views_leak_no_other_roles_rules() {
     assert_eq!(leak_through_the_views(&mut mallory), 0);
     // Positive control on PostgreSQL 14, whose views have no security_invoker and filter by owner in
     // their own WHERE clause: without security_barrier, the leaky function sees alice's rule.
-    if common::server_major() == 14 {
+    if crate::common::server_major() == 14 {
         admin
             .batch_execute("ALTER VIEW token_cleanup.rule_stats RESET (security_barrier)")
             .unwrap();

@@ -2,10 +2,8 @@
 //! pinned against a database owner's settings, the metrics scrape bounded and leaving nothing behind,
 //! and the smaller findings. End to end as ordinary roles, each with a positive control.
 
-mod common;
-
-use common::tenants::tenant;
-use common::{count, error_of, Cluster};
+use crate::common::tenants::tenant;
+use crate::common::{count, error_of, Cluster};
 use postgres::fallible_iterator::FallibleIterator;
 use std::time::{Duration, Instant};
 

@@ -3,9 +3,7 @@
 //! pg_token_cleanup installed before, a cluster started with the library preloaded, the extension
 //! created and a rule run by the worker; then `apt-get remove`, which must leave none of its files.
 
-mod common;
-
-use common::{count, wait_for_count, Cluster};
+use crate::common::{count, wait_for_count, Cluster};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -107,8 +105,8 @@ fn the_deb_installs_runs_a_rule_and_removes_cleanly() {
             .unwrap()
             .get(0);
         assert_eq!(installed, version);
-        common::expiring_tokens(&mut db, "public.tokens", 100, 20);
-        common::add_rule(
+        crate::common::expiring_tokens(&mut db, "public.tokens", 100, 20);
+        crate::common::add_rule(
             &mut db,
             "tokens",
             "public.tokens",

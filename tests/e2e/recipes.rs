@@ -2,9 +2,7 @@
 //! application's role, against each product's DDL (or a faithful subset) with rows on both sides
 //! of the condition; each must delete exactly the rows its product's own cleanup deletes.
 
-mod common;
-
-use common::{count, Cluster};
+use crate::common::{count, Cluster};
 
 /// The `INSERT INTO token_cleanup.rules … ;` statements of docs/recipes.md.
 fn recipes() -> Vec<String> {

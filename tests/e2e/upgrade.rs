@@ -10,9 +10,7 @@
 //! - the schema after the upgrade equals a fresh install's (`pg_dump --schema-only` of the
 //!   extension's objects), the differences that remain explained below.
 
-mod common;
-
-use common::{count, wait_for, Cluster};
+use crate::common::{count, wait_for, Cluster};
 use postgres::Client;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -189,7 +187,7 @@ fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
         ),
         200
     );
-    common::wait_for_count(
+    crate::common::wait_for_count(
         &mut admin,
         "the release's scheduler to purge public.sessions",
         "SELECT count(*) FROM public.sessions",
@@ -280,7 +278,7 @@ fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
 
     // Served on schedule again, without a restart: the superuser's rule purges the new rows, and the
     // ordinary role's change to its rule reaches the scheduler.
-    common::wait_for_count(
+    crate::common::wait_for_count(
         &mut admin,
         "the updated scheduler to purge public.sessions",
         "SELECT count(*) FROM public.sessions",
@@ -293,7 +291,7 @@ fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
          UPDATE token_cleanup.rules SET schedule = '* * * * * *' WHERE name = 'app_tokens';",
     )
     .unwrap();
-    common::wait_for_count(
+    crate::common::wait_for_count(
         &mut app,
         "the app role's rule to run on its new schedule",
         "SELECT count(*) FROM app.tokens",

@@ -3,9 +3,7 @@
 //! shadowing, bad schedules, batch sizes and NULLs. Each attempt must be refused with a clear error
 //! or be proven harmless; the table of attempts goes to docs/reliability.md.
 
-mod common;
-
-use common::{count, token_table, Cluster};
+use crate::common::{count, token_table, Cluster};
 use std::fmt::Write;
 
 /// One attempt by `mallory` and the error text it must produce.
@@ -196,7 +194,8 @@ fn hostile_and_bad_input_is_refused_or_harmless() {
     table.push_str(&format!("| condition resetting the role at run time | `pg_catalog.set_config('role', 'postgres', true) IS NOT NULL` | harmless: accepted (a valid expression), the run fails: {message}; 0 rows deleted |\n"));
 
     assert!(cases.len() + 3 >= 30);
-    let dir = common::results_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("hostile.table"), table).unwrap();
+    if let Some(dir) = crate::common::results_dir() {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hostile.table"), table).unwrap();
+    }
 }

@@ -3,11 +3,9 @@
 //! made by ordinary roles with only the grants a DBA would give. Every test has a positive control
 //! that proves the attack path was really taken: the role's function or trigger ran, and as whom.
 
-mod common;
+use crate::common::error_of;
 
-use common::error_of;
-
-use common::{count, expiring_tokens, wait_for, Cluster};
+use crate::common::{count, expiring_tokens, wait_for, Cluster};
 use postgres::Client;
 use std::time::Duration;
 
@@ -344,7 +342,7 @@ fn a_superusers_rule_runs_the_table_owners_code_as_the_table_owner() {
 /// (a superuser), so an owner's IMMUTABLE function ran with that role's rights.
 #[test]
 fn restoring_rules_evaluates_nothing_of_their_owners() {
-    if !common::have_client_tools(&["pg_dump", "pg_restore"]) {
+    if !crate::common::have_client_tools(&["pg_dump", "pg_restore"]) {
         return;
     }
     let cluster = Cluster::start("sec_restore", &["pg_token_cleanup.enabled = off"]);

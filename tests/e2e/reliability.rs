@@ -3,11 +3,9 @@
 //! no row outside the rule's condition was deleted (checksum of the live rows) and that every
 //! matching row is gone once the system recovers, and records its figures for docs/reliability.md.
 
-mod common;
-
-use common::{
-    add_rule, count, failed_run_error, live_checksum, record, scheduler_pid, token_table, wait_for,
-    wait_for_count, Cluster,
+use crate::common::{
+    add_rule, count, failed_run_error, live_checksum, scheduler_pid, token_table, wait_for,
+    wait_for_count, Cluster, Figures,
 };
 use std::time::{Duration, Instant};
 
@@ -85,6 +83,7 @@ fn recovers(cluster: &Cluster, run_id: i64, checksum: &str, since: Instant) -> (
 
 #[test]
 fn kill_9_of_the_scheduler_mid_run() {
+    let mut figures = Figures::start("kill -9 of the scheduler mid-run");
     let (cluster, mut db, checksum) = setup("kill9", 200_000, 50_000, 50);
     let run_id = running_run(&mut db);
     let pid = scheduler_pid(&mut db, "app");
@@ -93,16 +92,16 @@ fn kill_9_of_the_scheduler_mid_run() {
     // SAFETY: SIGKILL of a PostgreSQL process the test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let (serving, done) = recovers(&cluster, run_id, &checksum, killed);
-    record(
-        "kill -9 of the scheduler mid-run",
+    figures.record(
         "200k expired + 50k live rows, batches of 50; SIGKILL to the scheduler while a run was going",
         &format!("postmaster crash-restart; scheduler serving again after {serving:.1} s; all expired rows gone after {done:.1} s; live-row checksum unchanged"),
-        "pass: run marked interrupted, next run finished the job",
+        "run marked interrupted, next run finished the job",
     );
 }
 
 #[test]
 fn immediate_shutdown_mid_run() {
+    let mut figures = Figures::start("pg_ctl stop -m immediate mid-run, then start");
     let (cluster, mut db, checksum) = setup("immediate", 200_000, 50_000, 50);
     let run_id = running_run(&mut db);
     drop(db);
@@ -110,16 +109,16 @@ fn immediate_shutdown_mid_run() {
     let started = Instant::now();
     cluster.pg_ctl_start();
     let (serving, done) = recovers(&cluster, run_id, &checksum, started);
-    record(
-        "pg_ctl stop -m immediate mid-run, then start",
+    figures.record(
         "200k expired + 50k live rows, batches of 50; immediate shutdown while a run was going",
         &format!("scheduler serving {serving:.1} s after start; all expired rows gone after {done:.1} s; live-row checksum unchanged"),
-        "pass: run marked interrupted, next run finished the job",
+        "run marked interrupted, next run finished the job",
     );
 }
 
 #[test]
 fn access_exclusive_lock_fails_one_rule_and_delays_no_other() {
+    let mut figures = Figures::start("a session holds ACCESS EXCLUSIVE on a rule's table");
     let cluster = Cluster::start("locked", &[]);
     let mut db = cluster.database_with_extension("app");
     token_table(&mut db, "public.tokens", 10, 10);
@@ -170,16 +169,16 @@ fn access_exclusive_lock_fails_one_rule_and_delays_no_other() {
         Duration::from_secs(20),
     );
     assert_eq!(count(&mut db, "SELECT count(*) FROM public.tokens"), 10);
-    record(
-        "a session holds ACCESS EXCLUSIVE on a rule's table",
+    figures.record(
         "rule with lock_timeout 2s on the locked table, a second rule every second on another table",
         &format!("blocked rule failed {failed_after:.1} s after the lock was taken (\"could not lock table … within lock_timeout\"); the other rule ran {runs} times, at most {worst:.3} s late; after COMMIT the blocked rule purged its rows"),
-        "pass",
+        "",
     );
 }
 
 #[test]
 fn a_condition_that_runs_for_ever_is_stopped_by_the_statement_timeout() {
+    let mut figures = Figures::start("a condition that never finishes (pg_sleep)");
     let cluster = Cluster::start("forever", &[]);
     let mut db = cluster.database_with_extension("app");
     token_table(&mut db, "public.tokens", 1, 1);
@@ -204,16 +203,18 @@ fn a_condition_that_runs_for_ever_is_stopped_by_the_statement_timeout() {
     );
     assert!(took < 2.0, "the run took {took:.2} s");
     assert_eq!(count(&mut db, "SELECT count(*) FROM public.tokens"), 2);
-    record(
-        "a condition that never finishes (pg_sleep)",
+    figures.record(
         "rule with statement_timeout 1s and condition pg_sleep(3600) IS NOT NULL",
         &format!("run failed after {took:.2} s with \"canceling statement due to statement timeout\" ({:.1} s after the rule was created); no row deleted", started.elapsed().as_secs_f64()),
-        "pass",
+        "",
     );
 }
 
 #[test]
 fn a_table_renamed_or_a_privilege_revoked_fails_only_that_rule() {
+    let mut figures = Figures::start(
+        "the rule's table renamed, or the owner's DELETE revoked, after the rule was created",
+    );
     let cluster = Cluster::start("changed", &[]);
     let mut db = cluster.database_with_extension("app");
     for t in ["public.renamed", "public.revoked", "public.fine"] {
@@ -250,17 +251,17 @@ fn a_table_renamed_or_a_privilege_revoked_fails_only_that_rule() {
     );
     assert_eq!(count(&mut db, "SELECT count(*) FROM public.revoked"), 20);
     assert_eq!(count(&mut db, "SELECT count(*) FROM public.fine"), 10);
-    record(
-        "the rule's table renamed, or the owner's DELETE revoked, after the rule was created",
+    figures.record(
         "three rules of a non-superuser owner; one table renamed, DELETE revoked on another",
         "renamed: \"table public.renamed of rule … does not exist (dropped or renamed?)\"; revoked: \"permission denied for table revoked (SQLSTATE 42501)\"; both tables untouched; the third rule purged its 10 rows",
-        "pass",
+        "",
     );
 }
 
 #[test]
 fn hot_standby_runs_nothing_until_promoted() {
-    if !common::have_client_tools(&["pg_basebackup"]) {
+    let mut figures = Figures::start("hot standby (pg_basebackup -R), then pg_ctl promote");
+    if !crate::common::have_client_tools(&["pg_basebackup"]) {
         return;
     }
     let primary = Cluster::start("primary", &["pg_token_cleanup.enabled = off"]);
@@ -301,16 +302,17 @@ fn hot_standby_runs_nothing_until_promoted() {
     );
     let purge_after = promoted.elapsed().as_secs_f64();
     assert_eq!(live_checksum(&mut promoted_db, "public.tokens"), checksum);
-    record(
-        "hot standby (pg_basebackup -R), then pg_ctl promote",
+    figures.record(
         "rule every second replicated to a streaming standby",
         &format!("0 workers and 100 expired rows on the standby after 3 s in recovery; after promote the rows were purged in {purge_after:.1} s; live-row checksum unchanged"),
-        "pass",
+        "",
     );
 }
 
 #[test]
 fn restart_with_rules_due_during_downtime_fires_each_once() {
+    let mut figures =
+        Figures::start("restart after 12 s of downtime with rules due every 2, 3 and 5 s");
     let cluster = Cluster::start("downtime", &[]);
     let mut db = cluster.database_with_extension("app");
     token_table(&mut db, "public.tokens", 10, 10);
@@ -362,17 +364,17 @@ fn restart_with_rules_due_during_downtime_fires_each_once() {
         ],
         "each rule fires once for the downtime"
     );
-    record(
-        "restart after 12 s of downtime with rules due every 2, 3 and 5 s",
+    figures.record(
         "fast shutdown, 12 s down (6, 4 and 2 missed slots), start",
         "each rule ran exactly once for the missed slots, then on its regular slots",
-        "pass",
+        "",
     );
 }
 
 #[test]
 fn pg_dump_and_restore_bring_the_rules_back_and_they_run() {
-    if !common::have_client_tools(&["pg_dump", "pg_restore"]) {
+    let mut figures = Figures::start("pg_dump -Fc, then pg_restore into a new database");
+    if !crate::common::have_client_tools(&["pg_dump", "pg_restore"]) {
         return;
     }
     let cluster = Cluster::start("dump", &[]);
@@ -383,7 +385,7 @@ fn pg_dump_and_restore_bring_the_rules_back_and_they_run() {
         "CREATE ROLE restorer_owner; GRANT SELECT, DELETE ON public.tokens TO restorer_owner",
     )
     .unwrap();
-    common::alter_system(&mut db, "pg_token_cleanup.enabled", "off");
+    crate::common::alter_system(&mut db, "pg_token_cleanup.enabled", "off");
     db.batch_execute(
         "INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, owner, batch_size)
            VALUES ('tokens', 'public.tokens', 'expires_at < now()', '* * * * * *', 'restorer_owner', 7)",
@@ -404,7 +406,7 @@ fn pg_dump_and_restore_bring_the_rules_back_and_they_run() {
         (r.get(0), r.get(1), r.get(2))
     };
     assert_eq!(rule, ("public.tokens".into(), "restorer_owner".into(), 7));
-    common::alter_system(&mut restored, "pg_token_cleanup.enabled", "on");
+    crate::common::alter_system(&mut restored, "pg_token_cleanup.enabled", "on");
     wait_for_count(
         &mut restored,
         "the restored rule to run",
@@ -416,16 +418,16 @@ fn pg_dump_and_restore_bring_the_rules_back_and_they_run() {
         count(&mut restored, "SELECT count(*) FROM public.tokens"),
         10
     );
-    record(
-        "pg_dump -Fc, then pg_restore into a new database",
+    figures.record(
         "rule owned by a non-superuser (privileges are restored after the rules' data)",
         "the rule came back with its table, owner and batch size; the restored rule purged its 30 rows",
-        "pass",
+        "",
     );
 }
 
 #[test]
 fn kill_9_mid_run_with_an_archive_loses_and_doubles_nothing() {
+    let mut figures = Figures::start("kill -9 of the runner mid-run, with an archive table");
     let cluster = Cluster::start("kill9archive", &[]);
     let mut db = cluster.database_with_extension("app");
     token_table(&mut db, "public.tokens", 100_000, 10_000);
@@ -495,10 +497,9 @@ fn kill_9_mid_run_with_an_archive_loses_and_doubles_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(status, "interrupted");
-    record(
-        "kill -9 of the runner mid-run, with an archive table",
+    figures.record(
         "100k expired + 10k live rows moved to an archive in batches of 50; SIGKILL to the runner while a run was going",
         &format!("postmaster crash-restart; all expired rows moved after {done:.1} s; the table ∪ the archive is exactly the original rows (none lost, none in both, none archived twice); the killed run recorded interrupted"),
-        "pass",
+        "",
     );
 }

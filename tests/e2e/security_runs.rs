@@ -4,10 +4,10 @@
 //! with real commits, made by ordinary roles with only the grants the README suggests; each test has
 //! a positive control proving that the attack path was really taken.
 
-mod common;
-
-use common::tenants::{create_cancel_swallower, last_run, run_in_background, runner_pid, tenant};
-use common::{count, error_of, wait_for, Cluster};
+use crate::common::tenants::{
+    create_cancel_swallower, last_run, run_in_background, runner_pid, tenant,
+};
+use crate::common::{count, error_of, wait_for, Cluster};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -88,7 +88,7 @@ fn a_run_ends_when_told_even_if_the_rules_code_swallows_cancels() {
 
     // 3. The DBA's ceilings: a rule cannot turn its statement timeout off (0) past
     // pg_token_cleanup.max_statement_timeout, nor run past pg_token_cleanup.max_run_duration.
-    common::alter_system(&mut admin, "pg_token_cleanup.max_statement_timeout", "1s");
+    crate::common::alter_system(&mut admin, "pg_token_cleanup.max_statement_timeout", "1s");
     let started = Instant::now();
     let message = error_of(alice.query("SELECT * FROM token_cleanup.run('endless')", &[]));
     assert!(
@@ -100,7 +100,7 @@ fn a_run_ends_when_told_even_if_the_rules_code_swallows_cancels() {
     admin
         .batch_execute("ALTER SYSTEM RESET pg_token_cleanup.max_statement_timeout")
         .unwrap();
-    common::alter_system(&mut admin, "pg_token_cleanup.max_run_duration", "2s");
+    crate::common::alter_system(&mut admin, "pg_token_cleanup.max_run_duration", "2s");
     let started = Instant::now();
     let message = error_of(alice.query("SELECT * FROM token_cleanup.run('endless')", &[]));
     assert!(
@@ -144,7 +144,7 @@ fn a_run_ends_when_told_even_if_the_rules_code_swallows_cancels() {
          VALUES ('scheduled', 'bob.tokens', 'bob.swallow(60) AND expires_at < pg_catalog.now()', '* * * * * *', '0')",
     )
     .unwrap();
-    common::alter_system(&mut admin, "pg_token_cleanup.enabled", "on");
+    crate::common::alter_system(&mut admin, "pg_token_cleanup.enabled", "on");
     runner_pid(&mut admin, "scheduled");
     drop(bob);
     drop(admin);

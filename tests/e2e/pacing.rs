@@ -4,9 +4,7 @@
 //! migration queued on its table instead of queueing behind it. Each with a control run that shows
 //! the signal, not something else, made the difference.
 
-mod common;
-
-use common::{count, expiring_tokens, wait_for, Cluster};
+use crate::common::{count, expiring_tokens, wait_for, Cluster, Figures};
 use postgres::Client;
 use std::time::{Duration, Instant};
 
@@ -50,7 +48,8 @@ fn paused_for(db: &mut Client, rule: &str, reason: &str) -> f64 {
 
 #[test]
 fn a_standby_that_stops_replaying_stops_the_purge_until_it_resumes() {
-    if !common::have_client_tools(&["pg_basebackup"]) {
+    let mut figures = Figures::start("standby replay paused mid-purge (max_replica_lag = 1 s)");
+    if !crate::common::have_client_tools(&["pg_basebackup"]) {
         return;
     }
     let primary = Cluster::start(
@@ -164,7 +163,7 @@ fn a_standby_that_stops_replaying_stops_the_purge_until_it_resumes() {
     // A standby that never catches up (replay paused for good, as a delayed standby) keeps a run
     // paused only for pg_token_cleanup.max_pause at one stretch; the run is then recorded stopped
     // and the rest is left for the next run.
-    common::alter_system(&mut db, "pg_token_cleanup.max_pause", "2s");
+    crate::common::alter_system(&mut db, "pg_token_cleanup.max_pause", "2s");
     db.batch_execute(
         "INSERT INTO public.tokens SELECT g, now() - interval '1 day' FROM generate_series(1, 40000) g",
     )
@@ -202,16 +201,16 @@ fn a_standby_that_stops_replaying_stops_the_purge_until_it_resumes() {
     replica
         .batch_execute("SELECT pg_wal_replay_resume()")
         .unwrap();
-    common::record(
-        "standby replay paused mid-purge (max_replica_lag = 1 s)",
+    figures.record(
         "pg_wal_replay_pause() on a streaming standby, a 40,000-row purge at 10,000 rows/s, replay resumed 2 s after the purge stalled",
         &format!("replay paused at {paused_at} rows, purge stalled at {stalled_at}; paused {paused:.1} s for replica lag; control run without the limit: {:.1} s, not paused", unpaced.as_secs_f64()),
-        "pass",
+        "",
     );
 }
 
 #[test]
 fn max_wal_rate_holds_a_run_to_its_rate() {
+    let mut figures = Figures::start("max_wal_rate = 2 MB/s");
     let cluster = Cluster::start("walrate", &[]);
     let mut db = cluster.database_with_extension("app");
     let wal_of = |db: &mut Client, rule: &str| -> (f64, Duration) {
@@ -261,20 +260,20 @@ fn max_wal_rate_holds_a_run_to_its_rate() {
         "{free_mb:.1} MB in {free_took:?}"
     );
     assert_eq!(paused_for(&mut db, "free", "wal_rate"), 0.0);
-    common::record(
-        "max_wal_rate = 2 MB/s",
+    figures.record(
         "a 100,000-row purge, after a checkpoint (full-page images), with and without the limit",
         &format!(
             "held: {held_mb:.1} MB in {:.1} s ({rate:.2} MB/s); unpaced: {free_mb:.1} MB in {:.2} s",
             held_took.as_secs_f64(),
             free_took.as_secs_f64()
         ),
-        "pass",
+        "",
     );
 }
 
 #[test]
 fn yield_to_waiters_steps_aside_for_a_migration_queued_on_the_table() {
+    let mut figures = Figures::start("yield_to_waiters with a CREATE INDEX queued on the table");
     let cluster = Cluster::start("waiters", &[]);
     let mut db = cluster.database_with_extension("app");
     // Each case: a slow purge (20,000 rows at 5,000 rows/s); during it, a session holds ROW EXCLUSIVE
@@ -336,10 +335,9 @@ fn yield_to_waiters_steps_aside_for_a_migration_queued_on_the_table() {
     assert_eq!(status, "succeeded");
     assert!(paused >= 1.5, "paused {paused} s for waiters");
     assert_eq!(count(&mut db, "SELECT count(*) FROM public.yielding"), 10);
-    common::record(
-        "yield_to_waiters with a CREATE INDEX queued on the table",
+    figures.record(
         "mid-purge, an open transaction holds ROW EXCLUSIVE and CREATE INDEX waits behind it for 2 s",
         &format!("yielding: paused {paused:.1} s, then succeeded; control without it: the next DELETE queued behind the migration and failed ({error})"),
-        "pass",
+        "",
     );
 }

@@ -3,14 +3,14 @@
 //! removed on drop. The extension must already be installed into the server `PG_BIN` names
 //! (`cargo pgrx install` for Debian's PostgreSQL 15, the default; scripts/matrix.sh for the others).
 
-#![allow(dead_code)]
-
 pub mod tenants;
 
 use postgres::{Client, NoTls};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The server's programs: `PG_BIN` when set (scripts/pg_env.sh owns the default, repeated here for
@@ -64,6 +64,81 @@ pub fn have_client_tools(programs: &[&str]) -> bool {
 pub struct Cluster {
     pub dir: PathBuf,
     pub port: u16,
+    _sharing: Option<Sharing>,
+}
+
+/// Who uses the machine: tests run two at a time (libtest's threads, one per core), except one that
+/// asked to run [`alone`] (the load test measures delays and memory, which a neighbour would skew).
+struct Machine {
+    clusters: usize,
+    alone: bool,
+}
+
+static MACHINE: Mutex<Machine> = Mutex::new(Machine {
+    clusters: 0,
+    alone: false,
+});
+static MACHINE_FREED: Condvar = Condvar::new();
+
+thread_local! {
+    /// This test runs alone: its own clusters do not wait for it.
+    static RUNS_ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn machine() -> std::sync::MutexGuard<'static, Machine> {
+    MACHINE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A cluster's share of the machine, held while it lives.
+struct Sharing;
+
+impl Sharing {
+    /// Waits while a test runs alone (unless it is this one).
+    fn take() -> Option<Sharing> {
+        if RUNS_ALONE.get() {
+            return None;
+        }
+        let mut m = machine();
+        while m.alone {
+            m = MACHINE_FREED
+                .wait(m)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        m.clusters += 1;
+        Some(Sharing)
+    }
+}
+
+impl Drop for Sharing {
+    fn drop(&mut self) {
+        machine().clusters -= 1;
+        MACHINE_FREED.notify_all();
+    }
+}
+
+/// Held by a test that must run with no other test's cluster beside it: waits until no other
+/// cluster is up (at worst until the other tests are done), and keeps new ones from starting until
+/// it is dropped.
+pub struct Alone;
+
+pub fn alone() -> Alone {
+    let mut m = machine();
+    while m.alone || m.clusters > 0 {
+        m = MACHINE_FREED
+            .wait(m)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+    m.alone = true;
+    RUNS_ALONE.set(true);
+    Alone
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        RUNS_ALONE.set(false);
+        machine().alone = false;
+        MACHINE_FREED.notify_all();
+    }
 }
 
 fn is_root() -> bool {
@@ -199,7 +274,10 @@ impl Cluster {
     /// A new, empty directory for a cluster, owned by the postgres OS user when we are root.
     fn new_dir(name: &str) -> Cluster {
         let base = std::env::temp_dir().join("pg_token_cleanup_e2e");
-        let dir = base.join(format!("{name}-{}", std::process::id()));
+        // Unique in this process: tests of different suites may pick the same name.
+        static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
+        let n = CLUSTERS.fetch_add(1, Ordering::SeqCst);
+        let dir = base.join(format!("{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
@@ -215,6 +293,7 @@ impl Cluster {
             }
         }
         Cluster {
+            _sharing: Sharing::take(),
             dir,
             port: free_port(),
         }
@@ -425,36 +504,70 @@ pub fn wait_for_count(
     });
 }
 
-/// Where the rows of docs/reliability.md go: `RESULTS_DIR`, or target/reliability (what
-/// scripts/reliability_report.sh assembles). scripts/matrix.sh points other versions elsewhere.
-pub fn results_dir() -> PathBuf {
-    std::env::var_os("RESULTS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("target")
-                .join("reliability")
-        })
+/// Where the rows of docs/reliability.md go when they are asked for: `RESULTS_DIR` (scripts/test.sh
+/// sets it to target/reliability, which scripts/reliability_report.sh assembles). Unset: nowhere.
+pub fn results_dir() -> Option<PathBuf> {
+    std::env::var_os("RESULTS_DIR").map(PathBuf::from)
 }
 
-/// Records one row of docs/reliability.md: written to target/reliability/<case>.md, assembled by
-/// scripts/reliability_report.sh after the suite.
-pub fn record(case: &str, done: &str, measured: &str, result: &str) {
-    let dir = results_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let clean = |s: &str| s.replace('|', "\\|").replace('\n', " ");
-    let row = format!(
-        "| {} | {} | {} | {} |\n",
-        clean(case),
-        clean(done),
-        clean(measured),
-        clean(result)
-    );
-    let file: String = case
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    std::fs::write(dir.join(format!("{file}.md")), row).unwrap();
+/// One row of docs/reliability.md: started with the case a test is about, given what was done and
+/// what was measured once the test has them, and written when the test ends (only when asked for,
+/// see [`results_dir`]) with the test's outcome as its result: a test that panics writes `FAIL`.
+pub struct Figures {
+    case: String,
+    row: Option<(String, String, String)>,
+}
+
+impl Figures {
+    pub fn start(case: &str) -> Figures {
+        Figures {
+            case: case.to_string(),
+            row: None,
+        }
+    }
+
+    /// What the test did and measured; `passing_shows` (may be empty) says what a pass means.
+    pub fn record(&mut self, done: &str, measured: &str, passing_shows: &str) {
+        self.row = Some((done.into(), measured.into(), passing_shows.into()));
+    }
+}
+
+impl Drop for Figures {
+    fn drop(&mut self) {
+        let Some(dir) = results_dir() else {
+            return;
+        };
+        let failed = std::thread::panicking();
+        let (done, measured, result) = match self.row.take() {
+            Some((done, measured, shows)) if !failed && shows.is_empty() => {
+                (done, measured, "pass".to_string())
+            }
+            Some((done, measured, shows)) if !failed => (done, measured, format!("pass: {shows}")),
+            Some((done, measured, _)) => (done, measured, "FAIL".to_string()),
+            None if failed => (
+                "–".to_string(),
+                "not reached: the test failed before its figures".to_string(),
+                "FAIL".to_string(),
+            ),
+            // A test that skipped (its server lacks a client tool) records nothing.
+            None => return,
+        };
+        let clean = |s: &str| s.replace('|', "\\|").replace('\n', " ");
+        let row = format!(
+            "| {} | {} | {} | {} |\n",
+            clean(&self.case),
+            clean(&done),
+            clean(&measured),
+            clean(&result)
+        );
+        let file: String = self
+            .case
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{file}.md")), row).unwrap();
+    }
 }
 
 /// PID of this database's scheduler, waiting for one to be running.

@@ -3,11 +3,9 @@
 //! databases served, SIGTERM in the middle of a run, DROP EXTENSION / DROP DATABASE never blocked,
 //! a missed schedule firing once after downtime, the utility hook's error pass-through.
 
-mod common;
-
-use common::{
-    add_rule, count, failed_run_error, live_checksum, record, token_table, wait_for,
-    wait_for_count, Cluster,
+use crate::common::{
+    add_rule, count, failed_run_error, live_checksum, token_table, wait_for, wait_for_count,
+    Cluster, Figures,
 };
 use std::time::{Duration, Instant};
 
@@ -263,7 +261,7 @@ fn a_new_timezone_setting_moves_the_rules_at_the_configuration_reload() {
     // Control: evaluated in UTC, the rule does not run.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(count(&mut db, expired), 10, "ran while evaluated in UTC");
-    common::alter_system(&mut db, "pg_token_cleanup.timezone", "Pacific/Kiritimati");
+    crate::common::alter_system(&mut db, "pg_token_cleanup.timezone", "Pacific/Kiritimati");
     wait_for_count(
         &mut db,
         "the run at the Kiritimati time",
@@ -295,7 +293,7 @@ fn assert_no_new_runs(db: &mut postgres::Client) -> i64 {
 
 /// `ALTER SYSTEM SET pg_token_cleanup.enabled` and reload.
 fn set_enabled_setting(db: &mut postgres::Client, on: bool) {
-    common::alter_system(
+    crate::common::alter_system(
         db,
         "pg_token_cleanup.enabled",
         if on { "on" } else { "off" },
@@ -304,6 +302,7 @@ fn set_enabled_setting(db: &mut postgres::Client, on: bool) {
 
 #[test]
 fn a_rule_on_a_dropped_table_fails_alone() {
+    let mut figures = Figures::start("the rule's table dropped after the rule was created");
     let cluster = Cluster::start("dropped", &[]);
     let mut db = cluster.database_with_extension("app");
     token_table(&mut db, "public.doomed", 10, 10);
@@ -336,11 +335,10 @@ fn a_rule_on_a_dropped_table_fails_alone() {
         });
     }
     assert_eq!(count(&mut db, "SELECT count(*) FROM public.kept"), 10);
-    record(
-        "the rule's table dropped after the rule was created",
+    figures.record(
         "two rules every second; one table dropped",
         "its runs fail with \"table public.doomed of rule … does not exist (dropped or renamed?)\"; the other rule purged two more waves of 50 expired rows, its 10 live rows untouched",
-        "pass",
+        "",
     );
 }
 
@@ -374,6 +372,7 @@ fn two_databases_are_both_served() {
 
 #[test]
 fn sigterm_mid_run_leaves_it_interrupted_and_deletes_only_matching_rows() {
+    let mut figures = Figures::start("SIGTERM to the scheduler mid-run (pg_terminate_backend)");
     let cluster = Cluster::start("sigterm", &[]);
     let mut db = cluster.database_with_extension("app");
     token_table(&mut db, "public.refresh_tokens", 200_000, 50_000);
@@ -460,16 +459,16 @@ fn sigterm_mid_run_leaves_it_interrupted_and_deletes_only_matching_rows() {
         },
     );
     assert_eq!(live_checksum(&mut db, "public.refresh_tokens"), live);
-    record(
-        "SIGTERM to the scheduler mid-run (pg_terminate_backend)",
+    figures.record(
         "200k expired + 50k live rows, batches of 50; a manual run attempted meanwhile; then SIGTERM",
         &format!("manual run refused with 55006 \"already running\"; run recorded interrupted with {deleted} rows deleted = rows gone; launcher restarted the scheduler and a later run purged the rest; live-row checksum unchanged"),
-        "pass",
+        "",
     );
 }
 
 #[test]
 fn drop_extension_create_database_template_and_drop_database_are_not_blocked() {
+    let mut figures = Figures::start("DROP EXTENSION, CREATE EXTENSION, CREATE DATABASE … TEMPLATE, DROP DATABASE while the scheduler is connected");
     let cluster = Cluster::start("drops", &[]);
     let mut db = cluster.database_with_extension("app");
     token_table(&mut db, "public.tokens", 10, 10);
@@ -552,8 +551,7 @@ fn drop_extension_create_database_template_and_drop_database_are_not_blocked() {
         "DROP DATABASE took {:?}",
         started.elapsed()
     );
-    record(
-        "DROP EXTENSION, CREATE EXTENSION, CREATE DATABASE … TEMPLATE, DROP DATABASE while the scheduler is connected",
+    figures.record(
         "rule every second; each statement run while the database's scheduler was connected",
         &format!(
             "DROP EXTENSION {:.2} s; CREATE EXTENSION again served without restart; template copy {:.2} s (copy then served); plain DROP DATABASE {:.2} s",
@@ -561,7 +559,7 @@ fn drop_extension_create_database_template_and_drop_database_are_not_blocked() {
             template_copy.as_secs_f64(),
             started.elapsed().as_secs_f64()
         ),
-        "pass",
+        "",
     );
 }
 
