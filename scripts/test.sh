@@ -7,7 +7,7 @@
 #   2. the pg_regress suite of the SQL surface (scripts/regress.sh);
 #   3. PostgreSQL 14, 16, 17 and 18: build for each and run the end-to-end suites there
 #      (scripts/matrix.sh; the soak stays on 15);
-#   4. the upgrades from the released 0.1.0, 0.2.0, 0.3.0 and 0.4.0 (scripts/upgrade_test.sh);
+#   4. the upgrades from the released 0.1.0 to 0.5.0 (scripts/upgrade_test.sh);
 #   5. the Debian package: install, run a rule, remove (scripts/package_test.sh).
 # Installs what is missing first (scripts/setup.sh). Idempotent. Every part runs even when an
 # earlier one failed; the exit status is non-zero if any failed.
@@ -49,7 +49,7 @@ postgres15() {
 part "PostgreSQL 15: unit, #[pg_test], end-to-end, load and ${SOAK_SECS} s soak" postgres15
 part "pg_regress: the SQL surface" bash scripts/regress.sh
 part "PostgreSQL 14, 16, 17, 18: build and end-to-end suites" bash scripts/matrix.sh
-part "upgrades from 0.1.0, 0.2.0, 0.3.0 and 0.4.0 to this version" bash scripts/upgrade_test.sh
+part "upgrades from 0.1.0, 0.2.0, 0.3.0, 0.4.0 and 0.5.0 to this version" bash scripts/upgrade_test.sh
 part "Debian package" bash scripts/package_test.sh
 
 echo

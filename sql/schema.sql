@@ -157,61 +157,9 @@ GRANT USAGE ON SEQUENCE token_cleanup.rules_id_seq TO PUBLIC;
 GRANT SELECT ON token_cleanup.runs TO PUBLIC;
 GRANT SELECT ON token_cleanup.rule_totals TO PUBLIC;
 
--- Validation and bookkeeping of every INSERT and UPDATE: timestamps, immutable id, owner rules,
--- and token_cleanup.check_rule() (Rust), which refuses a bad field with a clear error and returns
--- the table names (target, archive) in their canonical schema-qualified, quoted form.
--- No SET search_path here: table_name is resolved with the caller's search_path, as regclass input
--- is; check_rule then stores the schema-qualified name. So nothing in this body may depend on the
--- caller's search_path: every function, operator and type is schema-qualified (a caller with
--- another role's schema before pg_catalog in its path must not run that role's code).
-CREATE FUNCTION token_cleanup.rules_before_write() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    canonical pg_catalog.text[];
-BEGIN
-    IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-        NEW.owner := coalesce(NEW.owner, current_user);
-        NEW.created_at := pg_catalog.now();
-    ELSE
-        -- Row-level security keeps other roles' rules out of reach, except for a BYPASSRLS role,
-        -- which could otherwise rewrite a rule that runs as its owner.
-        IF OLD.owner OPERATOR(pg_catalog.<>) current_user
-           AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user) THEN
-            RAISE EXCEPTION 'rule "%" belongs to role "%": only its owner or a superuser may change it', OLD.name, OLD.owner
-                USING ERRCODE = 'insufficient_privilege',
-                      HINT = 'Ask the rule''s owner, or a superuser, to change it.';
-        END IF;
-        NEW.id := OLD.id;
-        NEW.created_at := OLD.created_at;
-    END IF;
-    NEW.updated_at := pg_catalog.now();
-    canonical := token_cleanup.check_rule(
-        NEW.name, NEW.table_name, NEW.condition, NEW.schedule, NEW.batch_size,
-        NEW.owner::pg_catalog.text,
-        pg_catalog.date_part('epoch', NEW.lock_timeout),
-        pg_catalog.date_part('epoch', NEW.statement_timeout),
-        NEW.max_rows_per_second,
-        pg_catalog.date_part('epoch', NEW.max_run_duration),
-        NEW.timezone, NEW.archive_table, NEW.max_rows_per_run, NEW.max_fraction, NEW.drop_partitions);
-    NEW.table_name := canonical[1];
-    NEW.archive_table := canonical[2];
-    IF NEW.max_replica_lag OPERATOR(pg_catalog.<) '0'::pg_catalog.interval THEN
-        RAISE EXCEPTION 'max_replica_lag of rule "%" must not be negative, got %', NEW.name, NEW.max_replica_lag
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Give the replica lag at which runs pause between batches, e.g. ''1 second'', 0 for off, or NULL for pg_token_cleanup.max_replica_lag.';
-    END IF;
-    IF NEW.max_wal_rate OPERATOR(pg_catalog.<) 0::pg_catalog.float4
-       OR NEW.max_wal_rate OPERATOR(pg_catalog.=) 'NaN'::pg_catalog.float4 THEN
-        RAISE EXCEPTION 'max_wal_rate % of rule "%" is not a rate', NEW.max_wal_rate, NEW.name
-            USING ERRCODE = 'numeric_value_out_of_range',
-                  HINT = 'Give the MB of WAL per second a run may write, e.g. 16, 0 for no limit, or NULL for pg_token_cleanup.max_wal_rate.';
-    END IF;
-    RETURN NEW;
-END
-$$;
-
-CREATE TRIGGER rules_validate BEFORE INSERT OR UPDATE ON token_cleanup.rules
-    FOR EACH ROW EXECUTE FUNCTION token_cleanup.rules_before_write();
+-- Validation and bookkeeping of every INSERT and UPDATE (owner, timestamps, immutable id, the
+-- owner's right to change a rule, each field checked, table names stored canonical) is the trigger
+-- rules_validate, created with its Rust function token_cleanup.rules_before_write() (src/rules/validate.rs).
 
 -- Any change to the rules tells this database's scheduler, at commit, that the rules changed (a
 -- relcache invalidation of the rules table, which COMMIT PREPARED delivers too) and wakes it, so it

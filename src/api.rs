@@ -1,12 +1,12 @@
 //! The SQL functions users call: `run`, `preview`, `next_runs`, `next_run`, and the two wake-ups the
 //! extension's own triggers call. Thin: each delegates to the modules that own the work.
 
-use crate::catalog;
 use crate::errors::refuse;
 use crate::errors::Error;
 use crate::gucs;
 use crate::history;
 use crate::owner;
+use crate::rules;
 use crate::schedule::{Schedule, SCHEDULE_HINT};
 use crate::target;
 use crate::worker::{registry, runner};
@@ -97,7 +97,7 @@ fn preview(
         name!(batches, i64),
     ),
 > {
-    let rule = catalog::visible_rule_by_name(rule_name);
+    let rule = rules::visible_rule_by_name(rule_name);
     let (table, owner) = crate::inspect::resolve(&rule).unwrap_or_else(|e| e.raise());
     let sql = format!(
         "SELECT count(*) FROM ONLY {} WHERE {}",
@@ -142,7 +142,7 @@ fn run(
     ),
 > {
     refuse_snapshot_isolation();
-    let rule = catalog::visible_rule_by_name(rule_name);
+    let rule = rules::visible_rule_by_name(rule_name);
     refuse_uncommitted(&rule);
     let name = rule.name.clone();
     let run = runner::run_manual(rule);
@@ -177,7 +177,7 @@ fn refuse_snapshot_isolation() {
 }
 
 /// A run must run the rule as everyone sees it, not a version this transaction has not committed.
-fn refuse_uncommitted(rule: &catalog::Rule) {
+fn refuse_uncommitted(rule: &rules::Rule) {
     if changed_in_this_transaction(rule.id) {
         refuse(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -216,7 +216,7 @@ fn raise_failed_run(run_id: i64, name: &str, status: &str, recorded: Error) -> !
 fn delete_rule(rule_name: &str) -> bool {
     // Row-level security shows the caller only its own rules; a BYPASSRLS role sees every rule, so
     // ownership is checked as well.
-    let rule = catalog::visible_rule_by_name(rule_name);
+    let rule = rules::visible_rule_by_name(rule_name);
     // SAFETY: reading the current user and whether it is a superuser.
     let (caller, superuser) = unsafe { (pg_sys::GetUserId(), pg_sys::superuser()) };
     if !superuser && owner::role_oid(&rule.owner) != Some(caller) {

@@ -13,7 +13,7 @@
 //!   nothing else: no clause can follow, and the newline ends a trailing `--` comment.
 //!
 //! [`check_semantics`] then plans and starts it as the owner (privileges, types, boolean), unless
-//! rules are being restored (see `catalog`), when nothing of the owner's is evaluated.
+//! rules are being restored (see `rules::validate`), when nothing of the owner's is evaluated.
 
 use crate::errors::{in_subtransaction, refuse, Error};
 use crate::owner;

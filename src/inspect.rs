@@ -3,10 +3,10 @@
 //! `token_cleanup.backlog_estimate(rule)` (the planner's estimate of its matching rows, for the
 //! metrics view). Both plan the rule's condition as the role the rule runs as, like a run does.
 
-use crate::catalog::{self, Rule};
 use crate::condition;
 use crate::errors::Error;
 use crate::owner;
+use crate::rules::{self, Rule};
 use crate::target::{self, ResolvedTable};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -80,7 +80,7 @@ const SCRAPE_LIMITS: owner::Limits = owner::Limits {
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn backlog_estimate(rule_name: &str) -> Option<i64> {
-    let rule = catalog::visible_rule_by_name(rule_name);
+    let rule = rules::visible_rule_by_name(rule_name);
     let (table, role) = resolve(&rule).ok()?;
     crate::executor::planned_scan(&table, &rule.condition, role, SCRAPE_LIMITS)
         .ok()
@@ -108,7 +108,7 @@ fn explain(
         name!(index_advice, Option<String>),
     ),
 > {
-    let rule = catalog::visible_rule_by_name(rule_name);
+    let rule = rules::visible_rule_by_name(rule_name);
     let (table, role) = resolve(&rule).unwrap_or_else(|e| e.raise());
     let planned = plan(&rule, &table, role).unwrap_or_else(|e| e.context("planning").raise());
     let (pages, live) = Spi::get_two_with_args::<i64, f32>(

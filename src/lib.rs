@@ -22,7 +22,7 @@
 //!
 //! Where things are:
 //! - [`schedule`]: cron text → fire times (pure Rust); [`worker::agenda`]: due times (pure Rust).
-//! - [`catalog`]: the rule type, loading ([`catalog::load`]) and validation; [`target`]: table
+//! - [`rules`]: the rule type, loading ([`rules::load`]) and validation; [`target`]: table
 //!   resolution; [`condition`]: the proof that a condition is one expression, and the one place
 //!   that embeds it.
 //! - [`executor`]: one run (batches; [`executor::binding`]: the rule and relations a run was
@@ -40,7 +40,6 @@
 use pgrx::prelude::*;
 
 mod api;
-mod catalog;
 mod condition;
 mod errors;
 mod executor;
@@ -50,6 +49,7 @@ mod hooks;
 mod inspect;
 mod owner;
 mod pgtime;
+mod rules;
 mod schedule;
 mod target;
 mod worker;

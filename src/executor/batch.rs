@@ -5,9 +5,9 @@ use super::{
     batch_cap, owner_statement, range_delete, statements, Batch, Deleted, Plan, COLLECT_LIMIT,
     OPTIMISTIC_LOCK_WAIT_MS,
 };
-use crate::catalog::Rule;
 use crate::errors::Error;
 use crate::owner::{self, Limits};
+use crate::rules::Rule;
 use pgrx::array::RawArray;
 use pgrx::pg_sys;
 use pgrx::prelude::*;

@@ -10,9 +10,9 @@
 //! statements, which name the relations by that canonical name, reach exactly the bound ones. A
 //! mismatch ends the run without deleting, recorded with the reason.
 
-use crate::catalog::Rule;
 use crate::errors::Error;
 use crate::history::Outcome;
+use crate::rules::Rule;
 use crate::target;
 use pgrx::pg_sys;
 use pgrx::prelude::*;

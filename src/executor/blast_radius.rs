@@ -8,8 +8,8 @@
 //! would double the run); the message says which.
 
 use super::{owner_statement, Plan};
-use crate::catalog::Rule;
 use crate::errors::Error;
+use crate::rules::Rule;
 use pgrx::prelude::*;
 
 /// `Err` when the run would pass a limit. `plans`: one per table the run works through (the leaf

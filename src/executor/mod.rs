@@ -27,10 +27,10 @@ mod sizer;
 mod statements;
 mod tally;
 
-use crate::catalog::Rule;
 use crate::errors::Error;
 use crate::history::{self, Outcome};
 use crate::owner::{self, Limits};
+use crate::rules::Rule;
 use crate::target::ResolvedTable;
 use batch::{at, block_number, collect, supported_wal_compression, tid};
 use method::Method;

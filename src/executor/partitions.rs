@@ -14,9 +14,9 @@
 //! when a lock is not granted in time, or the rule archives its rows, the run deletes row by row.
 
 use super::{owner_statement, Plan};
-use crate::catalog::Rule;
 use crate::errors::Error;
 use crate::history::Outcome;
+use crate::rules::Rule;
 use crate::target::{self, ResolvedTable};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;

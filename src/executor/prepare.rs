@@ -4,9 +4,9 @@
 
 use super::statements::{self, Archive, Shape};
 use super::{supported_wal_compression, Method, Plan};
-use crate::catalog::Rule;
 use crate::errors::Error;
 use crate::owner;
+use crate::rules::Rule;
 use crate::target::{self, ResolvedTable};
 use pgrx::pg_sys;
 use pgrx::prelude::*;

@@ -41,9 +41,9 @@ pub mod runner;
 pub mod scheduler;
 pub mod signals;
 
-use crate::catalog::Rule;
 use crate::executor::RunReport;
 use crate::history::Trigger;
+use crate::rules::Rule;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 

@@ -1,5 +1,5 @@
 //! What a reload of the rules reads. Every enabled rule row has a version (its `xmin`, see
-//! `catalog::enabled_rule_versions`), and the scheduler keeps the version of each rule it loaded.
+//! `rules::enabled_rule_versions`), and the scheduler keeps the version of each rule it loaded.
 //! A reload reads the versions (an id and an integer per rule: cheap even for 100,000 rules), then
 //! loads only the rules that are new or changed and drops the ones that are gone (deleted or
 //! disabled). One changed rule costs the scheduler one row, not all of them.

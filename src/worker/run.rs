@@ -7,11 +7,11 @@
 //! a run's outcome is recorded, announced and logged. The claim goes on drop, whatever happens.
 
 use super::registry::{self, Busy};
-use crate::catalog::Rule;
 use crate::errors::Error;
 use crate::executor::binding::Binding;
 use crate::executor::{self, RunReport};
 use crate::history::{self, Outcome, RunResult, Trigger};
+use crate::rules::Rule;
 use crate::target;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;

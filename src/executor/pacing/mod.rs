@@ -67,7 +67,7 @@ pub struct PaceLimits {
 
 impl PaceLimits {
     /// What a run of `rule` is paced by: the rule's own limits, else the settings; 0 is off.
-    pub fn of(rule: &crate::catalog::Rule) -> PaceLimits {
+    pub fn of(rule: &crate::rules::Rule) -> PaceLimits {
         use crate::gucs;
         let lag_ms = rule
             .max_replica_lag_ms

@@ -4,10 +4,10 @@
 //! when no runner is to be had.
 
 use super::{start, Args};
-use crate::catalog::Rule;
 use crate::errors::refuse;
 use crate::gucs;
 use crate::history::{self, RunResult, Trigger};
+use crate::rules::Rule;
 use crate::worker::handoff::Handoff;
 use crate::worker::registry::{budget, Kind};
 use crate::worker::run::RunRequest;

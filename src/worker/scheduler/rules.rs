@@ -3,10 +3,10 @@
 //! library.
 
 use super::{Scheduler, Served, OUTDATED_RECHECK, OWN_LOCK_TIMEOUT, RELOAD_GAP, RULES_OID};
-use crate::catalog::{self, LoadedRule};
 use crate::errors::in_subtransaction;
 use crate::gucs;
 use crate::history;
+use crate::rules::{self, LoadedRule};
 use crate::worker::agenda::AgendaRule;
 use crate::worker::extension_present;
 use crate::worker::reload::{self, Load, Plan};
@@ -34,19 +34,19 @@ impl Scheduler {
             if let Ok(Some(t)) = crate::target::lookup_table("token_cleanup.rules") {
                 RULES_OID.store(u32::from(t.oid), Ordering::SeqCst);
             }
-            if let Some(installed) = catalog::outdated_sql_version() {
+            if let Some(installed) = rules::outdated_sql_version() {
                 return Some(Err(installed));
             }
             Some(Ok(in_subtransaction(|| {
                 let plan = if everything {
                     Plan::everything()
                 } else {
-                    reload::plan(known, |s| s.version, &catalog::enabled_rule_versions())
+                    reload::plan(known, |s| s.version, &rules::enabled_rule_versions())
                 };
                 let rules = match &plan.load {
-                    Load::All => catalog::load_enabled_rules(None),
+                    Load::All => rules::load_enabled_rules(None),
                     Load::Only(ids) if ids.is_empty() => Vec::new(),
-                    Load::Only(ids) => catalog::load_enabled_rules(Some(ids)),
+                    Load::Only(ids) => rules::load_enabled_rules(Some(ids)),
                 };
                 (plan, rules)
             })))

@@ -1,6 +1,14 @@
-//! The validation of one rule row, run by the rules table's BEFORE INSERT OR UPDATE trigger
-//! (`token_cleanup.check_rule`): each bad field refused with an error that names it and the fix.
+//! The rules table's BEFORE INSERT OR UPDATE trigger, `token_cleanup.rules_before_write()`: the
+//! bookkeeping of every written row (owner defaulted to the current user, `id` and `created_at`
+//! kept on UPDATE, `updated_at`), the owner's right to change it, and the validation of each field,
+//! read from NEW by column name: a bad field is refused with an error that names it and the fix.
+//! Table names are stored in their canonical, schema-qualified and quoted form, so that a rule
+//! shows exactly which table it deletes from.
+//!
+//! It runs as the writing role, with its `search_path`: `table_name` is resolved as regclass input
+//! is, then stored qualified.
 
+use super::columns::{self, Row, SqlName, Tuple};
 use super::{current_user_name, MAX_NAME_LEN};
 use crate::condition;
 use crate::errors::refuse;
@@ -8,34 +16,94 @@ use crate::gucs;
 use crate::owner::{self, Limits};
 use crate::schedule::{Schedule, SCHEDULE_HINT};
 use crate::target::{self, ResolvedTable};
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::trigger_support::{PgTrigger, PgTriggerOperation};
+use pgrx::{AllocatedByPostgres, PgTupleDesc};
 
-/// Validates one rule row; called by the rules table's BEFORE INSERT OR UPDATE trigger. Refuses a bad
-/// field with an error naming it and the fix; returns the table name in canonical form, which the
-/// trigger stores so that the rule shows exactly which table it deletes from.
-#[allow(clippy::too_many_arguments)]
-#[pg_extern(volatile, parallel_unsafe)]
-fn check_rule(
-    name: Option<&str>,
-    table_name: Option<&str>,
-    condition: Option<&str>,
-    schedule: Option<&str>,
-    batch_size: Option<i32>,
-    owner: Option<&str>,
-    lock_timeout_s: Option<f64>,
-    statement_timeout_s: Option<f64>,
-    max_rows_per_second: Option<i32>,
-    max_run_duration_s: Option<f64>,
-    timezone: Option<&str>,
-    archive_table: Option<&str>,
-    max_rows_per_run: Option<i64>,
-    max_fraction: Option<f32>,
-    drop_partitions: Option<&str>,
-) -> Vec<Option<String>> {
+extension_sql!(
+    r#"
+-- Every INSERT and UPDATE of a rule: its bookkeeping and validation (rules_before_write()).
+CREATE TRIGGER rules_validate BEFORE INSERT OR UPDATE ON token_cleanup.rules
+    FOR EACH ROW EXECUTE FUNCTION token_cleanup.rules_before_write();
+"#,
+    name = "rules_validate",
+    requires = [rules_before_write]
+);
+
+/// The trigger: the row to write, completed and checked.
+#[pg_trigger]
+fn rules_before_write<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+    let data = trigger.trigger_data();
+    // SAFETY: the relation of a firing trigger, and its tuples (NEW is tg_trigtuple on INSERT,
+    // tg_newtuple on UPDATE; OLD is tg_trigtuple on UPDATE), valid for this call.
+    let desc = unsafe { (*data.tg_relation).rd_att };
+    let insert = matches!(trigger.op(), Ok(PgTriggerOperation::Insert));
+    let original = if insert {
+        data.tg_trigtuple
+    } else {
+        data.tg_newtuple
+    };
+    // SAFETY: as above.
+    let mut new = unsafe { Tuple::deform(original, desc) };
+    // SAFETY: reading the start of the current transaction, as now() does.
+    let now =
+        TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
+            .expect("the transaction's start is a valid timestamp");
+    if insert {
+        if new.column::<SqlName>("owner").is_none() {
+            new.set("owner", Some(SqlName(current_user_name())));
+        }
+        new.set("created_at", Some(now));
+    } else {
+        // SAFETY: as above.
+        let old = unsafe { Tuple::deform(data.tg_trigtuple, desc) };
+        refuse_unless_owner(&old);
+        new.set("id", old.column::<i64>("id"));
+        new.set(
+            "created_at",
+            old.column::<TimestampWithTimeZone>("created_at"),
+        );
+    }
+    new.set("updated_at", Some(now));
+    let (table, archive) = check_row(&new);
+    new.set("table_name", Some(table));
+    new.set("archive_table", archive);
+    // SAFETY: `new` was deformed from `original`, described by the relation's descriptor.
+    Ok(Some(unsafe {
+        PgHeapTuple::from_heap_tuple(PgTupleDesc::from_pg_unchecked(desc), new.form(original))
+    }))
+}
+
+/// Row-level security keeps other roles' rules out of reach, except for a BYPASSRLS role, which
+/// could otherwise rewrite a rule that runs as its owner.
+fn refuse_unless_owner(old: &impl Row) {
+    let owner = old
+        .column::<SqlName>("owner")
+        .map(|n| n.0)
+        .unwrap_or_default();
+    // SAFETY: a catalog check of the current user.
+    if owner != current_user_name() && !unsafe { pg_sys::superuser() } {
+        let name = old.column::<String>("name").unwrap_or_default();
+        refuse(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("rule \"{name}\" belongs to role \"{owner}\": only its owner or a superuser may change it"),
+            "Ask the rule's owner, or a superuser, to change it.",
+        );
+    }
+}
+
+/// Checks every field of `row`, in a fixed order (the first bad one is reported); returns the
+/// canonical names of its table and archive table.
+fn check_row(row: &impl Row) -> (String, Option<String>) {
+    let name = row.column::<String>("name");
     let name = required(
         "name",
-        name,
+        name.as_deref(),
         "Give the rule a unique name, e.g. 'refresh_tokens'.",
     );
     if name.trim().is_empty() || name.len() > MAX_NAME_LEN {
@@ -45,32 +113,83 @@ fn check_rule(
             "Give the rule a short unique name, e.g. 'refresh_tokens'.",
         );
     }
-    let owner_oid = check_owner(name, owner);
-    let timezone = check_timezone(name, timezone);
-    let schedule = required("schedule", schedule, SCHEDULE_HINT);
+    let seconds = |column: &str| row.column::<Interval>(column).map(|i| columns::seconds(&i));
+    let owner = row.column::<SqlName>("owner").map(|n| n.0);
+    let owner_oid = check_owner(name, owner.as_deref());
+    let timezone = check_timezone(name, row.column::<String>("timezone").as_deref());
+    let schedule = row.column::<String>("schedule");
+    let schedule = required("schedule", schedule.as_deref(), SCHEDULE_HINT);
     check_schedule(name, schedule, timezone);
-    check_batch_size(name, batch_size);
-    check_timeout(name, "lock_timeout", lock_timeout_s);
-    check_timeout(name, "statement_timeout", statement_timeout_s);
-    check_max_rows_per_second(name, max_rows_per_second);
-    check_max_run_duration(name, max_run_duration_s);
-    check_blast_radius(name, max_rows_per_run, max_fraction);
+    check_batch_size(name, row.column("batch_size"));
+    check_timeout(name, "lock_timeout", seconds("lock_timeout"));
+    check_timeout(name, "statement_timeout", seconds("statement_timeout"));
+    check_max_rows_per_second(name, row.column("max_rows_per_second"));
+    check_max_run_duration(name, seconds("max_run_duration"));
+    check_blast_radius(
+        name,
+        row.column("max_rows_per_run"),
+        row.column("max_fraction"),
+    );
+    let table_name = row.column::<String>("table_name");
     let table_name = required(
         "table_name",
-        table_name,
+        table_name.as_deref(),
         "Name the table to clean, e.g. 'public.refresh_tokens' or 'dbo.\"ClientAccessTokens\"'.",
     );
     let restoring = restoring();
     let table = check_table(name, table_name, owner_oid, restoring);
+    let condition = row.column::<String>("condition");
     let condition = required(
         "condition",
-        condition,
+        condition.as_deref(),
         "Give a boolean expression such as 'expires_at < now()'.",
     );
     check_condition(name, &table, condition, owner_oid, restoring);
-    check_drop_partitions(name, &table, drop_partitions.unwrap_or("never"));
-    let archive = archive_table.map(|a| check_archive(name, &table, a, owner_oid, restoring));
-    vec![Some(table.qualified_name), archive]
+    let drop_partitions = row.column::<String>("drop_partitions");
+    check_drop_partitions(name, &table, drop_partitions.as_deref().unwrap_or("never"));
+    let archive = row
+        .column::<String>("archive_table")
+        .map(|a| check_archive(name, &table, &a, owner_oid, restoring));
+    check_pacing(name, row);
+    (table.qualified_name, archive)
+}
+
+/// Pacing limits: a replica lag that is not negative, a WAL rate that is a rate.
+fn check_pacing(rule: &str, row: &impl Row) {
+    if let Some(lag) = row.column::<Interval>("max_replica_lag") {
+        if columns::seconds(&lag) < 0.0 {
+            refuse(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("max_replica_lag of rule \"{rule}\" must not be negative, got {}", output_text(lag)),
+                "Give the replica lag at which runs pause between batches, e.g. '1 second', 0 for off, or NULL for pg_token_cleanup.max_replica_lag.",
+            );
+        }
+    }
+    if let Some(rate) = row.column::<f32>("max_wal_rate") {
+        if rate < 0.0 || rate.is_nan() {
+            refuse(
+                PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                format!("max_wal_rate {} of rule \"{rule}\" is not a rate", output_text(rate)),
+                "Give the MB of WAL per second a run may write, e.g. 16, 0 for no limit, or NULL for pg_token_cleanup.max_wal_rate.",
+            );
+        }
+    }
+}
+
+/// `value` as PostgreSQL prints it (the output function of its type), as errors quote values.
+fn output_text<T: IntoDatum>(value: T) -> String {
+    let mut output = pg_sys::Oid::INVALID;
+    let mut varlena = false;
+    let datum = value.into_datum().expect("a value");
+    // SAFETY: the type's output function, given a datum of that type; the result is a palloc'd C
+    // string.
+    unsafe {
+        pg_sys::getTypeOutputInfo(T::type_oid(), &mut output, &mut varlena);
+        let text = pg_sys::OidOutputFunctionCall(output, datum);
+        std::ffi::CStr::from_ptr(text)
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 /// Whether rules are being restored (pg_dump's output, pg_restore): PostgreSQL's own signal for

@@ -7,39 +7,6 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
-const RULE_COLUMNS: &str = "r.id, r.name, r.table_name, r.condition, r.schedule, r.batch_size, r.enabled, \
-     r.owner::text, (extract(epoch FROM r.lock_timeout) * 1000)::int8, \
-     (extract(epoch FROM r.statement_timeout) * 1000)::int8, extract(epoch FROM r.updated_at)::float8, \
-     r.max_rows_per_second, (extract(epoch FROM r.max_run_duration) * 1000)::int8, r.timezone, \
-     r.archive_table, r.max_rows_per_run, r.max_fraction, r.drop_partitions, \
-     (extract(epoch FROM r.max_replica_lag) * 1000)::int8, r.max_wal_rate, r.yield_to_waiters";
-
-fn rule_from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Rule> {
-    Ok(Rule {
-        id: row.get(1)?.unwrap_or_default(),
-        name: row.get(2)?.unwrap_or_default(),
-        table_name: row.get(3)?.unwrap_or_default(),
-        condition: row.get(4)?.unwrap_or_default(),
-        schedule: row.get(5)?.unwrap_or_default(),
-        batch_size: row.get(6)?,
-        enabled: row.get(7)?.unwrap_or(false),
-        owner: row.get(8)?.unwrap_or_default(),
-        lock_timeout_ms: row.get(9)?,
-        statement_timeout_ms: row.get(10)?,
-        updated_at: row.get(11)?.unwrap_or_default(),
-        max_rows_per_second: row.get(12)?,
-        max_run_duration_ms: row.get(13)?,
-        timezone: row.get(14)?,
-        archive_table: row.get(15)?,
-        max_rows_per_run: row.get(16)?,
-        max_fraction: row.get(17)?,
-        drop_partitions: row.get(18)?.unwrap_or_else(|| "never".into()),
-        max_replica_lag_ms: row.get(19)?,
-        max_wal_rate_mb: row.get(20)?,
-        yield_to_waiters: row.get(21)?,
-    })
-}
-
 /// An enabled rule as the scheduler loads it.
 pub struct LoadedRule {
     pub rule: Rule,
@@ -84,7 +51,7 @@ pub fn load_enabled_rules(only: Option<&[i64]>) -> Vec<LoadedRule> {
     };
     let last_run = crate::history::last_scheduled_start_sql("r.id");
     let sql = format!(
-        "SELECT {RULE_COLUMNS}, {last_run} AS last_run, r.xmin::text::int8 AS version \
+        "SELECT r.*, {last_run} AS last_run, r.xmin::text::int8 AS version \
          FROM token_cleanup.rules r WHERE r.enabled {filter} ORDER BY r.id"
     );
     let args = only
@@ -94,7 +61,7 @@ pub fn load_enabled_rules(only: Option<&[i64]>) -> Vec<LoadedRule> {
         let mut out = Vec::new();
         for row in client.select(sql.as_str(), None, &args)? {
             out.push(LoadedRule {
-                rule: rule_from_row(&row)?,
+                rule: Rule::read(&row),
                 last_scheduled: row.get_by_name::<f64, _>("last_run")?,
                 version: row.get_by_name::<i64, _>("version")?.unwrap_or_default(),
             });
@@ -136,11 +103,11 @@ pub fn require_current_version() {
 /// The rule matching `filter` (a WHERE condition on `r` with one parameter), if any.
 fn one_rule(filter: &str, arg: pgrx::datum::DatumWithOid) -> Option<Rule> {
     require_current_version();
-    let sql = format!("SELECT {RULE_COLUMNS} FROM token_cleanup.rules r WHERE {filter}");
+    let sql = format!("SELECT r.* FROM token_cleanup.rules r WHERE {filter}");
     Spi::connect(|client| {
         let rows = client.select(sql.as_str(), Some(1), &[arg])?;
         match rows.into_iter().next() {
-            Some(row) => Ok::<_, pgrx::spi::Error>(Some(rule_from_row(&row)?)),
+            Some(row) => Ok::<_, pgrx::spi::Error>(Some(Rule::read(&row))),
             None => Ok(None),
         }
     })

@@ -2,6 +2,7 @@
 //! the validation that the rules table's BEFORE INSERT OR UPDATE trigger runs for every row
 //! (`token_cleanup.check_rule`, [`validate`]).
 
+mod columns;
 pub mod load;
 mod validate;
 
