@@ -6,8 +6,9 @@
 use crate::condition;
 use crate::errors::Error;
 use crate::owner;
+use crate::rules::resolve::{self, When};
 use crate::rules::{self, Rule};
-use crate::target::{self, ResolvedTable};
+use crate::target::ResolvedTable;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -26,29 +27,8 @@ struct Planned {
 /// The rule's table and the role its code runs as (see `owner::run_as`), as they are now; the
 /// errors name what is gone and the fix. Used by `explain()`, `preview()` and the backlog estimate.
 pub(crate) fn resolve(rule: &Rule) -> Result<(ResolvedTable, pg_sys::Oid), Error> {
-    let owner = owner::role_oid(&rule.owner).ok_or_else(|| {
-        Error::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!(
-                "owner role \"{}\" of rule \"{}\" does not exist",
-                rule.owner, rule.name
-            ),
-        )
-        .with_hint("Make an existing role the rule's owner (as a superuser).")
-    })?;
-    let table = target::lookup_table(&rule.table_name)
-        .ok()
-        .flatten()
-        .ok_or_else(|| {
-            Error::new(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                format!(
-                    "table {} of rule \"{}\" does not exist (dropped or renamed?)",
-                    rule.table_name, rule.name
-                ),
-            )
-            .with_hint("Point the rule at the table again: UPDATE token_cleanup.rules SET table_name = … WHERE name = ….")
-        })?;
+    let owner = resolve::owner(&rule.name, &rule.owner, When::Running)?;
+    let table = resolve::table(&rule.name, &rule.table_name, When::Running)?;
     let role = owner::run_as(owner, table.oid);
     Ok((table, role))
 }

@@ -6,8 +6,9 @@ use super::statements::{self, Archive, Shape};
 use super::{supported_wal_compression, Method, Plan};
 use crate::errors::Error;
 use crate::owner;
+use crate::rules::resolve::{self, When};
 use crate::rules::Rule;
-use crate::target::{self, ResolvedTable};
+use crate::target::ResolvedTable;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -16,41 +17,14 @@ use pgrx::prelude::*;
 /// `bound` is the table the run was given (see `binding`): a name that now means another relation
 /// fails the run.
 pub(super) fn prepare(rule: &Rule, bound: pg_sys::Oid) -> Result<Vec<Plan>, Error> {
-    let owner = owner::role_oid(&rule.owner).ok_or_else(|| {
-        Error::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!(
-                "owner role \"{}\" of rule \"{}\" does not exist",
-                rule.owner, rule.name
-            ),
-        )
-        .with_hint("Make an existing role the rule's owner (as a superuser).")
-    })?;
+    let owner = resolve::owner(&rule.name, &rule.owner, When::Running)?;
     // The bound table first, by OID: holding its lock, nobody can rename it, drop it or put another
     // relation under its name while this transaction plans the run (the name is checked below).
     if bound != pg_sys::InvalidOid {
         super::binding::lock(bound, rule.limits().lock_timeout_ms)
             .map_err(|e| e.context(format!("locking table {}", rule.table_name)))?;
     }
-    let table = match target::lookup_table(&rule.table_name) {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return Err(Error::new(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                format!(
-                    "table {} of rule \"{}\" does not exist (dropped or renamed?)",
-                    rule.table_name, rule.name
-                ),
-            )
-            .with_hint("Point the rule at the table again: UPDATE token_cleanup.rules SET table_name = … WHERE name = …."))
-        }
-        Err(why) => {
-            return Err(Error::new(
-                PgSqlErrorCode::ERRCODE_INVALID_NAME,
-                format!("invalid table name {}: {why}", rule.table_name),
-            ))
-        }
-    };
+    let table = resolve::table(&rule.name, &rule.table_name, When::Running)?;
     if table.oid != bound {
         return Err(Error::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -60,13 +34,6 @@ pub(super) fn prepare(rule: &Rule, bound: pg_sys::Oid) -> Result<Vec<Plan>, Erro
             ),
         )
         .with_hint("The next run resolves the table again."));
-    }
-    if let Some((what, fix)) = target::unsupported_kind(table.oid) {
-        return Err(Error::new(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("table {} {what}", table.qualified_name),
-        )
-        .with_hint(fix));
     }
     // A superuser's rule on another role's table runs as that role (see owner::run_as); each leaf
     // partition as its own owner, whose triggers it runs.
@@ -146,60 +113,14 @@ fn prepare_table(
     Ok(plan)
 }
 
-/// The archive of a rule, checked again at every run as at validation: it fits the table and the
-/// role the rule runs as may insert into it.
+/// The archive of a rule, checked again at every run as when the rule was written.
 fn archive_for(
     rule: &Rule,
     table: &ResolvedTable,
     role: pg_sys::Oid,
     name: &str,
 ) -> Result<Archive, Error> {
-    let fix = "Fix the archive table or set the rule's archive_table to NULL.";
-    let archive = match target::lookup_table(name) {
-        Ok(Some(a)) => a,
-        _ => {
-            return Err(Error::new(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                format!(
-                    "archive_table {name} of rule \"{}\" does not exist (dropped or renamed?)",
-                    rule.name
-                ),
-            )
-            .with_hint(fix))
-        }
-    };
-    let columns = target::archive_columns(table, &archive).map_err(|why| {
-        Error::new(
-            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-            format!(
-                "archive_table {} of rule \"{}\" does not fit table {}: {why}",
-                archive.qualified_name, rule.name, table.qualified_name
-            ),
-        )
-        .with_hint(fix)
-    })?;
-    // SAFETY: catalog privilege check.
-    let can_insert = unsafe {
-        pg_sys::pg_class_aclcheck(archive.oid, role, pg_sys::ACL_INSERT as pg_sys::AclMode)
-            == pg_sys::AclResult::ACLCHECK_OK
-    };
-    if !can_insert {
-        return Err(Error::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!(
-                "role \"{}\", as whom rule \"{}\" runs, has no INSERT privilege on archive_table {}",
-                owner::role_name(role),
-                rule.name,
-                archive.qualified_name
-            ),
-        )
-        .with_hint(format!(
-            "GRANT INSERT ON {} TO {};",
-            archive.qualified_name,
-            pgrx::spi::quote_identifier(owner::role_name(role))
-        )));
-    }
-    target::archive_owned_by(&archive, &rule.name, role)?;
+    let (archive, columns) = resolve::archive(&rule.name, table, role, name, When::Running, true)?;
     Ok(Archive {
         oid: archive.oid,
         table: archive.qualified_name,

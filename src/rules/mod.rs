@@ -4,6 +4,7 @@
 
 mod columns;
 pub mod load;
+pub mod resolve;
 mod validate;
 
 pub use load::*;

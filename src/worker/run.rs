@@ -11,6 +11,7 @@ use crate::errors::Error;
 use crate::executor::binding::Binding;
 use crate::executor::{self, RunReport};
 use crate::history::{self, Outcome, RunResult, Trigger};
+use crate::rules::resolve::{self, When};
 use crate::rules::Rule;
 use crate::target;
 use pgrx::bgworkers::BackgroundWorker;
@@ -37,12 +38,11 @@ pub struct RunRequest {
 pub fn perform(request: &RunRequest) -> RunResult {
     let rule = &request.rule;
     let (table, binding, refused) = BackgroundWorker::transaction(|| {
-        let table = target::lookup_table(&rule.table_name)
-            .ok()
-            .flatten()
-            .map_or(pg_sys::InvalidOid, |t| t.oid);
+        let table = target::lookup_table(&rule.table_name).ok().flatten();
+        let refused = table.as_ref().and_then(|t| may_not_delete(rule, t));
+        let table = table.map_or(pg_sys::InvalidOid, |t| t.oid);
         let binding = Binding::new(rule, request.trigger != Trigger::Manual, table);
-        (table, binding, may_not_delete(rule, table))
+        (table, binding, refused)
     });
     if let Some(refused) = refused {
         return end_unstarted(request, Outcome::Failed(refused));
@@ -238,30 +238,10 @@ impl Drop for UnfinishedRun {
 
 /// `Some(error)` when the role the rule runs as holds no DELETE privilege on the table: checked from
 /// the catalog alone, so nothing of the rule's owner runs and the table is not claimed. A missing
-/// table is left to the run, which records it.
-fn may_not_delete(rule: &Rule, table: pg_sys::Oid) -> Option<Error> {
-    if table == pg_sys::InvalidOid {
-        return None;
-    }
-    let owner = crate::owner::role_oid(&rule.owner)?;
-    let role = crate::owner::run_as(owner, table);
-    // SAFETY: catalog privilege check.
-    let granted = unsafe {
-        pg_sys::pg_class_aclcheck(table, role, pg_sys::ACL_DELETE as pg_sys::AclMode)
-            == pg_sys::AclResult::ACLCHECK_OK
-    };
-    (!granted).then(|| {
-        Error::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!(
-                "role \"{}\", as whom rule \"{}\" runs, has no DELETE privilege on table {}",
-                crate::owner::role_name(role),
-                rule.name,
-                rule.table_name
-            ),
-        )
-        .with_hint("Grant DELETE on the table to that role, or delete the rule.")
-    })
+/// owner or table is left to the run, which records it.
+fn may_not_delete(rule: &Rule, table: &target::ResolvedTable) -> Option<Error> {
+    let owner = resolve::owner(&rule.name, &rule.owner, When::Running).ok()?;
+    resolve::deleting_role(&rule.name, table, owner, When::Running).err()
 }
 
 fn already_running(rule: &Rule, busy: Busy) -> Error {
