@@ -349,12 +349,12 @@ fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
         "CREATE TABLE token_cleanup.rule_totals (",
         "CREATE VIEW token_cleanup.rule_stats WITH (security_invoker='true', security_barrier='true') AS",
         "CREATE VIEW token_cleanup.metrics WITH (security_invoker='true', security_barrier='true') AS",
-        "CREATE FUNCTION token_cleanup.check_rule(",
         "CREATE FUNCTION token_cleanup.within_batch(",
         "CREATE FUNCTION token_cleanup.delete_rule(",
         "CREATE FUNCTION token_cleanup.live_progress(",
         "CREATE VIEW token_cleanup.progress WITH (security_invoker='true', security_barrier='true') AS",
-        "CREATE FUNCTION token_cleanup.rules_before_write()",
+        "CREATE FUNCTION token_cleanup.rules_before_write() RETURNS trigger",
+        "CREATE TRIGGER rules_validate BEFORE INSERT OR UPDATE ON token_cleanup.rules",
         "CREATE POLICY rule_totals_owner ON token_cleanup.rule_totals",
         "GRANT SELECT ON TABLE token_cleanup.rule_totals TO PUBLIC",
     ] {
@@ -363,6 +363,14 @@ fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
             "{object} not in the dump of a fresh install"
         );
     }
+    // The validation function that the trigger replaced (0.6.0) is gone.
+    assert!(
+        !fresh
+            .iter()
+            .chain(&upgraded)
+            .any(|s| s.starts_with("CREATE FUNCTION token_cleanup.check_rule(")),
+        "token_cleanup.check_rule() is still there"
+    );
     let only_upgraded: Vec<&String> = upgraded.iter().filter(|s| !fresh.contains(s)).collect();
     let only_fresh: Vec<&String> = fresh.iter().filter(|s| !upgraded.contains(s)).collect();
     assert!(
