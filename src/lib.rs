@@ -20,26 +20,31 @@
 //! - **share**: the most of a limit one party holds while others wait: an owner's share of
 //!   `max_parallel_runs`, a role's share of the budget for its `run()` calls.
 //!
-//! Where things are:
-//! - [`schedule`]: cron text → fire times (pure Rust); [`worker::agenda`]: due times (pure Rust).
-//! - [`rules`]: the rule type, loading ([`rules::load`]) and validation; [`target`]: table
-//!   resolution; [`condition`]: the proof that a condition is one expression, and the one place
-//!   that embeds it.
-//! - [`executor`]: one run (batches; [`executor::binding`]: the rule and relations a run was
-//!   given, checked before every batch; [`executor::pacing`]: waits between batches).
-//! - [`history`]: the runs table (every statement on it but the rules' loading, which reads each
-//!   rule's last scheduled run).
-//! - [`owner`]: running code that is not ours as the right role, leaving nothing behind, and
-//!   timeouts; [`errors`]: raising and catching errors; [`pgtime`]: PostgreSQL's timestamps.
-//! - [`worker`]: launcher, scheduler, runner, signals (and how a run ends when told, even inside the
-//!   owner's code: [`worker::signals`]), the registry in shared memory and the worker budget
-//!   ([`worker::registry`]); [`hooks`]: DROP DATABASE support.
-//! - [`api`]: SQL functions; [`inspect`]: what `preview()` and `explain()` show; [`gucs`]:
-//!   settings; `sql/`: tables, views, policies, triggers.
+//! Where things are, in layers: each module imports only from layers below its own.
+//! - [`api`] (SQL functions), [`inspect`] (what `preview()` and `explain()` show), [`hooks`]
+//!   (DROP DATABASE support);
+//! - [`worker`]: launcher, scheduler, runners; a run's request and result ([`worker::run`],
+//!   through [`worker::handoff`]); when each rule is due ([`worker::agenda`], pure Rust); signals,
+//!   and how a run ends when told, even inside the owner's code ([`worker::signals`]); the registry
+//!   in shared memory and the worker budget ([`worker::registry`]);
+//! - [`executor`]: one run (batches; [`executor::binding`]: the rule and relations a run was given,
+//!   checked before every batch; [`executor::pacing`]: the gate every batch passes, with every wait
+//!   between batches);
+//! - [`rules`]: the rule, read by column name ([`rules::load`]), the trigger that validates every
+//!   written rule, and the one place that decides whether a rule's owner, table and archive are
+//!   usable ([`rules::resolve`]); [`history`]: every statement on the runs table and the lifetime
+//!   counters; [`owner`]: running code that is not ours as the right role, within timeouts, leaving
+//!   nothing behind; [`target`]: table names and kinds; [`condition`]: the proof that a condition is
+//!   one expression, and the one place that embeds it;
+//! - ground: [`schedule`] (cron text → fire times, pure Rust), [`clock`] (time behind an
+//!   interface), [`errors`], [`gucs`] (settings), [`pgtime`] (PostgreSQL's timestamps).
+//!
+//! `sql/`: tables, views, policies and the upgrade scripts.
 
 use pgrx::prelude::*;
 
 mod api;
+mod clock;
 mod condition;
 mod errors;
 mod executor;

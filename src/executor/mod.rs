@@ -127,8 +127,6 @@ struct Plan {
     owner: pg_sys::Oid,
     limits: Limits,
     batch_size: usize,
-    /// Rows per second a run may not exceed on average; 0: no limit.
-    max_rows_per_second: u32,
     /// `wal_compression` for the batches, when pg_token_cleanup.wal_compression names a method this
     /// server supports; `None` keeps the server's setting.
     wal_compression: Option<&'static str>,
@@ -209,7 +207,11 @@ pub fn execute(
         batches_redone: 0,
         partitions: Vec::new(),
         partitions_dropped: 0,
-        pacer: pacing::Pacer::new(pacing::PaceLimits::of(rule), pg_sys::InvalidOid),
+        gate: pacing::Gate::new(
+            pacing::PaceLimits::of(rule),
+            Box::new(crate::clock::SystemClock),
+            Box::new(pacing::LiveServer),
+        ),
     };
     let outcome = run(rule, &mut tally).unwrap_or_else(|stopped| stopped);
     RunReport {
@@ -223,8 +225,8 @@ pub fn execute(
         batches_redone: tally.batches_redone,
         partitions: std::mem::take(&mut tally.partitions),
         partitions_dropped: tally.partitions_dropped,
-        paused: tally.pacer.paused,
-        pause_reasons: tally.pacer.reasons_json(),
+        paused: tally.gate.paused,
+        pause_reasons: tally.gate.reasons_json(),
     }
 }
 
@@ -295,7 +297,7 @@ fn walk_table(
     let mut from = tid(0, 0);
     while block_number(&from) < end_block {
         let start_block = block_number(&from);
-        let units = tally.pacer.batch_units(sizer.units());
+        let units = tally.gate.batch_units(sizer.units());
         let to_block = (u64::from(start_block) + units).min(u64::from(end_block)) as u32;
         let (deleted, ms) = tally.batch(
             plan,
@@ -315,7 +317,7 @@ fn walk_table(
             None => tid(to_block, 0),
         };
         let pages_done = (block_number(&from) - start_block).max(1);
-        tally.pacer.batch_done(u64::from(pages_done));
+        tally.gate.batch_done(u64::from(pages_done));
         sizer.observe(u64::from(pages_done), deleted.rows, ms);
     }
     Ok(Outcome::Succeeded)
@@ -348,10 +350,10 @@ fn delete_through_index(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<O
         let mut rest = candidates.as_slice();
         let mut deleted_this_round = 0;
         while !rest.is_empty() {
-            let units = tally.pacer.batch_units(sizer.units());
+            let units = tally.gate.batch_units(sizer.units());
             let (chunk, tail) = rest.split_at((units as usize).min(rest.len()));
             let (deleted, ms) = tally.batch(plan, Batch::Ctids(chunk))?;
-            tally.pacer.batch_done(chunk.len() as u64);
+            tally.gate.batch_done(chunk.len() as u64);
             sizer.observe(chunk.len() as u64, deleted.rows, ms);
             deleted_this_round += deleted.rows;
             rest = tail;

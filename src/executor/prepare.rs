@@ -83,7 +83,6 @@ fn prepare_table(
         owner,
         limits: rule.limits(),
         batch_size: rule.effective_batch_size().max(1) as usize,
-        max_rows_per_second: rule.effective_max_rows_per_second(),
         wal_compression: supported_wal_compression(),
         method: Method::Index,
         estimated_rows: 0.0,

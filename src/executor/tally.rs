@@ -29,19 +29,19 @@ pub(super) struct Tally<'a> {
     pub(super) batches_redone: i32,
     pub(super) partitions: Vec<(String, i64, &'static str)>,
     pub(super) partitions_dropped: i32,
-    pub(super) pacer: pacing::Pacer,
+    pub(super) gate: pacing::Gate,
 }
 
 impl<'a> Tally<'a> {
     /// One batch in its own transaction, progress recorded in it. Returns what it deleted and how
     /// long it took (ms, start to commit); `Err` ends the run (stop requested, or a failure).
     pub(super) fn batch(&mut self, plan: &Plan, batch: Batch) -> Result<(Deleted, f64), Outcome> {
-        self.keep_pace(plan.max_rows_per_second);
         let stop = self.stop_check();
         let done_so_far = self.rows_deleted;
-        self.pacer.set_table(plan.table.oid);
-        self.pacer.wait(
+        self.gate.set_table(plan.table.oid);
+        self.gate.before_batch(
             self.rule_name,
+            done_so_far,
             || stop.check(),
             |paused, reason| {
                 Outcome::Stopped(format!(
@@ -56,7 +56,7 @@ impl<'a> Tally<'a> {
         let started = Instant::now();
         let (run_id, done, batches) = (self.run_id, self.rows_deleted, self.batches);
         let write_progress = self.progress_written.elapsed() >= PROGRESS_EVERY;
-        let watch_waiters = self.pacer.watches_waiters();
+        let watch_waiters = self.gate.watches_waiters();
         let binding = self.binding;
         let result = BackgroundWorker::transaction(|| {
             if let Err(stale) = still_bound(plan, binding) {
@@ -76,7 +76,7 @@ impl<'a> Tally<'a> {
             Ok(Err(stale)) => Err(stale),
             Ok(Ok((deleted, blocked_someone))) => {
                 if blocked_someone {
-                    self.pacer.give_way_after(elapsed);
+                    self.gate.give_way_after(elapsed);
                 }
                 if write_progress {
                     self.progress_written = Instant::now();
@@ -116,23 +116,6 @@ impl<'a> Tally<'a> {
             started: self.started,
             max_duration: self.max_duration,
             rows_deleted: self.rows_deleted,
-        }
-    }
-
-    /// Waits, between batches and so holding no lock, until the rows deleted so far are within
-    /// `max_rows_per_second` of the run's time. Wakes every 100 ms to notice SIGTERM; leaves the
-    /// latch alone (a scheduler's wake-up for a rule change must survive the run).
-    pub(super) fn keep_pace(&self, max_rows_per_second: u32) {
-        if max_rows_per_second == 0 {
-            return;
-        }
-        let due =
-            Duration::from_secs_f64(self.rows_deleted as f64 / f64::from(max_rows_per_second));
-        while self.check_stop().is_ok() {
-            let Some(ahead) = due.checked_sub(self.started.elapsed()) else {
-                return;
-            };
-            std::thread::sleep(ahead.min(Duration::from_millis(100)));
         }
     }
 }

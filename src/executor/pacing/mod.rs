@@ -15,7 +15,7 @@
 //!   also counts what the standby has still to replay, plus what the next batch will write, at its
 //!   capacity (its replay rate while it had WAL waiting, [`ReplayRates`]): the time it needs to
 //!   catch up. And a batch writes no more WAL than the slowest standby replays in half the limit
-//!   ([`Pacer::batch_units`]). A standby that keeps up never holds up a batch.
+//!   ([`Gate::batch_units`]). A standby that keeps up never holds up a batch.
 //!   While paused for lag, the run writes a tiny WAL record (a logical message) at every recheck:
 //!   a standby reports its replay position when new WAL reaches it, and otherwise only every
 //!   `wal_receiver_status_interval` (10 s), which would keep a run paused long after the standby
@@ -30,24 +30,28 @@
 //! A pause wakes every 100 ms (for replica lag, sooner when the standby needs less to catch up) to
 //! notice SIGTERM and `max_run_duration`; `runs.paused` and `runs.pause_reasons` record it.
 //!
-//! Here: the [`Pacer`] that decides and records pauses. The estimators it decides with are pure
-//! Rust with plain `#[test]`s ([`estimators`]); what it reads from the server is in [`probes`].
+//! - **Rows per second** (`max_rows_per_second`): before a batch, wait until the rows deleted so
+//!   far are within the rate of the run's time. Not a pause: the run is as fast as it was asked to be.
+//!
+//! Here: the [`Gate`] every batch passes ([`Gate::before_batch`]): every wait between batches, in
+//! one loop with one stop check, decided and recorded. It reads time from a [`Clock`] and the
+//! server through a [`Server`], so its decisions are tested with fakes of both (`tests.rs`). The
+//! estimators it decides with are pure Rust with plain `#[test]`s ([`estimators`]); what it reads
+//! from the server is in [`probes`].
 
-use pgrx::bgworkers::BackgroundWorker;
+use crate::clock::Clock;
 use pgrx::pg_sys;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 mod estimators;
 mod probes;
+#[cfg(test)]
+mod tests;
 
 use estimators::{units_within, FIRST_WAL_BUDGET, MAX_WAL_BUDGET};
 pub use estimators::{LagClock, ReplayRates, Replica, WalMeter};
-pub use probes::blocking_sessions;
-use probes::{
-    ask_replicas_for_their_position, insert_lsn, process_wal_bytes, sessions_waiting_on,
-    streaming_replicas,
-};
+pub use probes::{blocking_sessions, LiveServer};
 
 /// How often a pause looks again.
 const RECHECK: Duration = Duration::from_millis(100);
@@ -56,13 +60,17 @@ const MIN_RECHECK: Duration = Duration::from_millis(10);
 /// Longest a run gives way after a batch that made a session wait.
 const MAX_YIELD: Duration = Duration::from_secs(1);
 
-/// The limits a run is paced by; `None`/false: that signal is not watched.
+/// The limits a run is paced by, resolved once when it starts; `None`/false/0: not paced by it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PaceLimits {
     pub max_replica_lag: Option<Duration>,
     /// Bytes of WAL per second.
     pub max_wal_rate: Option<f64>,
     pub yield_to_waiters: bool,
+    /// Rows deleted per second on average over the run.
+    pub max_rows_per_second: u32,
+    /// Longest one stretch of pauses may last before the run stops (pg_token_cleanup.max_pause).
+    pub max_pause: Option<Duration>,
 }
 
 impl PaceLimits {
@@ -80,9 +88,12 @@ impl PaceLimits {
             max_replica_lag: (lag_ms > 0).then(|| Duration::from_millis(lag_ms as u64)),
             max_wal_rate: (wal_mb > 0.0).then_some(wal_mb * 1024.0 * 1024.0),
             yield_to_waiters: rule.yield_to_waiters.unwrap_or_else(gucs::yield_to_waiters),
+            max_rows_per_second: rule.effective_max_rows_per_second(),
+            max_pause: gucs::max_pause(),
         }
     }
 
+    /// Whether a signal of the server is watched (the rows-per-second rate needs none).
     fn any(&self) -> bool {
         self.max_replica_lag.is_some() || self.max_wal_rate.is_some() || self.yield_to_waiters
     }
@@ -105,8 +116,36 @@ impl Reason {
         }
     }
 }
-/// Decides and records a run's pauses.
-pub struct Pacer {
+/// What one look at the server found (see [`Server::look`]).
+#[derive(Debug, Clone, Default)]
+pub struct Look {
+    /// Under max_replica_lag: the WAL insert position and the streaming replicas.
+    pub position: Option<(u64, Vec<Replica>)>,
+    /// Under max_wal_rate: the WAL this process has written.
+    pub wal_total: Option<u64>,
+    /// Under yield_to_waiters: whether a session waits for a lock on the table.
+    pub waiting: bool,
+}
+
+/// What the gate reads from the server, and where it says that the run is paused.
+pub trait Server {
+    /// What the signals `limits` watches show now, for the table `table`; with `probe`, standbys
+    /// are asked to report their replay position (see the module's header).
+    fn look(&mut self, limits: &PaceLimits, table: pg_sys::Oid, probe: bool) -> Look;
+    /// The WAL this process has written.
+    fn process_wal_bytes(&self) -> u64;
+    /// Where the primary inserts WAL now.
+    fn insert_lsn(&self) -> u64;
+    /// Says what the run is doing (`pg_stat_activity`).
+    fn report(&self, what: &str);
+}
+
+/// The gate before every batch: decides and records a run's waits.
+pub struct Gate {
+    clock: Box<dyn Clock>,
+    server: Box<dyn Server>,
+    /// When the run started (its rows-per-second rate counts from here).
+    started: Instant,
     limits: PaceLimits,
     table: pg_sys::Oid,
     lag: LagClock,
@@ -133,11 +172,15 @@ pub struct Pacer {
     last_lag: (Duration, u64),
 }
 
-impl Pacer {
-    pub fn new(limits: PaceLimits, table: pg_sys::Oid) -> Pacer {
-        let mut pacer = Pacer {
+impl Gate {
+    pub fn new(limits: PaceLimits, clock: Box<dyn Clock>, server: Box<dyn Server>) -> Gate {
+        let started = clock.now();
+        let mut gate = Gate {
+            clock,
+            server,
+            started,
             limits,
-            table,
+            table: pg_sys::InvalidOid,
             lag: LagClock::default(),
             rates: ReplayRates::default(),
             wal_at_batch_start: None,
@@ -154,9 +197,10 @@ impl Pacer {
             last_lag: (Duration::ZERO, 0),
         };
         if limits.max_replica_lag.is_some() {
-            pacer.lag.sample(Instant::now(), insert_lsn());
+            let (now, lsn) = (gate.clock.now(), gate.server.insert_lsn());
+            gate.lag.sample(now, lsn);
         }
-        pacer
+        gate
     }
 
     /// The table the next batch deletes from (a leaf partition, for a partitioned table).
@@ -164,22 +208,47 @@ impl Pacer {
         self.table = table;
     }
 
-    /// Waits between batches while a signal says so. `check_stop` ends the wait (SIGTERM,
-    /// max_run_duration) with its error.
-    /// `too_long` makes the error that ends the run when one stretch of pauses passes
-    /// pg_token_cleanup.max_pause (a delayed standby never catches up).
-    pub fn wait<E>(
+    /// Every wait before a batch, the run having deleted `rows_deleted` rows: until the run is within
+    /// its rows-per-second rate, then while a signal of the server says so. `check_stop` ends the
+    /// wait (SIGTERM, max_run_duration) with its error. `too_long` makes the error that ends the
+    /// run when one stretch of pauses passes max_pause (a delayed standby never catches up).
+    pub fn before_batch<E>(
         &mut self,
         rule_name: &str,
+        rows_deleted: i64,
         mut check_stop: impl FnMut() -> Result<(), E>,
         too_long: impl FnOnce(Duration, Reason) -> E,
     ) -> Result<(), E> {
+        self.keep_rate(rows_deleted, &mut check_stop)?;
         if !self.limits.any() {
             return Ok(());
         }
         let result = self.wait_for_signals(rule_name, &mut check_stop, too_long);
-        self.wal_at_batch_start = Some(process_wal_bytes());
+        self.wal_at_batch_start = Some(self.server.process_wal_bytes());
         result
+    }
+
+    /// Waits, holding no lock, until `rows_deleted` are within max_rows_per_second of the run's
+    /// time, rechecking every [`RECHECK`] (the stop check, and a latch left alone: a scheduler's
+    /// wake-up for a rule change must survive the run).
+    fn keep_rate<E>(
+        &self,
+        rows_deleted: i64,
+        check_stop: &mut impl FnMut() -> Result<(), E>,
+    ) -> Result<(), E> {
+        let rate = self.limits.max_rows_per_second;
+        if rate == 0 {
+            return Ok(());
+        }
+        let due = Duration::from_secs_f64(rows_deleted.max(0) as f64 / f64::from(rate));
+        loop {
+            check_stop()?;
+            let elapsed = self.clock.now().saturating_duration_since(self.started);
+            let Some(ahead) = due.checked_sub(elapsed).filter(|a| !a.is_zero()) else {
+                return Ok(());
+            };
+            self.clock.sleep(ahead.min(RECHECK));
+        }
     }
 
     fn wait_for_signals<E>(
@@ -188,8 +257,8 @@ impl Pacer {
         check_stop: &mut impl FnMut() -> Result<(), E>,
         too_long: impl FnOnce(Duration, Reason) -> E,
     ) -> Result<(), E> {
-        let started = Instant::now();
-        let longest = crate::gucs::max_pause();
+        let started = self.clock.now();
+        let longest = self.limits.max_pause;
         if let Some(give_way) = self.give_way.take() {
             check_stop()?;
             self.pause(rule_name, Reason::Waiters, give_way);
@@ -199,15 +268,16 @@ impl Pacer {
             let Some((reason, how_long)) = self.reason_to_pause() else {
                 return Ok(());
             };
-            if longest.is_some_and(|longest| started.elapsed() >= longest) {
-                return Err(too_long(started.elapsed(), reason));
+            let paused = self.clock.now().saturating_duration_since(started);
+            if longest.is_some_and(|longest| paused >= longest) {
+                return Err(too_long(paused, reason));
             }
             self.pause(rule_name, reason, how_long);
         }
     }
 
     /// The units (pages or ctids) the next batch may cover, at most `units`: under max_replica_lag,
-    /// no more than its WAL budget (see [`Pacer::adjust_budget`]).
+    /// no more than its WAL budget (see [`Gate::adjust_budget`]).
     pub fn batch_units(&self, units: u64) -> u64 {
         if self.limits.max_replica_lag.is_none() {
             return units;
@@ -218,7 +288,7 @@ impl Pacer {
     /// After a batch of `units`: learns the WAL it wrote per unit (under max_replica_lag only).
     pub fn batch_done(&mut self, units: u64) {
         if let (Some(_), Some(start)) = (self.limits.max_replica_lag, self.wal_at_batch_start) {
-            self.last_batch_wal = process_wal_bytes().saturating_sub(start);
+            self.last_batch_wal = self.server.process_wal_bytes().saturating_sub(start);
             self.wal_per_unit = self.last_batch_wal as f64 / units.max(1) as f64;
             self.batch_to_judge = true;
         }
@@ -263,35 +333,24 @@ impl Pacer {
             ),
             _ => String::new(),
         };
-        super::report_activity(&format!(
+        self.server.report(&format!(
             "pg_token_cleanup: rule {rule_name}: paused ({}{detail})",
             reason.as_str()
         ));
-        std::thread::sleep(how_long);
+        self.clock.sleep(how_long);
         self.paused += how_long;
         *self.reasons.entry(reason).or_default() += how_long;
     }
 
-    /// The first signal over its limit, if any (read in a short transaction of its own).
+    /// The first signal over its limit, if any, and how long to pause for it.
     fn reason_to_pause(&mut self) -> Option<(Reason, Duration)> {
-        let (limits, table) = (self.limits, self.table);
-        let probe = self.paused_for_lag;
-        let (position, wal_total, waiting) = BackgroundWorker::transaction(move || {
-            (
-                limits.max_replica_lag.map(|_| {
-                    let seen = (insert_lsn(), streaming_replicas());
-                    // After reading: this look's position is behind the probe, which standbys
-                    // replay in time for the next look.
-                    if probe {
-                        ask_replicas_for_their_position();
-                    }
-                    seen
-                }),
-                limits.max_wal_rate.map(|_| process_wal_bytes()),
-                limits.yield_to_waiters && sessions_waiting_on(table),
-            )
-        });
-        let now = Instant::now();
+        let limits = self.limits;
+        let Look {
+            position,
+            wal_total,
+            waiting,
+        } = self.server.look(&limits, self.table, self.paused_for_lag);
+        let now = self.clock.now();
         if let (Some(max_lag), Some((lsn, replicas))) = (limits.max_replica_lag, position) {
             self.lag.sample(now, lsn);
             let (age, bytes) = self.lag.worst(now, lsn, &replicas);

@@ -1,20 +1,57 @@
 //! The probes pacing reads the server with: this process's WAL, the insert position, streaming
-//! replicas' positions, sessions waiting on a table or on this process's locks.
+//! replicas' positions, sessions waiting on a table or on this process's locks; and the
+//! [`LiveServer`] that the gate reads them through.
 
-use super::Replica;
+use super::{Look, PaceLimits, Replica, Server};
+use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::time::Duration;
 
+/// The server the run is on, as the gate sees it.
+pub struct LiveServer;
+
+impl Server for LiveServer {
+    /// Read in a short transaction of its own.
+    fn look(&mut self, limits: &PaceLimits, table: pg_sys::Oid, probe: bool) -> Look {
+        let limits = *limits;
+        BackgroundWorker::transaction(move || Look {
+            position: limits.max_replica_lag.map(|_| {
+                let seen = (insert_lsn(), streaming_replicas());
+                // After reading: this look's position is behind the probe, which standbys replay
+                // in time for the next look.
+                if probe {
+                    ask_replicas_for_their_position();
+                }
+                seen
+            }),
+            wal_total: limits.max_wal_rate.map(|_| process_wal_bytes()),
+            waiting: limits.yield_to_waiters && sessions_waiting_on(table),
+        })
+    }
+
+    fn process_wal_bytes(&self) -> u64 {
+        process_wal_bytes()
+    }
+
+    fn insert_lsn(&self) -> u64 {
+        insert_lsn()
+    }
+
+    fn report(&self, what: &str) {
+        crate::executor::report_activity(what);
+    }
+}
+
 /// The WAL this process has written.
-pub(super) fn process_wal_bytes() -> u64 {
+fn process_wal_bytes() -> u64 {
     // SAFETY: this process's own WAL counters.
     unsafe { pg_sys::pgWalUsage.wal_bytes }
 }
 
 /// Writes a tiny WAL record and flushes it, so that streaming standbys receive new WAL and answer
 /// with their replay position now (see the module's header).
-pub(super) fn ask_replicas_for_their_position() {
+fn ask_replicas_for_their_position() {
     let lsn = Spi::get_one::<i64>(
         "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_logical_emit_message(false, \
                 'pg_token_cleanup', 'replica lag probe'), '0/0')::int8",
@@ -26,13 +63,13 @@ pub(super) fn ask_replicas_for_their_position() {
 }
 
 /// Where the primary inserts WAL now.
-pub(super) fn insert_lsn() -> u64 {
+fn insert_lsn() -> u64 {
     // SAFETY: reads the shared insert position; valid outside recovery, where runs happen.
     unsafe { pg_sys::GetXLogInsertRecPtr() }
 }
 
 /// Replicas that are streaming (catching up, backing up or stopping ones are ignored).
-pub(super) fn streaming_replicas() -> Vec<Replica> {
+fn streaming_replicas() -> Vec<Replica> {
     Spi::connect(|client| {
         let rows = client.select(
             "SELECT pid, pg_catalog.pg_wal_lsn_diff(replay_lsn, '0/0')::int8, \
@@ -74,7 +111,7 @@ pub fn blocking_sessions() -> bool {
 }
 
 /// Whether a session waits for a lock on `table` (the relation or one of its rows).
-pub(super) fn sessions_waiting_on(table: pg_sys::Oid) -> bool {
+fn sessions_waiting_on(table: pg_sys::Oid) -> bool {
     Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_locks l \
                          WHERE NOT l.granted AND l.relation = $1 AND l.database = $2)",
