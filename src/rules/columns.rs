@@ -218,8 +218,9 @@ mod tests {
         assert_eq!(seconds(&i(0, 2, 0)), 172_800.0);
         assert_eq!(seconds(&i(1, 0, 0)), 2_592_000.0);
         // As PostgreSQL 15 computes them: extract(epoch FROM interval '1 year 1 month') = 34149600,
-        // and of '-1 year -2 days 3 seconds' = -31730397.
+        // of '-1 year -2 days -3 seconds' = -31730403, of '-14 months' = -36741600.
         assert_eq!(seconds(&i(13, 0, 0)), 34_149_600.0);
-        assert_eq!(seconds(&i(-12, -2, 3_000_000)), -31_730_397.0);
+        assert_eq!(seconds(&i(-12, -2, -3_000_000)), -31_730_403.0);
+        assert_eq!(seconds(&i(-14, 0, 0)), -36_741_600.0);
     }
 }
