@@ -38,7 +38,7 @@ use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use sizer::BatchSizer;
 use statements::{Archive, BatchSql};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tally::{still_bound, Tally};
 
 /// Most ctids collected by one scan (6 bytes each in PostgreSQL, 8 here: 8 MB).
@@ -50,27 +50,11 @@ const OPTIMISTIC_LOCK_WAIT_MS: i32 = 1;
 /// (pg_stat_activity shows it) and is recorded if the process exits mid-run.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// What a run did.
+/// How a run ended and what it did.
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub outcome: Outcome,
-    pub rows_deleted: i64,
-    pub batches: i32,
-    pub elapsed_ms: u128,
-    /// Of which spent finding candidate rows apart from deleting them (planning, index collection).
-    pub scan_ms: u128,
-    /// The longest batch, from its transaction's start to its commit: how long it held row locks.
-    pub longest_batch_ms: u128,
-    /// How the run found its rows ([`Method::name`]); `None` when it failed before deciding.
-    pub method: Option<&'static str>,
-    /// Batches that met a row locked by another session and were redone skipping locked rows.
-    pub batches_redone: i32,
-    /// Per leaf partition of a partitioned table: its name, rows, and what was done.
-    pub partitions: Vec<(String, i64, &'static str)>,
-    pub partitions_dropped: i32,
-    /// Time spent paused by pacing (see [`pacing`]), and per reason as JSON.
-    pub paused: Duration,
-    pub pause_reasons: Option<String>,
+    pub stats: history::RunStats,
 }
 
 impl RunReport {
@@ -78,43 +62,7 @@ impl RunReport {
     pub fn ended_before_work(outcome: Outcome) -> RunReport {
         RunReport {
             outcome,
-            rows_deleted: 0,
-            batches: 0,
-            elapsed_ms: 0,
-            scan_ms: 0,
-            longest_batch_ms: 0,
-            method: None,
-            batches_redone: 0,
-            partitions: Vec::new(),
-            partitions_dropped: 0,
-            paused: Duration::ZERO,
-            pause_reasons: None,
-        }
-    }
-
-    /// What the runs table records of it.
-    pub fn stats(&self) -> history::RunStats {
-        history::RunStats {
-            rows_deleted: self.rows_deleted,
-            batches: self.batches,
-            longest_batch_ms: self.longest_batch_ms.min(i32::MAX as u128) as i32,
-            method: self.method,
-            partitions: (!self.partitions.is_empty()).then(|| {
-                let map: serde_json::Map<String, serde_json::Value> = self
-                    .partitions
-                    .iter()
-                    .map(|(name, rows, action)| {
-                        (
-                            name.clone(),
-                            serde_json::json!({"rows": rows, "action": action}),
-                        )
-                    })
-                    .collect();
-                serde_json::Value::Object(map).to_string()
-            }),
-            partitions_dropped: self.partitions_dropped,
-            paused_s: self.paused.as_secs_f64(),
-            pause_reasons: self.pause_reasons.clone(),
+            stats: history::RunStats::default(),
         }
     }
 }
@@ -199,14 +147,7 @@ pub fn execute(
         started,
         control,
         max_duration: rule.max_run_duration(),
-        rows_deleted: 0,
-        batches: 0,
-        scan_ms: 0,
-        longest_batch_ms: 0,
-        method: None,
-        batches_redone: 0,
-        partitions: Vec::new(),
-        partitions_dropped: 0,
+        stats: history::RunStats::default(),
         gate: pacing::Gate::new(
             pacing::PaceLimits::of(rule),
             Box::new(crate::clock::SystemClock),
@@ -214,46 +155,38 @@ pub fn execute(
         ),
     };
     let outcome = run(rule, &mut tally).unwrap_or_else(|stopped| stopped);
-    RunReport {
-        outcome,
-        rows_deleted: tally.rows_deleted,
-        batches: tally.batches,
-        elapsed_ms: started.elapsed().as_millis(),
-        scan_ms: tally.scan_ms,
-        longest_batch_ms: tally.longest_batch_ms,
-        method: tally.method,
-        batches_redone: tally.batches_redone,
-        partitions: std::mem::take(&mut tally.partitions),
-        partitions_dropped: tally.partitions_dropped,
-        paused: tally.gate.paused,
-        pause_reasons: tally.gate.reasons_json(),
-    }
+    let mut stats = std::mem::take(&mut tally.stats);
+    stats.elapsed_ms = started.elapsed().as_millis();
+    stats.paused = tally.gate.paused;
+    stats.pause_reasons = tally.gate.reasons_json();
+    RunReport { outcome, stats }
 }
 
 /// The run itself; `Err` carries an outcome that ended it early (failure or stop).
 fn run(rule: &Rule, tally: &mut Tally) -> Result<Outcome, Outcome> {
     let planning = Instant::now();
     let plans = BackgroundWorker::transaction(|| prepare::prepare(rule, tally.binding.table));
-    tally.scan_ms += planning.elapsed().as_millis();
+    tally.stats.scan_ms += planning.elapsed().as_millis();
     let plans = match plans {
         Ok(plans) => plans,
         Err(_) if tally.control.stop_requested() => return Err(tally.interrupted()),
         Err(why) => return Err(Outcome::Failed(why)),
     };
-    tally.method = plans.first().map(|p| p.method.name());
+    tally.stats.method = plans.first().map(|p| p.method.name());
     let checked = BackgroundWorker::transaction(|| blast_radius::check(rule, &plans));
     if let Err(refused) = checked {
         return Err(Outcome::Refused(refused));
     }
     for plan in &plans {
-        let before = tally.rows_deleted;
+        let before = tally.stats.rows_deleted;
         if plan.partition {
             tally.check_stop()?;
             match partitions::remove_if_all_match(rule, plan, tally.binding) {
                 Ok(Some((rows, action))) => {
-                    tally.rows_deleted += rows;
-                    tally.partitions_dropped += 1;
+                    tally.stats.rows_deleted += rows;
+                    tally.stats.partitions_dropped += 1;
                     tally
+                        .stats
                         .partitions
                         .push((plan.table.qualified_name.clone(), rows, action));
                     continue;
@@ -270,8 +203,9 @@ fn run(rule: &Rule, tally: &mut Tally) -> Result<Outcome, Outcome> {
             Method::Index => delete_through_index(rule, plan, tally)?,
         };
         if plan.partition {
-            let rows = tally.rows_deleted - before;
+            let rows = tally.stats.rows_deleted - before;
             tally
+                .stats
                 .partitions
                 .push((plan.table.qualified_name.clone(), rows, "deleted"));
         }
@@ -334,7 +268,7 @@ fn delete_through_index(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<O
             still_bound(plan, binding)?;
             Ok(collect(rule, plan))
         });
-        tally.scan_ms += scan_started.elapsed().as_millis();
+        tally.stats.scan_ms += scan_started.elapsed().as_millis();
         let candidates = match collected {
             Err(stale) => return Err(stale),
             Ok(Ok(c)) => c,

@@ -21,14 +21,8 @@ pub(super) struct Tally<'a> {
     pub(super) control: &'a dyn super::RunControl,
     /// The rule's max_run_duration: the run stops between batches once it has run this long.
     pub(super) max_duration: Option<Duration>,
-    pub(super) rows_deleted: i64,
-    pub(super) batches: i32,
-    pub(super) scan_ms: u128,
-    pub(super) longest_batch_ms: u128,
-    pub(super) method: Option<&'static str>,
-    pub(super) batches_redone: i32,
-    pub(super) partitions: Vec<(String, i64, &'static str)>,
-    pub(super) partitions_dropped: i32,
+    /// What the run has done so far.
+    pub(super) stats: history::RunStats,
     pub(super) gate: pacing::Gate,
 }
 
@@ -37,7 +31,7 @@ impl<'a> Tally<'a> {
     /// long it took (ms, start to commit); `Err` ends the run (stop requested, or a failure).
     pub(super) fn batch(&mut self, plan: &Plan, batch: Batch) -> Result<(Deleted, f64), Outcome> {
         let stop = self.stop_check();
-        let done_so_far = self.rows_deleted;
+        let done_so_far = self.stats.rows_deleted;
         self.gate.set_table(plan.table.oid);
         self.gate.before_batch(
             self.rule_name,
@@ -54,7 +48,7 @@ impl<'a> Tally<'a> {
         )?;
         self.check_stop()?;
         let started = Instant::now();
-        let (run_id, done, batches) = (self.run_id, self.rows_deleted, self.batches);
+        let (run_id, done, batches) = (self.run_id, self.stats.rows_deleted, self.stats.batches);
         let write_progress = self.progress_written.elapsed() >= PROGRESS_EVERY;
         let watch_waiters = self.gate.watches_waiters();
         let binding = self.binding;
@@ -81,20 +75,21 @@ impl<'a> Tally<'a> {
                 if write_progress {
                     self.progress_written = Instant::now();
                 }
-                self.rows_deleted += deleted.rows;
-                self.batches_redone += i32::from(deleted.redone);
-                self.batches += 1;
-                self.control.progress(self.rows_deleted, self.batches);
+                self.stats.rows_deleted += deleted.rows;
+                self.stats.batches_redone += i32::from(deleted.redone);
+                self.stats.batches += 1;
+                self.control
+                    .progress(self.stats.rows_deleted, self.stats.batches);
                 report_activity(&format!(
                     "pg_token_cleanup: rule {} run {}: batch {}, {} rows",
-                    self.rule_name, self.run_id, self.batches, self.rows_deleted
+                    self.rule_name, self.run_id, self.stats.batches, self.stats.rows_deleted
                 ));
-                self.longest_batch_ms = self.longest_batch_ms.max(elapsed.as_millis());
+                self.stats.longest_batch_ms = self.stats.longest_batch_ms.max(elapsed.as_millis());
                 Ok((deleted, elapsed.as_secs_f64() * 1000.0))
             }
             Err(_) if self.control.stop_requested() => Err(self.interrupted()),
             Err(e) => Err(Outcome::Failed(
-                e.context(format!("deleting batch {}", self.batches + 1)),
+                e.context(format!("deleting batch {}", self.stats.batches + 1)),
             )),
         }
     }
@@ -115,7 +110,7 @@ impl<'a> Tally<'a> {
             control: self.control,
             started: self.started,
             max_duration: self.max_duration,
-            rows_deleted: self.rows_deleted,
+            rows_deleted: self.stats.rows_deleted,
         }
     }
 }

@@ -118,26 +118,54 @@ pub fn progress(run_id: i64, rows_deleted: i64, batches: i32) {
     .expect("updating token_cleanup.runs");
 }
 
-/// What a run did, as recorded at its end.
+/// What a run did: the one set of counters, kept by the executor as the run goes, recorded at its
+/// end, logged, and handed back to whoever asked for the run.
 #[derive(Debug, Clone, Default)]
 pub struct RunStats {
     pub rows_deleted: i64,
     pub batches: i32,
-    pub longest_batch_ms: i32,
-    /// How the run found its rows: `table walk` or `index` (see the executor).
+    /// The whole run, in ms.
+    pub elapsed_ms: u128,
+    /// Of which spent finding candidate rows apart from deleting them (planning, index collection).
+    pub scan_ms: u128,
+    /// The longest batch, from its transaction's start to its commit: how long it held row locks.
+    pub longest_batch_ms: u128,
+    /// How the run found its rows: `table walk` or `index` (see the executor); `None` when it
+    /// ended before deciding.
     pub method: Option<&'static str>,
-    /// For a partitioned table, per leaf partition (JSON): `{"<leaf>": {"rows": n, "action":
-    /// "deleted" | "dropped" | "detached"}}`.
-    pub partitions: Option<String>,
+    /// Batches that met a row locked by another session and were redone skipping locked rows.
+    pub batches_redone: i32,
+    /// Per leaf partition of a partitioned table: its name, rows, and what was done (`deleted`,
+    /// `dropped` or `detached`).
+    pub partitions: Vec<(String, i64, &'static str)>,
     /// Leaf partitions dropped or detached whole.
     pub partitions_dropped: i32,
-    /// Seconds paused by pacing, and per reason (JSON: `{"replica_lag": s, …}`).
-    pub paused_s: f64,
+    /// Time paused by pacing, and per reason (JSON: `{"replica_lag": s, …}`).
+    pub paused: std::time::Duration,
     pub pause_reasons: Option<String>,
 }
 
+impl RunStats {
+    /// `runs.partitions`: `{"<leaf>": {"rows": n, "action": "deleted" | "dropped" | "detached"}}`.
+    fn partitions_json(&self) -> Option<String> {
+        (!self.partitions.is_empty()).then(|| {
+            let map: serde_json::Map<String, serde_json::Value> = self
+                .partitions
+                .iter()
+                .map(|(name, rows, action)| {
+                    (
+                        name.clone(),
+                        serde_json::json!({"rows": rows, "action": action}),
+                    )
+                })
+                .collect();
+            serde_json::Value::Object(map).to_string()
+        })
+    }
+}
+
 /// Records the end of a run; returns when it ended (the row's `finished_at`).
-pub fn finish(run_id: i64, outcome: &Outcome, counts: &RunStats) -> pg_sys::TimestampTz {
+pub fn finish(run_id: i64, outcome: &Outcome, stats: &RunStats) -> pg_sys::TimestampTz {
     let error = outcome.error();
     let finished_at = Spi::get_one_with_args::<TimestampWithTimeZone>(
         "UPDATE token_cleanup.runs SET status = $2, error = $3, rows_deleted = $4, batches = $5, \
@@ -149,17 +177,17 @@ pub fn finish(run_id: i64, outcome: &Outcome, counts: &RunStats) -> pg_sys::Time
             run_id.into(),
             outcome.status().into(),
             outcome.message().into(),
-            counts.rows_deleted.into(),
-            counts.batches.into(),
-            counts.longest_batch_ms.into(),
-            counts.method.into(),
+            stats.rows_deleted.into(),
+            stats.batches.into(),
+            (stats.longest_batch_ms.min(i32::MAX as u128) as i32).into(),
+            stats.method.into(),
             error.map(Error::sqlstate_text).into(),
             error.and_then(|e| e.detail.clone()).into(),
             error.and_then(|e| e.hint.clone()).into(),
-            counts.partitions.clone().into(),
-            counts.partitions_dropped.into(),
-            counts.paused_s.into(),
-            counts.pause_reasons.clone().into(),
+            stats.partitions_json().into(),
+            stats.partitions_dropped.into(),
+            stats.paused.as_secs_f64().into(),
+            stats.pause_reasons.clone().into(),
         ],
     )
     .expect("updating token_cleanup.runs");

@@ -97,7 +97,7 @@ pub fn extension_present() -> bool {
 /// The one LOG line every run writes: rule, outcome, rows deleted, batches, duration.
 pub fn log_run(rule: &Rule, run_id: i64, trigger: Trigger, report: &RunReport) {
     // pg_token_cleanup.log_runs: an every-second rule would otherwise write 86,400 lines a day.
-    if !crate::history::kept(report.outcome.status(), report.rows_deleted) {
+    if !crate::history::kept(report.outcome.status(), report.stats.rows_deleted) {
         return;
     }
     let what = format!(
@@ -106,14 +106,14 @@ pub fn log_run(rule: &Rule, run_id: i64, trigger: Trigger, report: &RunReport) {
         run_id,
         trigger.as_str(),
         report.outcome.status(),
-        report.rows_deleted,
+        report.stats.rows_deleted,
         rule.table_name,
-        report.batches,
-        report.elapsed_ms,
-        report.method.unwrap_or("no method"),
-        report.scan_ms,
-        report.longest_batch_ms,
-        report.batches_redone
+        report.stats.batches,
+        report.stats.elapsed_ms,
+        report.stats.method.unwrap_or("no method"),
+        report.stats.scan_ms,
+        report.stats.longest_batch_ms,
+        report.stats.batches_redone
     );
     match report.outcome.message() {
         None => log!("{what}"),

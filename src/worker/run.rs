@@ -89,22 +89,21 @@ pub fn perform(request: &RunRequest) -> RunResult {
 /// Records, announces and logs the end of a run begun as `begun`: the one place a run ends.
 fn end(request: &RunRequest, begun: history::Begun, report: &RunReport) -> RunResult {
     let run_id = begun.run_id;
-    let stats = report.stats();
     let finished_at =
-        BackgroundWorker::transaction(|| history::finish(run_id, &report.outcome, &stats));
+        BackgroundWorker::transaction(|| history::finish(run_id, &report.outcome, &report.stats));
     announce(
         request,
         run_id,
         &report.outcome,
-        report.rows_deleted,
-        report.elapsed_ms,
+        report.stats.rows_deleted,
+        report.stats.elapsed_ms,
     );
     super::log_run(&request.rule, run_id, request.trigger, report);
     RunResult {
         run_id,
         status: report.outcome.status().to_string(),
-        rows_deleted: report.rows_deleted,
-        batches: report.batches,
+        rows_deleted: report.stats.rows_deleted,
+        batches: report.stats.batches,
         started_at: begun.started_at,
         finished_at,
         error: report.outcome.error().cloned(),
