@@ -16,7 +16,7 @@
 use super::{owner_statement, Plan};
 use crate::errors::Error;
 use crate::history::Outcome;
-use crate::rules::Rule;
+use crate::rules::{DropPartitions, Rule};
 use crate::target::{self, ResolvedTable};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
@@ -58,10 +58,10 @@ pub(super) fn remove_if_all_match(
     plan: &Plan,
     binding: &super::binding::Binding,
 ) -> Result<Option<(i64, &'static str)>, Outcome> {
-    let (verb, action) = match rule.drop_partitions.as_str() {
-        "drop" => ("DROP TABLE", "dropped"),
-        "detach" => ("DETACH", "detached"),
-        _ => return Ok(None),
+    let (verb, action) = match rule.drop_partitions {
+        DropPartitions::Drop => ("DROP TABLE", "dropped"),
+        DropPartitions::Detach => ("DETACH", "detached"),
+        DropPartitions::Never => return Ok(None),
     };
     if rule.archive_table.is_some() {
         return Ok(None);

@@ -3,7 +3,7 @@
 //! column of the rules table is a field of [`Rule`] read here, and, if it needs checking, a check
 //! in the trigger; nothing else names the columns.
 
-use super::Rule;
+use super::{DropPartitions, Rule};
 use pgrx::datum::{FromDatum, Interval, IntoDatum, TimestampWithTimeZone};
 use pgrx::pg_sys;
 use std::ffi::{CStr, CString};
@@ -139,8 +139,9 @@ impl Rule {
             max_rows_per_run: row.column("max_rows_per_run"),
             max_fraction: row.column("max_fraction"),
             drop_partitions: row
-                .column("drop_partitions")
-                .unwrap_or_else(|| "never".into()),
+                .column::<String>("drop_partitions")
+                .and_then(|text| DropPartitions::parse(&text))
+                .unwrap_or(DropPartitions::Never),
             max_replica_lag_ms: milliseconds(row.column("max_replica_lag")),
             max_wal_rate_mb: row.column("max_wal_rate"),
             yield_to_waiters: row.column("yield_to_waiters"),

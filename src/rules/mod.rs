@@ -37,14 +37,37 @@ pub struct Rule {
     pub archive_table: Option<String>,
     pub max_rows_per_run: Option<i64>,
     pub max_fraction: Option<f32>,
-    /// `never`, `detach` or `drop`: what a run does with a leaf partition all of whose rows match.
-    pub drop_partitions: String,
+    /// What a run does with a leaf partition all of whose rows match.
+    pub drop_partitions: DropPartitions,
     /// Pacing (see `executor::pacing`); NULL: the settings of the same names.
     pub max_replica_lag_ms: Option<i64>,
     pub max_wal_rate_mb: Option<f32>,
     pub yield_to_waiters: Option<bool>,
     /// Seconds since the epoch of the rule's last change.
     pub updated_at: f64,
+}
+
+/// What a run does with a leaf partition all of whose rows match (`drop_partitions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DropPartitions {
+    /// Delete its rows one by one, as for a plain table.
+    Never,
+    /// `ALTER TABLE … DETACH PARTITION`: the rows stay, in a table of their own.
+    Detach,
+    /// `DROP TABLE` of the partition.
+    Drop,
+}
+
+impl DropPartitions {
+    /// The column's text: `never`, `detach` or `drop` (the trigger refuses any other).
+    pub fn parse(text: &str) -> Option<DropPartitions> {
+        match text {
+            "never" => Some(DropPartitions::Never),
+            "detach" => Some(DropPartitions::Detach),
+            "drop" => Some(DropPartitions::Drop),
+            _ => None,
+        }
+    }
 }
 
 impl Rule {

@@ -5,6 +5,7 @@
 use crate::errors::refuse;
 use crate::gucs;
 use crate::rules::columns::{self, Row};
+use crate::rules::DropPartitions;
 use crate::schedule::{Schedule, SCHEDULE_HINT};
 use crate::target::ResolvedTable;
 use pgrx::datum::Interval;
@@ -106,7 +107,7 @@ pub(super) fn check_max_rows_per_second(rule: &str, rate: Option<i32>) {
 }
 
 pub(super) fn check_drop_partitions(rule: &str, table: &ResolvedTable, mode: &str) {
-    if !matches!(mode, "never" | "detach" | "drop") {
+    if DropPartitions::parse(mode).is_none() {
         refuse(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("invalid drop_partitions \"{mode}\" for rule \"{rule}\""),
