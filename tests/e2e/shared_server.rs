@@ -629,3 +629,62 @@ fn one_role_s_endless_run_calls_hold_only_its_share_of_the_workers() {
         "",
     );
 }
+
+#[test]
+fn create_extension_just_after_a_probe_is_served_while_the_budget_is_full() {
+    // Two workers: the launcher and one scheduler, which a busy database holds. A database created
+    // later is probed in that slot (the busy scheduler hands it over and comes back), and gets the
+    // extension at once: its CREATE EXTENSION must queue it for a slot although it was probed less
+    // than a second before, or nobody waits, the busy scheduler never hands its slot over, and the
+    // new database's rules never run.
+    let cluster = Cluster::start(
+        "late_probe",
+        &[
+            "pg_token_cleanup.max_workers = 2",
+            "pg_token_cleanup.database_probe_interval = '1h'",
+            // The probe says so at DEBUG1 only.
+            "log_min_messages = debug1",
+        ],
+    );
+    let mut busy = busy_database(&cluster, "busy");
+    wait_for(
+        "the busy database's rules running",
+        Duration::from_secs(15),
+        || (cadence(&mut busy, Duration::from_secs(2)).0 >= 1).then_some(()),
+    );
+    const PROBE: &str = "scheduler not starting: extension not installed";
+    let probes = cluster.log().matches(PROBE).count();
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE late")
+        .unwrap();
+    // Positive control: the probe of the new database happened.
+    wait_for(
+        "the probe of the new database",
+        Duration::from_secs(20),
+        || (cluster.log().matches(PROBE).count() > probes).then_some(()),
+    );
+    let probed = Instant::now();
+    let mut late = cluster.connect("late");
+    late.batch_execute("CREATE EXTENSION pg_token_cleanup")
+        .unwrap();
+    let after_the_probe = probed.elapsed();
+    expiring_tokens(&mut late, "public.tokens", 100, 10);
+    add_rule(&mut late, "late_rule", "public.tokens", EVERY_SECOND);
+    wait_for(
+        "the late database's rule to run",
+        Duration::from_secs(15),
+        || (count(&mut late, "SELECT count(*) FROM public.tokens") == 10).then_some(()),
+    );
+    assert!(
+        after_the_probe < Duration::from_millis(800),
+        "CREATE EXTENSION came {after_the_probe:?} after the probe: the case under test was not reached"
+    );
+    // The busy database is served again too.
+    let before = count(&mut busy, "SELECT count(*) FROM token_cleanup.runs");
+    wait_for(
+        "the busy database's rules running again",
+        Duration::from_secs(20),
+        || (count(&mut busy, "SELECT count(*) FROM token_cleanup.runs") > before).then_some(()),
+    );
+}
