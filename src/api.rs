@@ -308,7 +308,15 @@ fn wake_scheduler() {
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn wake_launcher() {
-    at_commit(&LAUNCHER_WAKE_PENDING, registry::wake_launcher);
+    at_commit(&LAUNCHER_WAKE_PENDING, extension_created_here);
+}
+
+/// This database has the extension now: the launcher forgets an earlier probe that found none, so
+/// the database waits its turn for a slot even when the budget is full, and is woken.
+fn extension_created_here() {
+    // SAFETY: this backend's database, set once it connected.
+    registry::set_no_extension(unsafe { pg_sys::MyDatabaseId }, false);
+    registry::wake_launcher();
 }
 
 /// Runs `wake` once when the current transaction commits, however many statements ask for it

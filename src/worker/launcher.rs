@@ -117,9 +117,7 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
                         RESTART_DELAY
                     };
             }
-            // A wake-up (CREATE EXTENSION somewhere) stands until this database is probed: one
-            // probed just before must not lose it while it waits out MIN_PROBE_GAP.
-            let asked = db.wake_requested;
+            let asked = std::mem::take(&mut db.wake_requested);
             if asked {
                 let soonest = db.last_start.map_or(now, |t| t + MIN_PROBE_GAP).max(now);
                 db.next_start = db.next_start.min(soonest);
@@ -139,7 +137,6 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
                 continue;
             }
             db.waiting = false;
-            db.wake_requested = false;
             started += 1;
             db.last_start = Some(now);
             db.next_start = now + gucs::database_probe_interval();
