@@ -1,6 +1,6 @@
 //! Runners: dynamic workers that perform runs, so that a long purge never holds up other rules.
-//! - A **pooled** runner serves its database's scheduler: it waits for a job handed over in the
-//!   registry, performs it, reports the run it recorded, and waits for the next; it leaves when idle
+//! - A **pooled** runner serves its database's scheduler: it waits for a run request handed over
+//!   in the registry, performs it, hands the result back, and waits for the next; it leaves when idle
 //!   for [`IDLE_EXIT`], when its scheduler is gone, or at once when idle while someone waits for a
 //!   slot of the cluster's worker budget (its slot goes to them). A scheduler keeps at most
 //!   `pg_token_cleanup.max_parallel_runs` of them.
@@ -126,7 +126,7 @@ pub extern "C-unwind" fn pg_token_cleanup_runner_main(arg: pg_sys::Datum) {
     }
 }
 
-/// A pooled runner's loop: take a job, perform it, report, wait for the next.
+/// A pooled runner's loop: take a request, perform it, hand the result back, wait for the next.
 fn serve(database: pg_sys::Oid, scheduler_pid: i32) {
     if registry::register(Kind::Runner, database, scheduler_pid).is_err() {
         debug1!("pg_token_cleanup: runner not starting: its slot of the budget lapsed");
