@@ -100,8 +100,10 @@ impl Rule {
     /// The largest fraction of live rows a run may delete (1: no limit): the rule's own, else the
     /// setting.
     pub fn effective_max_fraction(&self) -> f64 {
+        // The column is a `real`: its value as written (0.1), not as its binary form widens to a
+        // double (0.10000000149011612), which errors would show.
         self.max_fraction
-            .map(f64::from)
+            .map(|f| f.to_string().parse().unwrap_or(f64::from(f)))
             .unwrap_or_else(gucs::max_fraction)
     }
 

@@ -170,11 +170,13 @@ fn blast_radius_limits_refuse_a_run_and_delete_nothing() {
         count(&mut alice, "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 'capped' AND status = 'refused' AND sqlstate = '54000'"),
         1
     );
-    // A fraction of the live rows: 60% is more than 0.5.
-    alice.batch_execute("UPDATE token_cleanup.rules SET max_rows_per_run = NULL, max_fraction = 0.5 WHERE name = 'capped'").unwrap();
+    // A fraction of the live rows: 60% is more than 0.3, and the error says 0.3 as written.
+    alice.batch_execute("UPDATE token_cleanup.rules SET max_rows_per_run = NULL, max_fraction = 0.3 WHERE name = 'capped'").unwrap();
     let message = error_of(alice.query("SELECT * FROM token_cleanup.run('capped')", &[]));
     assert!(
-        message.contains("of 1000 live rows (60.0%), more than max_fraction 0.5"),
+        message.contains(
+            "of 1000 live rows (60.0%), more than max_fraction 0.3 of rule \"capped\" allows"
+        ),
         "{message}"
     );
     assert_eq!(
