@@ -69,11 +69,8 @@ fn prepare_table(
     owner: pg_sys::Oid,
     partition: bool,
 ) -> Result<Plan, Error> {
-    // SAFETY: catalog privilege check.
-    let skip_locked = unsafe {
-        pg_sys::pg_class_aclcheck(table.oid, owner, pg_sys::ACL_UPDATE as pg_sys::AclMode)
-            == pg_sys::AclResult::ACLCHECK_OK
-    };
+    // Row locks (SKIP LOCKED) need UPDATE on the table.
+    let skip_locked = resolve::has_privilege(table.oid, owner, pg_sys::ACL_UPDATE);
     let archive = match &rule.archive_table {
         Some(name) => Some(archive_for(rule, &table, owner, name)?),
         None => None,

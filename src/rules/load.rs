@@ -5,7 +5,6 @@ use super::Rule;
 use crate::errors::refuse;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::ffi::CStr;
 
 /// An enabled rule as the scheduler loads it.
 pub struct LoadedRule {
@@ -128,10 +127,6 @@ pub fn visible_rule_by_name(name: &str) -> Rule {
 
 /// Name of the current user.
 pub fn current_user_name() -> String {
-    // SAFETY: GetUserId is always valid in a transaction; the name is a palloc'd C string.
-    unsafe {
-        CStr::from_ptr(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false))
-            .to_string_lossy()
-            .into_owned()
-    }
+    // SAFETY: reading this backend's current user.
+    crate::owner::role_name(unsafe { pg_sys::GetUserId() })
 }

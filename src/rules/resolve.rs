@@ -232,7 +232,7 @@ pub fn archive(
 }
 
 /// Whether `role` holds `privilege` (an `ACL_*` bit) on relation `oid`.
-fn has_privilege(oid: pg_sys::Oid, role: pg_sys::Oid, privilege: u32) -> bool {
+pub fn has_privilege(oid: pg_sys::Oid, role: pg_sys::Oid, privilege: u32) -> bool {
     // SAFETY: a catalog privilege check.
     unsafe {
         pg_sys::pg_class_aclcheck(oid, role, privilege as pg_sys::AclMode)

@@ -23,7 +23,7 @@ const REQUEST: usize = 32;
 /// Room for a result. Texts of errors a rule's code raises are cut to
 /// [`crate::errors::MAX_TEXT_BYTES`] each, so a result is a few kilobytes; a result that still does
 /// not fit is not written, and the asker reads it from where it is recorded.
-pub const RESULT_ROOM: usize = 64 * 1024;
+const RESULT_ROOM: usize = 64 * 1024;
 
 /// A request in a DSM segment, mapped in this process until dropped.
 pub struct Handoff {
