@@ -45,9 +45,13 @@ struct Database {
     scheduler: Option<DynamicBackgroundWorker>,
     next_start: Instant,
     last_start: Option<Instant>,
-    /// CREATE EXTENSION somewhere woke the launcher: probe again soon, even if a probe was in
-    /// flight (it may have looked before the extension was committed).
-    wake_requested: bool,
+    /// The launcher's wake count when CREATE EXTENSION (or a utility statement) last asked it to
+    /// look again while this database had no scheduler serving; 0: never. The ask is answered by a
+    /// scheduler started after it or by a look at pg_extension made after it, not by a probe
+    /// already in flight (it may have looked before the extension was committed).
+    asked_at_wake: u64,
+    /// The launcher's wake count when it last started a scheduler here.
+    started_at_wake: u64,
     /// Waiting for a slot of the budget (the launcher's latch is set when one frees).
     waiting: bool,
     /// Since when the postmaster has refused to start its scheduler (warned past a while).
@@ -69,12 +73,14 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
     log!("pg_token_cleanup: launcher started");
 
     let mut databases: HashMap<pg_sys::Oid, Database> = HashMap::new();
-    let mut woken = false;
+    let mut seen_wakes = 0;
     let mut budget_checked = None;
     while !signals::stop_requested() {
         signals::reload_config_if_asked();
         budget::warn_if_too_small(&mut budget_checked);
         let now = Instant::now();
+        let wakes = registry::launcher_wakes();
+        let woken = std::mem::replace(&mut seen_wakes, wakes) != wakes;
         let listed = list_databases();
         for (oid, _) in databases
             .iter()
@@ -91,13 +97,15 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
                 scheduler: None,
                 next_start: now,
                 last_start: None,
-                wake_requested: false,
+                asked_at_wake: 0,
+                started_at_wake: 0,
                 waiting: false,
                 start_failing_since: None,
             });
-            db.wake_requested |= woken;
+            if woken {
+                db.asked_at_wake = wakes;
+            }
             if registry::scheduler_serves(oid) {
-                db.wake_requested = false;
                 continue;
             }
             if db.scheduler.as_ref().is_some_and(is_alive) {
@@ -107,7 +115,11 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
             if db.scheduler.take().is_some() {
                 // It left: the extension is absent (probe later), it gave its slot to another
                 // database (start it again when its next rule is due), or it was stopped (start
-                // again).
+                // again). Only a finding of "no extension" can miss a CREATE EXTENSION; a
+                // scheduler that left for another reason answered every ask made while it ran.
+                if !view.no_extension {
+                    db.asked_at_wake = 0;
+                }
                 db.next_start = now
                     + if view.no_extension {
                         gucs::database_probe_interval()
@@ -117,7 +129,7 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
                         RESTART_DELAY
                     };
             }
-            let asked = std::mem::take(&mut db.wake_requested);
+            let asked = db.asked_at_wake > view.looked_at_wake.max(db.started_at_wake);
             if asked {
                 let soonest = db.last_start.map_or(now, |t| t + MIN_PROBE_GAP).max(now);
                 db.next_start = db.next_start.min(soonest);
@@ -139,6 +151,7 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
             db.waiting = false;
             started += 1;
             db.last_start = Some(now);
+            db.started_at_wake = wakes;
             db.next_start = now + gucs::database_probe_interval();
             db.scheduler = start_scheduler(oid, &db.name, &mut db.start_failing_since);
             if db.scheduler.is_none() {
@@ -161,7 +174,6 @@ pub extern "C-unwind" fn pg_token_cleanup_launcher_main(_arg: pg_sys::Datum) {
             .min()
             .unwrap_or(TICK);
         signals::wait(next.clamp(Duration::from_millis(100), TICK));
-        woken = registry::take_launcher_wake();
     }
     log!("pg_token_cleanup: launcher stopped");
     // Exit 1 so that the postmaster restarts a launcher ended by pg_terminate_backend (it does not

@@ -17,6 +17,9 @@ pub(super) struct DatabaseState {
     /// Its scheduler gave its slot to another database: start it again at this time (PostgreSQL
     /// timestamp, µs; 0: as soon as it is needed).
     come_back_at: i64,
+    /// The launcher's wake count read just before its scheduler last looked at pg_extension: every
+    /// ask up to this count was committed before that look, so it is answered.
+    looked_at_wake: u64,
 }
 
 impl DatabaseState {
@@ -25,6 +28,7 @@ impl DatabaseState {
         no_extension: false,
         hold_until: 0,
         come_back_at: 0,
+        looked_at_wake: 0,
     };
 }
 
@@ -46,6 +50,12 @@ pub fn set_no_extension(database: pg_sys::Oid, absent: bool) {
     database_state(database, |d| d.no_extension = absent);
 }
 
+/// Records that the scheduler of `database` looked at pg_extension after the launcher had been
+/// asked `wakes` times.
+pub fn looked_for_extension(database: pg_sys::Oid, wakes: u64) {
+    database_state(database, |d| d.looked_at_wake = d.looked_at_wake.max(wakes));
+}
+
 /// Asks the launcher to start no worker in `database` before `until` (PostgreSQL timestamp).
 pub fn hold(database: pg_sys::Oid, until: pg_sys::TimestampTz) {
     database_state(database, |d| d.hold_until = until);
@@ -65,6 +75,8 @@ pub struct DatabaseView {
     pub hold_until: pg_sys::TimestampTz,
     /// Its scheduler gave its slot away and is due back then (0: no such time).
     pub come_back_at: pg_sys::TimestampTz,
+    /// Its scheduler's last look at pg_extension answered the launcher's asks up to this count.
+    pub looked_at_wake: u64,
 }
 
 /// What the launcher knows of `database`.
@@ -79,6 +91,7 @@ pub fn database_view(database: pg_sys::Oid) -> DatabaseView {
             no_extension: d.no_extension,
             hold_until: d.hold_until,
             come_back_at: d.come_back_at,
+            looked_at_wake: d.looked_at_wake,
         })
 }
 

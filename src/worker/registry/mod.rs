@@ -150,7 +150,9 @@ pub struct Registry {
     waiters: [budget::Waiter; budget::MAX_WAITERS],
     /// CREATE EXTENSION asked the launcher to look again (its latch is also set when its children
     /// start and stop, which must not count as that).
-    launcher_wake: bool,
+    /// How many times the launcher was asked to look again (CREATE EXTENSION, a utility statement
+    /// done): a count, so that a scheduler can say which asks its look at pg_extension answered.
+    launcher_wakes: u64,
 }
 
 impl Default for Registry {
@@ -159,7 +161,7 @@ impl Default for Registry {
             slots: [Slot::FREE; MAX_WORKERS],
             databases: [DatabaseState::NONE; MAX_DATABASES],
             waiters: [budget::Waiter::NONE; budget::MAX_WAITERS],
-            launcher_wake: false,
+            launcher_wakes: 0,
         }
     }
 }
@@ -329,15 +331,15 @@ pub fn wake_scheduler(database: pg_sys::Oid) {
 /// Wakes the launcher: CREATE EXTENSION happened somewhere, look again.
 pub fn wake_launcher() {
     let mut registry = REGISTRY.exclusive();
-    registry.launcher_wake = true;
+    registry.launcher_wakes += 1;
     for slot in registry.slots.iter().filter(|s| s.kind == Kind::Launcher) {
         set_latch(slot);
     }
 }
 
-/// The launcher's side: whether it was asked to look again since it last asked (and forget it).
-pub fn take_launcher_wake() -> bool {
-    std::mem::take(&mut REGISTRY.exclusive().launcher_wake)
+/// How many times the launcher has been asked to look again so far.
+pub fn launcher_wakes() -> u64 {
+    REGISTRY.share().launcher_wakes
 }
 
 /// Whether a live scheduler is registered for `database`.

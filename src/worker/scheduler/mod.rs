@@ -137,7 +137,7 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
             return;
         }
     }
-    if !BackgroundWorker::transaction(extension_present) {
+    if !looked_for_extension(database) {
         registry::set_no_extension(database, true);
         debug1!("pg_token_cleanup: scheduler not starting: extension not installed");
         return;
@@ -177,7 +177,7 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
             .execute();
         let sleep = match step {
             Ok(sleep) => sleep,
-            Err(_) if !BackgroundWorker::transaction(extension_present) => None,
+            Err(_) if !looked_for_extension(database) => None,
             Err(e) => {
                 scheduler.warn(&format!("pg_token_cleanup: scheduler error: {e}; retrying"));
                 Some(ERROR_BACKOFF)
@@ -200,6 +200,15 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
     }
     scheduler.stop_runners();
     log!("pg_token_cleanup: scheduler stopped");
+}
+
+/// Whether the extension is in this database, recording for the launcher that this look answers
+/// every ask it had received before (their CREATE EXTENSION was committed before the look began).
+fn looked_for_extension(database: pg_sys::Oid) -> bool {
+    let wakes = registry::launcher_wakes();
+    let present = BackgroundWorker::transaction(extension_present);
+    registry::looked_for_extension(database, wakes);
+    present
 }
 
 /// Relcache invalidation callback: only a flag and the latch (no catalog access is allowed here).
@@ -312,7 +321,7 @@ impl Scheduler {
                 "pg_token_cleanup: pruned {n} run(s) older than pg_token_cleanup.history_retention"
             ),
             Ok(_) => {}
-            Err(_) if !BackgroundWorker::transaction(extension_present) => {}
+            Err(_) if !looked_for_extension(self.database) => {}
             Err(e) => self.warn(&format!("pg_token_cleanup: could not prune history: {e}")),
         }
     }

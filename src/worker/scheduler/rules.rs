@@ -8,8 +8,8 @@ use crate::gucs;
 use crate::history;
 use crate::rules::{self, LoadedRule};
 use crate::worker::agenda::AgendaRule;
-use crate::worker::extension_present;
 use crate::worker::reload::{self, Load, Plan};
+use crate::worker::{extension_present, registry};
 use chrono::Utc;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
@@ -26,8 +26,11 @@ impl Scheduler {
         // A new pg_token_cleanup.timezone moves every rule without its own: read them all.
         let everything = self.agenda.timezone() != gucs::timezone();
         let known = &self.rules;
+        let database = self.database;
+        let wakes = registry::launcher_wakes();
         let loaded = BackgroundWorker::transaction(|| {
             if !extension_present() {
+                registry::looked_for_extension(database, wakes);
                 return None;
             }
             crate::owner::set_for_transaction("lock_timeout", OWN_LOCK_TIMEOUT);
@@ -75,7 +78,7 @@ impl Scheduler {
         let (plan, loaded) = match loaded {
             Ok(loaded) => loaded,
             // Read while DROP EXTENSION was committing.
-            Err(_) if !BackgroundWorker::transaction(extension_present) => return None,
+            Err(_) if !super::looked_for_extension(self.database) => return None,
             Err(e) => {
                 self.warn(&format!(
                     "pg_token_cleanup: could not read token_cleanup.rules ({e}); serving the {} rule(s) loaded before, trying again",
