@@ -60,7 +60,7 @@ fi
 sharedir=$("$PG_CONFIG" --sharedir)
 pkglibdir=$("$PG_CONFIG" --pkglibdir)
 rm -rf "$work/pkg"
-cargo pgrx package --debug --pg-config "$PG_CONFIG" --out-dir "$work/pkg" >"$work/install.log" 2>&1 \
+cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$work/pkg" >"$work/install.log" 2>&1 \
     || { tail -30 "$work/install.log" >&2; exit 1; }
 cp "$work/pkg$pkglibdir/pg_token_cleanup.so" "$root$pkglibdir/"
 cp "$work/pkg$sharedir/extension/"pg_token_cleanup* "$root$sharedir/extension/"

@@ -123,6 +123,49 @@ GRANT SELECT ON token_cleanup.metrics TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION token_cleanup.wake_launcher() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION token_cleanup.wake_scheduler() FROM PUBLIC;
 
+-- Rules on sharded Citus tables: the coordinator's runner CALLs this on the node that holds a
+-- shard, as the role the rule runs as (src/executor/shards.rs). It deletes the shard's matching
+-- rows batch after batch, each batch committed on its own (token_cleanup.shard_batch() does one),
+-- until the shard is done or max_ms have passed (0: one batch), and says where it stopped. One
+-- connection serves many batches: opening one costs more than a batch. No SET clause: a procedure
+-- that commits may not have one; every name here is qualified.
+CREATE PROCEDURE token_cleanup.shard_purge(
+    shard text, condition text, from_block bigint, from_offset integer, pages bigint,
+    batch_limit integer, lock_timeout_ms integer, statement_timeout_ms integer, max_ms integer,
+    INOUT result text DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+    started timestamptz := pg_catalog.clock_timestamp();
+    reply jsonb;
+    deleted bigint := 0;
+    batches integer := 0;
+    redone integer := 0;
+BEGIN
+    LOOP
+        reply := token_cleanup.shard_batch(shard, condition, from_block, from_offset, pages,
+            batch_limit, lock_timeout_ms, statement_timeout_ms)::jsonb;
+        COMMIT;
+        deleted := deleted + (reply OPERATOR(pg_catalog.->>) 'rows')::bigint;
+        batches := batches + 1;
+        IF (reply OPERATOR(pg_catalog.->>) 'redone')::boolean THEN
+            redone := redone + 1;
+        END IF;
+        pages := (reply OPERATOR(pg_catalog.->>) 'pages')::bigint;
+        IF pg_catalog.jsonb_typeof(reply OPERATOR(pg_catalog.->) 'next') IS DISTINCT FROM 'array' THEN
+            from_block := NULL;
+            EXIT;
+        END IF;
+        from_block := (reply OPERATOR(pg_catalog.->) 'next' OPERATOR(pg_catalog.->>) 0)::bigint;
+        from_offset := (reply OPERATOR(pg_catalog.->) 'next' OPERATOR(pg_catalog.->>) 1)::integer;
+        EXIT WHEN pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) started
+            OPERATOR(pg_catalog.>=) pg_catalog.make_interval(secs => max_ms / 1000.0);
+    END LOOP;
+    result := pg_catalog.jsonb_build_object('rows', deleted, 'batches', batches, 'redone', redone,
+        'pages', pages, 'next', CASE WHEN from_block IS NULL THEN NULL
+                                     ELSE pg_catalog.jsonb_build_array(from_block, from_offset) END)::text;
+END
+$$;
+
 -- PostgreSQL 15 and later: the views run as their caller (see rule_stats above).
 DO $$
 BEGIN

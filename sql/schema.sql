@@ -80,7 +80,7 @@ CREATE TABLE token_cleanup.runs (
     rows_deleted  bigint      NOT NULL DEFAULT 0,
     batches       integer     NOT NULL DEFAULT 0,
     longest_batch_ms integer,                        -- longest batch, start to commit
-    method        text        CHECK (method IN ('table walk', 'index')), -- how rows were found
+    method        text        CHECK (method IN ('table walk', 'index', 'per shard')), -- how rows were found
     error         text,
     pid           integer,
     -- 0.2.0 (after the columns of 0.1.0, where ALTER TABLE … ADD COLUMN puts them on upgrade)

@@ -44,6 +44,7 @@
 use pgrx::prelude::*;
 
 mod api;
+mod citus;
 mod clock;
 mod condition;
 mod errors;

@@ -56,12 +56,21 @@ pub(super) fn supported_wal_compression() -> Option<&'static str> {
 
 /// One scan: the ctids of up to COLLECT_LIMIT rows matching the condition now, in physical order.
 pub(super) fn collect(rule: &Rule, plan: &Plan) -> Result<Vec<pg_sys::ItemPointerData>, Error> {
+    collect_up_to(plan, &rule.condition, COLLECT_LIMIT)
+}
+
+/// The ctids of up to `limit` rows matching `condition` now, in physical order.
+pub(super) fn collect_up_to(
+    plan: &Plan,
+    condition: &str,
+    limit: usize,
+) -> Result<Vec<pg_sys::ItemPointerData>, Error> {
     // One array datum, copied out as raw bytes: a million rows through SPI tuples, or through
     // per-element conversion, costs several times the scan itself.
     let sql = format!(
-        "SELECT array_agg(ctid) FROM (SELECT ctid FROM ONLY {} WHERE {} LIMIT {COLLECT_LIMIT}) candidates",
+        "SELECT array_agg(ctid) FROM (SELECT ctid FROM ONLY {} WHERE {} LIMIT {limit}) candidates",
         plan.table.qualified_name,
-        crate::condition::embedded(&rule.condition)
+        crate::condition::embedded(condition)
     );
     let mut ctids = owner_statement(plan, plan.limits, || {
         Spi::connect(|client| {

@@ -20,6 +20,9 @@ pub enum Method {
     TableWalk { end_block: u32, first_pages: u64 },
     /// Collect matching ctids through an index, then delete them by ctid.
     Index,
+    /// A sharded Citus table: each shard purged on its node, walked or through its index as its
+    /// own planner says (see `shards`).
+    Shards,
 }
 
 impl Method {
@@ -28,6 +31,7 @@ impl Method {
         match self {
             Method::TableWalk { .. } => "table walk",
             Method::Index => "index",
+            Method::Shards => "per shard",
         }
     }
 

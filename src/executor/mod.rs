@@ -19,10 +19,12 @@ mod batch_cap;
 pub mod binding;
 mod blast_radius;
 mod method;
+mod on_shard;
 pub mod pacing;
 mod partitions;
 mod prepare;
 mod range_delete;
+mod shards;
 mod sizer;
 mod statements;
 mod tally;
@@ -87,6 +89,8 @@ struct Plan {
     delete_sql: BatchSql,
     /// The same with `FOR UPDATE SKIP LOCKED`; `None` when the owner may not lock rows.
     skip_locked_sql: Option<BatchSql>,
+    /// A sharded Citus table's shards (method [`Method::Shards`]); empty otherwise.
+    shards: Vec<shards::ShardPlan>,
 }
 
 /// The rows one batch covers.
@@ -201,6 +205,7 @@ fn run(rule: &Rule, tally: &mut Tally) -> Result<Outcome, Outcome> {
                 first_pages,
             } => walk_table(plan, end_block, first_pages, tally)?,
             Method::Index => delete_through_index(rule, plan, tally)?,
+            Method::Shards => shards::purge(rule, plan, tally)?,
         };
         if plan.partition {
             let rows = tally.stats.rows_deleted - before;

@@ -86,8 +86,17 @@ fn prepare_table(
         archive,
         delete_sql: statements::build("", "", Shape::Ctids, None).0,
         skip_locked_sql: None,
+        shards: Vec::new(),
         table,
     };
+    // A sharded Citus table: the table here is an empty shell; its shards are planned (and
+    // purged) on their nodes.
+    if crate::citus::kind(plan.table.oid) == Some(crate::citus::Kind::Sharded) {
+        plan.shards = super::shards::plan(&plan.table, &rule.condition, owner, plan.limits)?;
+        plan.method = Method::Shards;
+        plan.estimated_rows = plan.shards.iter().map(|s| s.matching).sum();
+        return Ok(plan);
+    }
     let (method, estimated_rows) =
         choose_method(rule, &plan).map_err(|e| e.context("planning the run"))?;
     plan.method = method;
@@ -96,7 +105,7 @@ fn prepare_table(
         Method::TableWalk { .. } => Shape::Walk {
             limit: plan.batch_size,
         },
-        Method::Index => Shape::Ctids,
+        Method::Index | Method::Shards => Shape::Ctids,
     };
     let (optimistic, skipping) = statements::build(
         &plan.table.qualified_name,

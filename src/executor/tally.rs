@@ -30,6 +30,31 @@ impl<'a> Tally<'a> {
     /// One batch in its own transaction, progress recorded in it. Returns what it deleted and how
     /// long it took (ms, start to commit); `Err` ends the run (stop requested, or a failure).
     pub(super) fn batch(&mut self, plan: &Plan, batch: Batch) -> Result<(Deleted, f64), Outcome> {
+        self.step(
+            plan,
+            || {
+                batch_settings(plan.wal_compression);
+                delete_batch(plan, &batch)
+            },
+            |deleted| Counted {
+                rows: deleted.rows,
+                batches: 1,
+                redone: i32::from(deleted.redone),
+            },
+        )
+    }
+
+    /// One step of a run in its own transaction: `work` is one batch here, or one batch on each of
+    /// several shards on their nodes (`shards`), and `count` says what it did. Pacing and the stop
+    /// checks come first; the table and rule are checked still bound; progress is recorded in the
+    /// step's transaction. Returns the work's result and how long the step took (ms, start to
+    /// commit); `Err` ends the run (stop requested, or a failure).
+    pub(super) fn step<T>(
+        &mut self,
+        plan: &Plan,
+        work: impl FnOnce() -> Result<T, Error>,
+        count: impl Fn(&T) -> Counted,
+    ) -> Result<(T, f64), Outcome> {
         let stop = self.stop_check();
         let done_so_far = self.stats.rows_deleted;
         self.gate.set_table(plan.table.oid);
@@ -52,32 +77,34 @@ impl<'a> Tally<'a> {
         let write_progress = self.progress_written.elapsed() >= PROGRESS_EVERY;
         let watch_waiters = self.gate.watches_waiters();
         let binding = self.binding;
-        let result = BackgroundWorker::transaction(|| {
+        // The work and its count are this run's own code (no state shared across the unwind).
+        let result = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
             if let Err(stale) = still_bound(plan, binding) {
                 return Ok(Err(stale));
             }
-            batch_settings(plan.wal_compression);
-            let deleted = delete_batch(plan, &batch)?;
+            let done_here = work()?;
             if write_progress {
-                history::progress(run_id, done + deleted.rows, batches + 1);
+                let counted = count(&done_here);
+                history::progress(run_id, done + counted.rows, batches + counted.batches);
             }
             // Before commit, while this batch's row locks are held.
             let blocked_someone = watch_waiters && pacing::blocking_sessions();
-            Ok::<_, Error>(Ok((deleted, blocked_someone)))
-        });
+            Ok::<_, Error>(Ok((done_here, blocked_someone)))
+        }));
         let elapsed = started.elapsed();
         match result {
             Ok(Err(stale)) => Err(stale),
-            Ok(Ok((deleted, blocked_someone))) => {
+            Ok(Ok((done_here, blocked_someone))) => {
                 if blocked_someone {
                     self.gate.give_way_after(elapsed);
                 }
                 if write_progress {
                     self.progress_written = Instant::now();
                 }
-                self.stats.rows_deleted += deleted.rows;
-                self.stats.batches_redone += i32::from(deleted.redone);
-                self.stats.batches += 1;
+                let counted = count(&done_here);
+                self.stats.rows_deleted += counted.rows;
+                self.stats.batches_redone += counted.redone;
+                self.stats.batches += counted.batches;
                 self.control
                     .progress(self.stats.rows_deleted, self.stats.batches);
                 report_activity(&format!(
@@ -85,7 +112,7 @@ impl<'a> Tally<'a> {
                     self.rule_name, self.run_id, self.stats.batches, self.stats.rows_deleted
                 ));
                 self.stats.longest_batch_ms = self.stats.longest_batch_ms.max(elapsed.as_millis());
-                Ok((deleted, elapsed.as_secs_f64() * 1000.0))
+                Ok((done_here, elapsed.as_secs_f64() * 1000.0))
             }
             Err(_) if self.control.stop_requested() => Err(self.interrupted()),
             Err(e) => Err(Outcome::Failed(
@@ -127,6 +154,13 @@ pub(super) fn still_bound(plan: &Plan, bound: &binding::Binding) -> Result<(), O
         binding::lock_and_check(archive.oid, &archive.table, "archive_table", wait)?;
     }
     bound.check_rule()
+}
+
+/// What one step did: rows deleted, batches committed, batches redone with SKIP LOCKED.
+pub(super) struct Counted {
+    pub(super) rows: i64,
+    pub(super) batches: i32,
+    pub(super) redone: i32,
 }
 
 /// Why a run ends between batches: SIGTERM, or max_run_duration reached.

@@ -86,6 +86,17 @@ pub fn table(rule: &str, name: &str, when: When) -> Result<ResolvedTable, Error>
         )
         .with_hint(fix));
     }
+    if let Some((what, fix)) = crate::citus::unsupported(table.oid) {
+        let subject = match when {
+            When::Writing => format!("table_name {} of rule \"{rule}\"", table.qualified_name),
+            When::Running => format!("table {}", table.qualified_name),
+        };
+        return Err(Error::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("{subject} {what}"),
+        )
+        .with_hint(fix));
+    }
     Ok(table)
 }
 
@@ -179,6 +190,16 @@ pub fn archive(
             .with_hint(hint))
         }
     };
+    if crate::citus::kind(source.oid).is_some() {
+        return Err(Error::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!(
+                "rule \"{rule}\" archives rows of Citus table {}, which pg_token_cleanup does not support yet",
+                source.qualified_name
+            ),
+        )
+        .with_hint("Leave archive_table NULL on rules for Citus tables, and keep the rows by copying them first (INSERT INTO … SELECT, which Citus runs shard by shard) or by time partitions with drop_partitions = 'detach'."));
+    }
     if archive.oid == source.oid {
         return Err(Error::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,

@@ -13,11 +13,14 @@
 //! - [`hostile`], [`security`], [`security_bounds`], [`security_rights`], [`security_runs`]: attacks,
 //!   each with a positive control;
 //! - [`load`]: 10,000 rules and a soak; it runs with no other test beside it;
-//! - [`upgrade`], [`package`]: ignored unless scripts/upgrade_test.sh and scripts/package_test.sh
+//! - [`citus`]: rules on Citus tables, on a coordinator and two workers;
+//! - [`citus`], [`upgrade`], [`package`]: ignored unless scripts/citus_test.sh, scripts/upgrade_test.sh
+//!   and scripts/package_test.sh
 //!   run them with what they need.
 
 mod common;
 
+mod citus;
 mod coordination;
 mod hostile;
 mod load;

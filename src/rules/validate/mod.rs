@@ -42,6 +42,13 @@ CREATE TRIGGER rules_validate BEFORE INSERT OR UPDATE ON token_cleanup.rules
 fn rules_before_write<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+    if crate::citus::is_worker_node() {
+        crate::errors::refuse(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "this node is a Citus worker: rules are written and run on the coordinator",
+            "Connect to the coordinator and write the rule there; its runs purge the shards on this node.",
+        );
+    }
     let data = trigger.trigger_data();
     // SAFETY: the relation of a firing trigger, and its tuples (NEW is tg_trigtuple on INSERT,
     // tg_newtuple on UPDATE; OLD is tg_trigtuple on UPDATE), valid for this call.

@@ -206,7 +206,10 @@ pub extern "C-unwind" fn pg_token_cleanup_scheduler_main(arg: pg_sys::Datum) {
 /// every ask it had received before (their CREATE EXTENSION was committed before the look began).
 fn looked_for_extension(database: pg_sys::Oid) -> bool {
     let wakes = registry::launcher_wakes();
-    let present = BackgroundWorker::transaction(extension_present);
+    // On a Citus worker the extension is there because Citus copied CREATE EXTENSION from the
+    // coordinator, which keeps the rules and runs them: nothing to schedule here.
+    let present =
+        BackgroundWorker::transaction(|| extension_present() && !crate::citus::is_worker_node());
     registry::looked_for_extension(database, wakes);
     present
 }

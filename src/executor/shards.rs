@@ -1,0 +1,294 @@
+//! A run on a sharded Citus table, from the coordinator: the table here is an empty shell, so the
+//! run purges each shard on the node that holds it ([`super::on_shard`] is the node's side).
+//!
+//! Planning asks every shard for its size, rows and matching rows (the blast-radius limits add
+//! them up over the whole table) and whether its planner would use an index. Then the run goes in
+//! steps: each step gives one batch to each of up to [`BATCHES_AT_ONCE_PER_NODE`] shards per node,
+//! all at once; each batch is a local transaction on its node (no two-phase commit), at most
+//! `batch_size` rows, the condition re-checked, locked rows skipped, as on one server. A shard is
+//! walked in page ranges sized from what its previous batch measured, or, where its planner would
+//! use an index, taken `batch_size` rows at a time through the index.
+//!
+//! The statements reach the nodes through Citus's `master_run_on_worker()`, connected as the role
+//! the rule runs as: that role must be able to log in to every node from the coordinator, as for
+//! any statement Citus sends for it.
+
+use super::tally::{Counted, Tally};
+use super::Plan;
+use crate::citus::{self, Reply, Shard};
+use crate::errors::Error;
+use crate::history::Outcome;
+use crate::owner::{self, Limits};
+use crate::rules::Rule;
+use crate::target::ResolvedTable;
+use pgrx::prelude::*;
+use std::collections::HashMap;
+
+/// Most batches (and planning statements) one node is given at once by one run.
+const BATCHES_AT_ONCE_PER_NODE: usize = 4;
+/// The first range of a walk is never more pages than this (as on one server).
+const FIRST_RANGE_MAX_PAGES: u64 = 1024;
+/// How long one call on a node goes on giving a shard batch after batch (each committed on its
+/// own): opening the connection costs more than a batch, and the run checks for a stop, its
+/// deadline and pacing between calls.
+const STEP_MS: u32 = 500;
+
+/// One shard as planning found it.
+#[derive(Debug, Clone)]
+pub struct ShardPlan {
+    pub shard: Shard,
+    pub blocks: u32,
+    pub live: f64,
+    pub matching: f64,
+    /// Its planner would find the matching rows through an index.
+    pub index: bool,
+}
+
+/// Asks every shard of `table`, as `role`, for its size, rows and matching rows: one statement per
+/// node, for all the shards it holds.
+pub(super) fn plan(
+    table: &ResolvedTable,
+    condition: &str,
+    role: pg_sys::Oid,
+    limits: Limits,
+) -> Result<Vec<ShardPlan>, Error> {
+    let shards = citus::shards(table.oid)?;
+    let mut by_node: Vec<(&Shard, Vec<usize>)> = Vec::new();
+    for (i, shard) in shards.iter().enumerate() {
+        match by_node
+            .iter_mut()
+            .find(|(s, _)| s.node == shard.node && s.port == shard.port)
+        {
+            Some((_, held)) => held.push(i),
+            None => by_node.push((shard, vec![i])),
+        }
+    }
+    let step: Vec<(&Shard, String)> = by_node
+        .iter()
+        .map(|(node, held)| {
+            let names: Vec<String> = held
+                .iter()
+                .map(|&i| quote_literal(&shards[i].name))
+                .collect();
+            let sql = format!(
+                "SELECT token_cleanup.shard_plan(ARRAY[{}]::text[], {}, {}, {})",
+                names.join(", "),
+                quote_literal(condition),
+                limits.lock_timeout_ms,
+                limits.statement_timeout_ms
+            );
+            (*node, sql)
+        })
+        .collect();
+    let replies = send(&step, role, limits)?;
+    let mut plans: Vec<Option<ShardPlan>> = vec![None; shards.len()];
+    for ((node, held), reply) in by_node.iter().zip(replies) {
+        let reply = answer(node, &reply).map_err(|e| e.context("planning the run"))?;
+        for (k, &i) in held.iter().enumerate() {
+            let one = &reply[k];
+            plans[i] = Some(ShardPlan {
+                shard: shards[i].clone(),
+                blocks: one["blocks"].as_u64().unwrap_or(0) as u32,
+                live: one["live"].as_f64().unwrap_or(0.0),
+                matching: one["matching"].as_f64().unwrap_or(0.0),
+                index: one["index"].as_bool().unwrap_or(false),
+            });
+        }
+    }
+    plans
+        .into_iter()
+        .zip(&shards)
+        .map(|(plan, shard)| {
+            plan.ok_or_else(|| {
+                Error::new(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    format!("no plan came back for shard {}", shard.name),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Where one shard's purge stands.
+struct Progress {
+    /// Where its next batch starts; `None`: done.
+    next: Option<(u32, u16)>,
+    /// The pages its next batch takes (0: through the index), as the node sized it last.
+    pages: u64,
+}
+
+/// Purges every shard of the plan, step by step, until each is done or the run must end.
+pub(super) fn purge(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<Outcome, Outcome> {
+    let shards: Vec<Shard> = plan.shards.iter().map(|s| s.shard.clone()).collect();
+    let mut progress: Vec<Progress> = plan
+        .shards
+        .iter()
+        .map(|s| {
+            let per_page = (s.matching / f64::from(s.blocks.max(1))).max(f64::MIN_POSITIVE);
+            let first =
+                ((plan.batch_size as f64 / per_page).ceil() as u64).clamp(1, FIRST_RANGE_MAX_PAGES);
+            Progress {
+                next: (s.blocks > 0).then_some((0, 0)),
+                pages: if s.index { 0 } else { first },
+            }
+        })
+        .collect();
+    // A rule paced by rows per second gets one batch per call, so that the pacing sees each.
+    let step_ms = if rule.max_rows_per_second.is_some() {
+        0
+    } else {
+        STEP_MS
+    };
+    let condition = quote_literal(&rule.condition);
+    loop {
+        let todo: Vec<usize> = (0..progress.len())
+            .filter(|i| progress[*i].next.is_some())
+            .collect();
+        if todo.is_empty() {
+            return Ok(Outcome::Succeeded);
+        }
+        let picked = one_step(&todo, &shards);
+        let step: Vec<(&Shard, String)> = picked
+            .iter()
+            .map(|&i| {
+                let (block, offset) = progress[i].next.unwrap_or((0, 0));
+                let pages = match progress[i].pages {
+                    0 => 0,
+                    pages => tally.gate.batch_units(pages),
+                };
+                let sql = format!(
+                    "CALL token_cleanup.shard_purge({}, {condition}, {block}, {offset}, {pages}, {}, {}, {}, {step_ms}, NULL)",
+                    quote_literal(&shards[i].name),
+                    plan.batch_size,
+                    plan.limits.lock_timeout_ms,
+                    plan.limits.statement_timeout_ms
+                );
+                (&shards[i], sql)
+            })
+            .collect();
+        let (replies, _) = tally.step(
+            plan,
+            || {
+                let replies = send(&step, plan.owner, plan.limits)?;
+                Ok(picked
+                    .iter()
+                    .zip(replies)
+                    .map(|(&i, reply)| answer(&shards[i], &reply))
+                    .collect::<Vec<_>>())
+            },
+            |replies| {
+                let done = replies.iter().filter_map(|r| r.as_ref().ok());
+                let sum = |key: &str| {
+                    done.clone()
+                        .map(|r| r[key].as_i64().unwrap_or(0))
+                        .sum::<i64>()
+                };
+                Counted {
+                    rows: sum("rows"),
+                    batches: sum("batches") as i32,
+                    redone: sum("redone") as i32,
+                }
+            },
+        )?;
+        let mut failed = None;
+        for (&i, reply) in picked.iter().zip(replies) {
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
+            let before = progress[i].next.map_or(0, |(b, _)| b);
+            let next = reply["next"].as_array().map(|at| {
+                (
+                    at.first().and_then(|v| v.as_u64()).unwrap_or(0) as u32,
+                    at.get(1).and_then(|v| v.as_u64()).unwrap_or(0) as u16,
+                )
+            });
+            let units = if progress[i].pages > 0 {
+                let after = next.map_or(plan.shards[i].blocks, |(b, _)| b);
+                u64::from(after.saturating_sub(before)).max(1)
+            } else {
+                reply["rows"].as_u64().unwrap_or(0)
+            };
+            tally.gate.batch_done(units);
+            progress[i].next = next;
+            progress[i].pages = reply["pages"].as_u64().unwrap_or(progress[i].pages);
+        }
+        if let Some(e) = failed {
+            return Err(Outcome::Failed(e));
+        }
+    }
+}
+
+/// The shards of `todo` that go in one step: the first of them on each node, up to
+/// [`BATCHES_AT_ONCE_PER_NODE`] per node.
+fn one_step(todo: &[usize], shards: &[Shard]) -> Vec<usize> {
+    let mut given: HashMap<(&str, i32), usize> = HashMap::new();
+    todo.iter()
+        .copied()
+        .filter(|&i| {
+            let n = given
+                .entry((shards[i].node.as_str(), shards[i].port))
+                .or_insert(0);
+            *n += 1;
+            *n <= BATCHES_AT_ONCE_PER_NODE
+        })
+        .collect()
+}
+
+/// Sends each statement to its shard's node, all at once, as `role`. The call waits for the
+/// slowest node: it gets the nodes' own statement timeout twice over, and 10 s more.
+fn send(
+    statements: &[(&Shard, String)],
+    role: pg_sys::Oid,
+    limits: Limits,
+) -> Result<Vec<Reply>, Error> {
+    let statements: Vec<(String, i32, String)> = statements
+        .iter()
+        .map(|(shard, sql)| (shard.node.clone(), shard.port, sql.clone()))
+        .collect();
+    let waiting = Limits {
+        lock_timeout_ms: limits.lock_timeout_ms,
+        statement_timeout_ms: if limits.statement_timeout_ms > 0 {
+            limits
+                .statement_timeout_ms
+                .saturating_mul(2)
+                .saturating_add(10_000)
+        } else {
+            0
+        },
+    };
+    owner::as_role(role, waiting, || citus::run_on_nodes(&statements))?
+}
+
+/// A node's reply as JSON, or the error naming the shard and node.
+fn answer(shard: &Shard, reply: &Reply) -> Result<serde_json::Value, Error> {
+    if !reply.ok {
+        return Err(Error::new(
+            PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+            format!(
+                "shard {} on node {}:{}: {}",
+                shard.name,
+                shard.node,
+                shard.port,
+                reply.text.trim()
+            ),
+        )
+        .with_hint("Batches already committed on other shards stay deleted; the next run goes on from there."));
+    }
+    serde_json::from_str(&reply.text).map_err(|e| {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!(
+                "shard {} on node {}:{} replied {:?}: {e}",
+                shard.name, shard.node, shard.port, reply.text
+            ),
+        )
+    })
+}
+
+fn quote_literal(text: &str) -> String {
+    pgrx::spi::quote_literal(text)
+}
