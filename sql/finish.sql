@@ -126,7 +126,8 @@ REVOKE EXECUTE ON FUNCTION token_cleanup.wake_scheduler() FROM PUBLIC;
 -- Rules on sharded Citus tables: the coordinator's runner CALLs this on the node that holds a
 -- shard, as the role the rule runs as (src/executor/shards.rs). It deletes the shard's matching
 -- rows batch after batch, each batch committed on its own (token_cleanup.shard_batch() does one),
--- until the shard is done or max_ms have passed (0: one batch), and says where it stopped. One
+-- until the shard is done or max_ms have passed (0: one batch), and says where it stopped and how
+-- long its longest batch took (its statement, without the commit). One
 -- connection serves many batches: opening one costs more than a batch. No SET clause: a procedure
 -- that commits may not have one; every name here is qualified.
 CREATE PROCEDURE token_cleanup.shard_purge(
@@ -140,6 +141,7 @@ DECLARE
     deleted bigint := 0;
     batches integer := 0;
     redone integer := 0;
+    longest float8 := 0;
 BEGIN
     LOOP
         reply := token_cleanup.shard_batch(shard, condition, from_block, from_offset, pages,
@@ -147,6 +149,7 @@ BEGIN
         COMMIT;
         deleted := deleted + (reply OPERATOR(pg_catalog.->>) 'rows')::bigint;
         batches := batches + 1;
+        longest := GREATEST(longest, (reply OPERATOR(pg_catalog.->>) 'ms')::float8);
         IF (reply OPERATOR(pg_catalog.->>) 'redone')::boolean THEN
             redone := redone + 1;
         END IF;
@@ -161,7 +164,7 @@ BEGIN
             OPERATOR(pg_catalog.>=) pg_catalog.make_interval(secs => max_ms / 1000.0);
     END LOOP;
     result := pg_catalog.jsonb_build_object('rows', deleted, 'batches', batches, 'redone', redone,
-        'pages', pages, 'next', CASE WHEN from_block IS NULL THEN NULL
+        'longest_ms', longest, 'pages', pages, 'next', CASE WHEN from_block IS NULL THEN NULL
                                      ELSE pg_catalog.jsonb_build_array(from_block, from_offset) END)::text;
 END
 $$;

@@ -1,7 +1,8 @@
 //! What a rule would do, without doing it: `token_cleanup.explain(rule)` (the method a run would
 //! choose and why, rows and pages, the duration past runs suggest, index advice) and
 //! `token_cleanup.backlog_estimate(rule)` (the planner's estimate of its matching rows, for the
-//! metrics view). Both plan the rule's condition as the role the rule runs as, like a run does.
+//! metrics view). Both plan the rule's condition as the role the rule runs as, like a run does; on
+//! a sharded Citus table, each shard on its node.
 
 use crate::condition;
 use crate::errors::Error;
@@ -62,6 +63,11 @@ const SCRAPE_LIMITS: owner::Limits = owner::Limits {
 fn backlog_estimate(rule_name: &str) -> Option<i64> {
     let rule = rules::visible_rule_by_name(rule_name);
     let (table, role) = resolve(&rule).ok()?;
+    if crate::citus::kind(table.oid) == Some(crate::citus::Kind::Sharded) {
+        let shards =
+            crate::executor::shard_plans(&table, &rule.condition, role, SCRAPE_LIMITS).ok()?;
+        return Some(shards.iter().map(|s| s.matching).sum::<f64>().round() as i64);
+    }
     crate::executor::planned_scan(&table, &rule.condition, role, SCRAPE_LIMITS)
         .ok()
         .map(|top| top["Plan Rows"].as_f64().unwrap_or(0.0).round() as i64)
@@ -90,6 +96,24 @@ fn explain(
 > {
     let rule = rules::visible_rule_by_name(rule_name);
     let (table, role) = resolve(&rule).unwrap_or_else(|e| e.raise());
+    if crate::citus::kind(table.oid) == Some(crate::citus::Kind::Sharded) {
+        let shards = crate::executor::shard_plans(&table, &rule.condition, role, rule.limits())
+            .unwrap_or_else(|e| e.context("planning").raise());
+        let (reason, rows, live, pages, pages_to_touch) = sharded(&shards);
+        let expected = expected_duration(&rule, rows);
+        return TableIterator::once((
+            rule.name,
+            table.qualified_name,
+            "per shard".to_string(),
+            reason,
+            rows,
+            live,
+            pages,
+            pages_to_touch,
+            expected,
+            None,
+        ));
+    }
     let planned = plan(&rule, &table, role).unwrap_or_else(|e| e.context("planning").raise());
     let (pages, live) = Spi::get_two_with_args::<i64, f32>(
         "SELECT pg_catalog.pg_relation_size($1) / pg_catalog.current_setting('block_size')::int8, reltuples \
@@ -147,6 +171,39 @@ fn explain(
         expected,
         advice,
     ))
+}
+
+/// What `explain()` says of a sharded Citus table, from its shards' own plans: the reason, the
+/// matching rows, live rows, pages and pages a run would touch, over the whole table.
+fn sharded(shards: &[crate::executor::ShardPlan]) -> (String, i64, i64, i64, i64) {
+    let rows = shards.iter().map(|s| s.matching).sum::<f64>().round() as i64;
+    let live = shards.iter().map(|s| s.live).sum::<f64>().round() as i64;
+    let pages: i64 = shards.iter().map(|s| i64::from(s.blocks)).sum();
+    let through_index = shards.iter().filter(|s| s.index).count();
+    let touched: i64 = shards
+        .iter()
+        .map(|s| {
+            let blocks = i64::from(s.blocks);
+            if s.index {
+                (s.matching.round() as i64).min(blocks)
+            } else {
+                blocks
+            }
+        })
+        .sum();
+    let mut nodes: Vec<(&str, i32)> = shards
+        .iter()
+        .map(|s| (s.shard.node.as_str(), s.shard.port))
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    let reason = format!(
+        "a Citus distributed table in {} shards on {} nodes, about {rows} matching rows of {live}: a run purges each shard on its node in batches that are local transactions there, {} shards by table walk and {through_index} through their index, as each shard's planner would",
+        shards.len(),
+        nodes.len(),
+        shards.len() - through_index
+    );
+    (reason, rows, live, pages, touched)
 }
 
 /// From the rule's lifetime counters: its past rate, applied to `rows`.

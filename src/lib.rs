@@ -29,13 +29,15 @@
 //!   in shared memory and the worker budget ([`worker::registry`]);
 //! - [`executor`]: one run (batches; [`executor::binding`]: the rule and relations a run was given,
 //!   checked before every batch; [`executor::pacing`]: the gate every batch passes, with every wait
-//!   between batches);
+//!   between batches; on a sharded Citus table, `executor::shards` on the coordinator and
+//!   `executor::on_shard` on the node holding each shard);
 //! - [`rules`]: the rule, read by column name ([`rules::load`]), the trigger that validates every
 //!   written rule, and the one place that decides whether a rule's owner, table and archive are
 //!   usable ([`rules::resolve`]); [`history`]: every statement on the runs table and the lifetime
 //!   counters; [`owner`]: running code that is not ours as the right role, within timeouts, leaving
 //!   nothing behind; [`target`]: table names and kinds; [`condition`]: the proof that a condition is
-//!   one expression, and the one place that embeds it;
+//!   one expression, and the one place that embeds it; [`citus`]: Citus's catalogs (which tables are
+//!   sharded, their shards and nodes) and statements sent to its nodes;
 //! - ground: [`schedule`] (cron text → fire times, pure Rust), [`clock`] (time behind an
 //!   interface), [`errors`], [`gucs`] (settings), [`pgtime`] (PostgreSQL's timestamps).
 //!

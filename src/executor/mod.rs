@@ -318,3 +318,4 @@ fn owner_statement<R>(plan: &Plan, limits: Limits, f: impl FnOnce() -> R) -> Res
 }
 
 pub(crate) use prepare::planned_scan;
+pub(crate) use shards::{plan as shard_plans, ShardPlan};

@@ -105,7 +105,7 @@ fn plan_one(
 /// (a walk), or with `pages` 0 the first ones the planner's index finds. Returns `{"rows",
 /// "redone", "next"}`: `next` is `[block, offset]` where the next batch resumes, or null when the
 /// shard's end was reached (a walk) or no more rows could be deleted (through the index); `pages`
-/// is the next range's size, sized from this one.
+/// is the next range's size, sized from this one; `ms` the batch's time, start to end.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
@@ -127,7 +127,8 @@ fn shard_batch(
         return through_index(table, condition, role, limits, batch_limit.max(1) as usize);
     }
     if start >= end {
-        return json!({"rows": 0, "redone": false, "next": null, "pages": pages}).to_string();
+        return json!({"rows": 0, "redone": false, "next": null, "pages": pages, "ms": 0})
+            .to_string();
     }
     let to_block = (u64::from(start) + pages.max(1) as u64).min(u64::from(end)) as u32;
     let limit = batch_limit.max(1) as usize;
@@ -181,8 +182,14 @@ fn shard_batch(
         deleted.rows,
         ms(started),
     );
-    json!({"rows": deleted.rows, "redone": deleted.redone, "next": next, "pages": sizer.units()})
-        .to_string()
+    json!({
+        "rows": deleted.rows,
+        "redone": deleted.redone,
+        "next": next,
+        "pages": sizer.units(),
+        "ms": ms(started),
+    })
+    .to_string()
 }
 
 /// Milliseconds since `started`.
@@ -221,12 +228,14 @@ fn through_index(
         skip_locked_sql: skip_locked.then_some(skipping),
         shards: Vec::new(),
     };
+    let started = Instant::now();
     let found = collect_up_to(&plan, condition, limit).unwrap_or_else(|e| e.raise());
     batch_settings(plan.wal_compression);
     let deleted = delete_batch(&plan, &Batch::Ctids(&found)).unwrap_or_else(|e| e.raise());
     let more = found.len() >= limit && deleted.rows > 0;
     let next = more.then(|| json!([0, 0]));
-    json!({"rows": deleted.rows, "redone": deleted.redone, "next": next, "pages": 0}).to_string()
+    json!({"rows": deleted.rows, "redone": deleted.redone, "next": next, "pages": 0, "ms": ms(started)})
+        .to_string()
 }
 
 /// The shard named by the coordinator, as the caller (who must be able to read it), with the

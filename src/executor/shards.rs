@@ -46,7 +46,7 @@ pub struct ShardPlan {
 
 /// Asks every shard of `table`, as `role`, for its size, rows and matching rows: one statement per
 /// node, for all the shards it holds.
-pub(super) fn plan(
+pub(crate) fn plan(
     table: &ResolvedTable,
     condition: &str,
     role: pg_sys::Oid,
@@ -187,6 +187,12 @@ pub(super) fn purge(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<Outco
                     rows: sum("rows"),
                     batches: sum("batches") as i32,
                     redone: sum("redone") as i32,
+                    longest_ms: Some(
+                        done.clone()
+                            .map(|r| r["longest_ms"].as_f64().unwrap_or(0.0).ceil() as u128)
+                            .max()
+                            .unwrap_or(0),
+                    ),
                 }
             },
         )?;

@@ -40,6 +40,7 @@ impl<'a> Tally<'a> {
                 rows: deleted.rows,
                 batches: 1,
                 redone: i32::from(deleted.redone),
+                longest_ms: None,
             },
         )
     }
@@ -111,7 +112,9 @@ impl<'a> Tally<'a> {
                     "pg_token_cleanup: rule {} run {}: batch {}, {} rows",
                     self.rule_name, self.run_id, self.stats.batches, self.stats.rows_deleted
                 ));
-                self.stats.longest_batch_ms = self.stats.longest_batch_ms.max(elapsed.as_millis());
+                // A step of shard batches on their nodes says how long its longest batch took.
+                let longest = counted.longest_ms.unwrap_or(elapsed.as_millis());
+                self.stats.longest_batch_ms = self.stats.longest_batch_ms.max(longest);
                 Ok((done_here, elapsed.as_secs_f64() * 1000.0))
             }
             Err(_) if self.control.stop_requested() => Err(self.interrupted()),
@@ -156,11 +159,13 @@ pub(super) fn still_bound(plan: &Plan, bound: &binding::Binding) -> Result<(), O
     bound.check_rule()
 }
 
-/// What one step did: rows deleted, batches committed, batches redone with SKIP LOCKED.
+/// What one step did: rows deleted, batches committed, batches redone with SKIP LOCKED, and for
+/// batches on other nodes the longest of them (otherwise the step is the batch).
 pub(super) struct Counted {
     pub(super) rows: i64,
     pub(super) batches: i32,
     pub(super) redone: i32,
+    pub(super) longest_ms: Option<u128>,
 }
 
 /// Why a run ends between batches: SIGTERM, or max_run_duration reached.

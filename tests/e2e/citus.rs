@@ -169,6 +169,36 @@ fn a_rule_on_a_distributed_table_deletes_exactly_the_expired_rows_shard_by_shard
         "the plain DELETE should have used two-phase commit (the control of this test)"
     );
 
+    // What a run would do: the whole table's figures, from its shards.
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT matching_rows FROM token_cleanup.preview('purge')"
+        ),
+        50_000
+    );
+    let row = app
+        .query_one(
+            "SELECT method, reason, estimated_rows, live_rows, table_pages FROM token_cleanup.explain('purge')",
+            &[],
+        )
+        .unwrap();
+    let (method, reason, estimated, live, pages): (String, String, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert_eq!(method, "per shard");
+    assert!(
+        reason.starts_with("a Citus distributed table in 32 shards on 2 nodes"),
+        "{reason}"
+    );
+    assert!((40_000..=60_000).contains(&estimated), "{estimated}");
+    assert!((90_000..=110_000).contains(&live), "{live}");
+    assert!(pages > 0);
+    let backlog = count(
+        &mut app,
+        "SELECT value::bigint FROM token_cleanup.metrics WHERE metric = 'pg_token_cleanup_backlog_rows'",
+    );
+    assert_eq!(backlog, estimated);
+
     let recorded = two_phase_commits(&mut admin);
     let (status, rows, batches, method) = run_rule(&mut app, "purge");
     assert_eq!(
@@ -520,4 +550,178 @@ fn a_worker_that_stops_mid_run_ends_the_run_naming_it_and_the_next_run_finishes(
         0
     );
     assert_eq!(survivors(&mut reconnected, "tokens"), before);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL with Citus: bash scripts/citus_test.sh"]
+fn a_distributed_partitioned_table_drops_its_expired_partition_and_purges_the_rest_and_a_citus_local_table_is_purged_too(
+) {
+    let citus = Citus::start("citus_partitions");
+    let mut app = citus.app();
+    each(
+        &mut app,
+        &[
+            "CREATE TABLE sessions (id bigint, expires_at timestamptz NOT NULL, PRIMARY KEY (id, expires_at))
+               PARTITION BY RANGE (expires_at)",
+            "CREATE TABLE sessions_old PARTITION OF sessions FOR VALUES FROM ('2000-01-01') TO ('2020-01-01')",
+            "CREATE TABLE sessions_now PARTITION OF sessions FOR VALUES FROM ('2020-01-01') TO ('2200-01-01')",
+            "SELECT create_distributed_table('sessions', 'id')",
+            "INSERT INTO sessions SELECT g, timestamptz '2010-01-01' + g * interval '1 minute' FROM generate_series(1, 5000) g",
+            "INSERT INTO sessions SELECT g, now() - interval '1 day' FROM generate_series(5001, 10000) g",
+            "INSERT INTO sessions SELECT g, now() + interval '1 day' FROM generate_series(10001, 15000) g",
+            "ANALYZE sessions",
+        ],
+    );
+    add_rule(
+        &mut app,
+        "sessions",
+        "sessions",
+        "expires_at < now()",
+        "@daily",
+        None,
+    );
+    app.batch_execute(
+        "UPDATE token_cleanup.rules SET drop_partitions = 'drop' WHERE name = 'sessions'",
+    )
+    .unwrap();
+    let (status, rows, _, method) = run_rule(&mut app, "sessions");
+    assert_eq!(
+        (status.as_str(), rows, method.as_str()),
+        ("succeeded", 10_000, "per shard")
+    );
+    assert_eq!(
+        count(&mut app, "SELECT partitions_dropped::bigint FROM token_cleanup.runs WHERE rule_name = 'sessions'"),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT count(*) FROM pg_class WHERE relname = 'sessions_old'"
+        ),
+        0
+    );
+    assert_eq!(count(&mut app, "SELECT count(*) FROM sessions"), 5_000);
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT count(*) FROM sessions WHERE expires_at >= now() AND id > 10000"
+        ),
+        5_000
+    );
+
+    // A Citus-local table: its one shard is on the coordinator, purged there the same way.
+    each(
+        &mut app,
+        &[
+            "CREATE TABLE device_codes (id bigint PRIMARY KEY, expires_at timestamptz NOT NULL)",
+            "INSERT INTO device_codes SELECT g, now() + CASE WHEN g % 4 = 0 THEN interval '-1 hour' ELSE interval '1 hour' END
+               FROM generate_series(1, 4000) g",
+            "SELECT citus_add_local_table_to_metadata('device_codes')",
+        ],
+    );
+    add_rule(
+        &mut app,
+        "codes",
+        "device_codes",
+        "expires_at < now()",
+        "@daily",
+        None,
+    );
+    let (status, rows, _, method) = run_rule(&mut app, "codes");
+    assert_eq!(
+        (status.as_str(), rows, method.as_str()),
+        ("succeeded", 1_000, "per shard")
+    );
+    assert_eq!(count(&mut app, "SELECT count(*) FROM device_codes"), 3_000);
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT count(*) FROM device_codes WHERE expires_at < now()"
+        ),
+        0
+    );
+}
+
+#[test]
+#[ignore = "needs PostgreSQL with Citus: bash scripts/citus_test.sh"]
+fn a_runner_killed_mid_run_loses_no_row_it_should_keep_and_the_next_run_finishes() {
+    let citus = Citus::start("citus_kill");
+    let mut app = citus.app();
+    distributed_tokens(&mut app, "tokens", 20_000, 2);
+    let before = survivors(&mut app, "tokens");
+    add_rule(
+        &mut app,
+        "purge",
+        "tokens",
+        "expires_at < now()",
+        "@daily",
+        Some(100),
+    );
+    app.batch_execute(
+        "UPDATE token_cleanup.rules SET max_rows_per_second = 2000 WHERE name = 'purge'",
+    )
+    .unwrap();
+    let port = citus.coordinator.port;
+    let run = std::thread::spawn(move || {
+        let mut app = Client::connect(
+            &format!("host=127.0.0.1 port={port} user=app dbname=app"),
+            postgres::NoTls,
+        )
+        .unwrap();
+        error_of(app.query_one("SELECT * FROM token_cleanup.run('purge')", &[]))
+    });
+    let mut admin = citus.admin();
+    let runner: i32 = wait_for("the run under way", Duration::from_secs(20), || {
+        if count(
+            &mut admin,
+            "SELECT count(*) FROM tokens WHERE expires_at < now()",
+        ) >= 9_000
+        {
+            return None;
+        }
+        admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_token_cleanup runner'",
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get(0))
+    });
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &runner.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The postmaster restarts every backend after a crash: the caller's connection goes too.
+    let error = run.join().unwrap();
+    assert!(!error.is_empty());
+    let mut app = wait_for("the coordinator back", Duration::from_secs(60), || {
+        Client::connect(
+            &format!("host=127.0.0.1 port={port} user=app dbname=app"),
+            postgres::NoTls,
+        )
+        .ok()
+    });
+    wait_for(
+        "the killed run marked interrupted",
+        Duration::from_secs(30),
+        || {
+            (count(
+            &mut app,
+            "SELECT count(*) FROM token_cleanup.runs WHERE rule_name = 'purge' AND status = 'interrupted'",
+        ) == 1)
+            .then_some(())
+        },
+    );
+    assert_eq!(survivors(&mut app, "tokens"), before);
+    let (status, _, _, _) = run_rule(&mut app, "purge");
+    assert_eq!(status, "succeeded");
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT count(*) FROM tokens WHERE expires_at < now()"
+        ),
+        0
+    );
+    assert_eq!(survivors(&mut app, "tokens"), before);
 }

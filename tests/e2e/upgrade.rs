@@ -98,6 +98,11 @@ fn schema_dump(cluster: &Cluster, database: &str) -> String {
         .collect();
     assert!(members.len() > 10, "members: {members:?}");
     for member in &members {
+        // pg_describe_object calls a procedure a function; ROUTINE names either.
+        let member = match member.strip_prefix("function ") {
+            Some(routine) => format!("routine {routine}"),
+            None => member.clone(),
+        };
         client
             .batch_execute(&format!("ALTER EXTENSION pg_token_cleanup DROP {member}"))
             .unwrap_or_else(|e| panic!("releasing {member}: {e}"));
