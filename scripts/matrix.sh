@@ -27,9 +27,8 @@ declare -A NPM_VERSION=([14]=14.23.0-beta.17 [16]=16.14.0-beta.17 [17]=17.10.0-b
 ROOT=$PWD/target/pg-matrix
 mkdir -p "$ROOT"
 
-bindings=$(dirname "$(cargo metadata --format-version 1 | python3 -c \
-    'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "pgrx-pg-sys"))')")/src/include
 source scripts/pg_env.sh
+source scripts/build_for.sh
 SUITES=${SUITES:-"worker manual_run reliability hostile security security_runs security_rights security_bounds coordination operations recipes pacing shared_server"}
 # The SQL scripts and control file as for PostgreSQL 15, and the test binaries (built once: they are
 # clients, the same for every server version).
@@ -47,27 +46,6 @@ server_for() {
         done
     fi
     echo "$dir/package/native"
-}
-
-build_for() {
-    local v=$1 target=$PWD/target/matrix/pg$1
-    # A fresh clone has no target/matrix yet, and the build log lives beside the build directory.
-    mkdir -p "$target"
-    local build=(env DOCS_RS=1 CARGO_TARGET_DIR="$target" cargo build --lib --release
-                 --no-default-features --features "pg$v")
-    copy_bindings() {
-        for out in "$target"/release/build/pgrx-pg-sys-*/out; do
-            [ -d "$out" ] && cp "$bindings/pg$v.rs" "$bindings/pg${v}_oids.rs" "$out/"
-        done
-        return 0
-    }
-    copy_bindings
-    if ! "${build[@]}" >"$target.log" 2>&1; then
-        # First build: pgrx-pg-sys's OUT_DIR exists only now.
-        copy_bindings
-        "${build[@]}" >"$target.log" 2>&1 || { tail -30 "$target.log"; return 1; }
-    fi
-    echo "$target/release/libpg_token_cleanup.so"
 }
 
 test_on() {

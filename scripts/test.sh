@@ -9,8 +9,9 @@
 #      (scripts/matrix.sh; the soak stays on 15);
 #   4. the upgrades from the released 0.1.0 to 0.5.0 (scripts/upgrade_test.sh);
 #   5. the Debian package: install, run a rule, remove (scripts/package_test.sh);
-#   6. Citus 13.2.2 on PostgreSQL 15: rules on distributed tables on a coordinator and two workers
-#      (scripts/citus_test.sh; skipped, saying so, without Citus's sources in ../shared/citus/).
+#   6. Citus 13.2.2 on PostgreSQL 15 and Citus 14.0.1 on PostgreSQL 18: rules on distributed tables
+#      on a coordinator and two workers (scripts/citus_test.sh; skipped, saying so, without
+#      Citus's sources in ../shared/citus/).
 # Installs what is missing first (scripts/setup.sh). Idempotent. Every part runs even when an
 # earlier one failed; the exit status is non-zero if any failed.
 set -uo pipefail
@@ -53,7 +54,7 @@ part "pg_regress: the SQL surface" bash scripts/regress.sh
 part "PostgreSQL 14, 16, 17, 18: build and end-to-end suites" bash scripts/matrix.sh
 part "upgrades from 0.1.0, 0.2.0, 0.3.0, 0.4.0 and 0.5.0 to this version" bash scripts/upgrade_test.sh
 part "Debian package" bash scripts/package_test.sh
-part "Citus 13.2.2 on PostgreSQL 15: distributed tables" bash scripts/citus_test.sh
+part "Citus 13.2.2 on PostgreSQL 15 and 14.0.1 on 18: distributed tables" bash scripts/citus_test.sh
 
 echo
 echo "==> summary (total $SECONDS s)"
