@@ -125,7 +125,7 @@ REVOKE EXECUTE ON FUNCTION token_cleanup.wake_scheduler() FROM PUBLIC;
 
 -- Rules on sharded Citus tables: the coordinator's runner CALLs this on the node that holds a
 -- shard, as the role the rule runs as (src/executor/shards.rs). It deletes the shard's matching
--- rows batch after batch, each batch committed on its own (token_cleanup.shard_batch() does one),
+-- rows (moving them into the co-located shard `archive`, when not NULL) batch after batch, each batch committed on its own (token_cleanup.shard_batch() does one),
 -- until the shard is done or max_ms have passed (0: one batch), and says where it stopped and how
 -- long its longest batch took (its statement, without the commit). One
 -- connection serves many batches: opening one costs more than a batch. No SET clause: a procedure
@@ -133,7 +133,7 @@ REVOKE EXECUTE ON FUNCTION token_cleanup.wake_scheduler() FROM PUBLIC;
 CREATE PROCEDURE token_cleanup.shard_purge(
     shard text, condition text, from_block bigint, from_offset integer, pages bigint,
     batch_limit integer, lock_timeout_ms integer, statement_timeout_ms integer, max_ms integer,
-    INOUT result text DEFAULT NULL)
+    archive text, INOUT result text DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
     started timestamptz := pg_catalog.clock_timestamp();
@@ -145,7 +145,7 @@ DECLARE
 BEGIN
     LOOP
         reply := token_cleanup.shard_batch(shard, condition, from_block, from_offset, pages,
-            batch_limit, lock_timeout_ms, statement_timeout_ms)::jsonb;
+            batch_limit, lock_timeout_ms, statement_timeout_ms, archive)::jsonb;
         COMMIT;
         deleted := deleted + (reply OPERATOR(pg_catalog.->>) 'rows')::bigint;
         batches := batches + 1;

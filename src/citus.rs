@@ -79,6 +79,62 @@ pub fn is_worker_node() -> bool {
             .is_some_and(|group| group != 0)
 }
 
+/// The co-location group of a Citus table (0 for a Citus-local table, which is co-located with
+/// nothing); `None` for a table Citus does not know.
+pub fn colocation(table: pg_sys::Oid) -> Option<i32> {
+    if !installed() {
+        return None;
+    }
+    Spi::get_one_with_args::<i32>(
+        "SELECT colocationid FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1",
+        &[table.into()],
+    )
+    .ok()
+    .flatten()
+}
+
+/// Whether `archive` can take the rows of `source` (a Citus table) batch by batch on each node:
+/// it must be distributed and co-located with the source, so that each source shard's archive
+/// shard is on the same node. A Citus-local source is co-located with nothing.
+pub fn archive_colocated(source: pg_sys::Oid, archive: pg_sys::Oid) -> bool {
+    let source_group = colocation(source).unwrap_or(0);
+    source_group != 0 && colocation(archive) == Some(source_group)
+}
+
+/// For each shard of `source` (by shard id), the name of the shard of `archive` that covers the
+/// same hash range: co-located tables have their shards for one range on one node.
+pub fn archive_shards(
+    source: pg_sys::Oid,
+    archive: pg_sys::Oid,
+) -> Result<std::collections::HashMap<i64, String>, Error> {
+    let rows = Spi::connect(|client| {
+        let table = client.select(
+            "SELECT s.shardid,
+                    pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(
+                        (pg_catalog.parse_ident(pg_catalog.shard_name(a.logicalrelid, a.shardid)))[
+                            pg_catalog.array_length(pg_catalog.parse_ident(
+                                pg_catalog.shard_name(a.logicalrelid, a.shardid)), 1)])
+               FROM pg_catalog.pg_dist_shard s
+               JOIN pg_catalog.pg_dist_shard a
+                 ON a.logicalrelid = $2 AND a.shardminvalue = s.shardminvalue
+               JOIN pg_catalog.pg_class c ON c.oid = a.logicalrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE s.logicalrelid = $1",
+            None,
+            &[source.into(), archive.into()],
+        )?;
+        let mut rows = std::collections::HashMap::new();
+        for row in table {
+            rows.insert(
+                row.get::<i64>(1)?.unwrap_or(0),
+                row.get::<String>(2)?.unwrap_or_default(),
+            );
+        }
+        Ok::<_, pgrx::spi::Error>(rows)
+    })?;
+    Ok(rows)
+}
+
 /// Why a Citus table cannot be a rule's target, if it cannot, and the fix.
 pub fn unsupported(table: pg_sys::Oid) -> Option<(&'static str, &'static str)> {
     match kind(table)? {

@@ -17,7 +17,7 @@
 
 use super::batch::{batch_settings, collect_up_to, delete_batch, tid};
 use super::sizer::BatchSizer;
-use super::statements::{self, Shape};
+use super::statements::{self, Archive, Shape};
 use super::{supported_wal_compression, Batch, Method, Plan};
 use crate::errors::Error;
 use crate::owner::{self, Limits};
@@ -101,8 +101,9 @@ fn plan_one(
 }
 
 /// Deletes one batch of the shard, at most `batch_limit` rows matching `condition`, in this
-/// transaction: those from page `from_block` (row `from_offset`) up to page `from_block + pages`
-/// (a walk), or with `pages` 0 the first ones the planner's index finds. Returns `{"rows",
+/// transaction (moved into the shard `archive`, co-located here, when one is named): those from
+/// page `from_block` (row `from_offset`) up to page `from_block + pages` (a walk), or with `pages`
+/// 0 the first ones the planner's index finds. Returns `{"rows",
 /// "redone", "next"}`: `next` is `[block, offset]` where the next batch resumes, or null when the
 /// shard's end was reached (a walk) or no more rows could be deleted (through the index); `pages`
 /// is the next range's size, sized from this one; `ms` the batch's time, start to end.
@@ -118,13 +119,22 @@ fn shard_batch(
     batch_limit: i32,
     lock_timeout_ms: i32,
     statement_timeout_ms: i32,
+    archive: Option<&str>,
 ) -> String {
     let (table, role, limits) =
         resolve_shard(shard, condition, lock_timeout_ms, statement_timeout_ms);
+    let archive = archive.map(|name| archive_shard(&table, name));
     let end = blocks(&table);
     let start = u32::try_from(from_block.max(0)).unwrap_or(u32::MAX);
     if pages <= 0 {
-        return through_index(table, condition, role, limits, batch_limit.max(1) as usize);
+        return through_index(
+            table,
+            condition,
+            archive,
+            role,
+            limits,
+            batch_limit.max(1) as usize,
+        );
     }
     if start >= end {
         return json!({"rows": 0, "redone": false, "next": null, "pages": pages, "ms": 0})
@@ -136,7 +146,7 @@ fn shard_batch(
         &table.qualified_name,
         &crate::condition::embedded(condition),
         Shape::Walk { limit },
-        None,
+        archive.as_ref(),
     );
     let skip_locked = resolve::has_privilege(table.oid, role, pg_sys::ACL_UPDATE);
     let plan = Plan {
@@ -151,7 +161,7 @@ fn shard_batch(
             first_pages: 1,
         },
         estimated_rows: 0.0,
-        archive: None,
+        archive,
         delete_sql: optimistic,
         skip_locked_sql: skip_locked.then_some(skipping),
         shards: Vec::new(),
@@ -203,6 +213,7 @@ fn ms(started: Instant) -> f64 {
 fn through_index(
     table: ResolvedTable,
     condition: &str,
+    archive: Option<Archive>,
     role: pg_sys::Oid,
     limits: Limits,
     limit: usize,
@@ -211,7 +222,7 @@ fn through_index(
         &table.qualified_name,
         &crate::condition::embedded(condition),
         Shape::Ctids,
-        None,
+        archive.as_ref(),
     );
     let skip_locked = resolve::has_privilege(table.oid, role, pg_sys::ACL_UPDATE);
     let plan = Plan {
@@ -223,7 +234,7 @@ fn through_index(
         wal_compression: supported_wal_compression(),
         method: Method::Index,
         estimated_rows: 0.0,
-        archive: None,
+        archive,
         delete_sql: optimistic,
         skip_locked_sql: skip_locked.then_some(skipping),
         shards: Vec::new(),
@@ -236,6 +247,45 @@ fn through_index(
     let next = more.then(|| json!([0, 0]));
     json!({"rows": deleted.rows, "redone": deleted.redone, "next": next, "pages": 0, "ms": ms(started)})
         .to_string()
+}
+
+/// The archive's shard for `shard`, named by the coordinator (co-located: on this node), as an
+/// archive a batch moves rows into: every column of the shard, as a local run copies them.
+fn archive_shard(shard: &ResolvedTable, name: &str) -> Archive {
+    let archive = match target::lookup_table(name) {
+        Ok(Some(archive)) => archive,
+        _ => Error::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!(
+                "archive shard {name} is not on this node (moved by the rebalancer, or dropped)"
+            ),
+        )
+        .with_hint("The next run reads the shards' placements again.")
+        .raise(),
+    };
+    if let Some((what, fix)) = target::unsupported_kind(archive.oid) {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("archive shard {} {what}", archive.qualified_name),
+        )
+        .with_hint(fix)
+        .raise();
+    }
+    let columns = target::archive_columns(shard, &archive).unwrap_or_else(|why| {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!(
+                "archive shard {} does not fit shard {}: {why}",
+                archive.qualified_name, shard.qualified_name
+            ),
+        )
+        .raise()
+    });
+    Archive {
+        oid: archive.oid,
+        table: archive.qualified_name,
+        columns,
+    }
 }
 
 /// The shard named by the coordinator, as the caller (who must be able to read it), with the

@@ -93,6 +93,13 @@ fn prepare_table(
     // purged) on their nodes.
     if crate::citus::kind(plan.table.oid) == Some(crate::citus::Kind::Sharded) {
         plan.shards = super::shards::plan(&plan.table, &rule.condition, owner, plan.limits)?;
+        if let Some(archive) = &plan.archive {
+            let archive = ResolvedTable {
+                oid: archive.oid,
+                qualified_name: archive.table.clone(),
+            };
+            super::shards::with_archive(&mut plan.shards, &plan.table, &archive)?;
+        }
         plan.method = Method::Shards;
         plan.estimated_rows = plan.shards.iter().map(|s| s.matching).sum();
         return Ok(plan);

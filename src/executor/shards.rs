@@ -42,6 +42,8 @@ pub struct ShardPlan {
     pub matching: f64,
     /// Its planner would find the matching rows through an index.
     pub index: bool,
+    /// The co-located archive's shard for the same rows, when the rule archives.
+    pub archive: Option<String>,
 }
 
 /// Asks every shard of `table`, as `role`, for its size, rows and matching rows: one statement per
@@ -92,6 +94,7 @@ pub(crate) fn plan(
                 live: one["live"].as_f64().unwrap_or(0.0),
                 matching: one["matching"].as_f64().unwrap_or(0.0),
                 index: one["index"].as_bool().unwrap_or(false),
+                archive: None,
             });
         }
     }
@@ -107,6 +110,29 @@ pub(crate) fn plan(
             })
         })
         .collect()
+}
+
+/// Names each shard's co-located archive shard (the rule archives into `archive`).
+pub(super) fn with_archive(
+    shards: &mut [ShardPlan],
+    table: &ResolvedTable,
+    archive: &ResolvedTable,
+) -> Result<(), Error> {
+    let archive_shards = citus::archive_shards(table.oid, archive.oid)?;
+    for plan in shards {
+        let found = archive_shards.get(&plan.shard.id).ok_or_else(|| {
+            Error::new(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "archive_table {} has no shard for the rows of shard {}; nothing was deleted",
+                    archive.qualified_name, plan.shard.name
+                ),
+            )
+            .with_hint("Distribute the archive co-located with the table (create_distributed_table(…, colocate_with => …)).")
+        })?;
+        plan.archive = Some(found.clone());
+    }
+    Ok(())
 }
 
 /// Where one shard's purge stands.
@@ -156,8 +182,12 @@ pub(super) fn purge(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<Outco
                     0 => 0,
                     pages => tally.gate.batch_units(pages),
                 };
+                let archive = plan.shards[i]
+                    .archive
+                    .as_deref()
+                    .map_or("NULL".to_string(), quote_literal);
                 let sql = format!(
-                    "CALL token_cleanup.shard_purge({}, {condition}, {block}, {offset}, {pages}, {}, {}, {}, {step_ms}, NULL)",
+                    "CALL token_cleanup.shard_purge({}, {condition}, {block}, {offset}, {pages}, {}, {}, {}, {step_ms}, {archive}, NULL)",
                     quote_literal(&shards[i].name),
                     plan.batch_size,
                     plan.limits.lock_timeout_ms,

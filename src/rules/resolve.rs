@@ -190,16 +190,6 @@ pub fn archive(
             .with_hint(hint))
         }
     };
-    if crate::citus::kind(source.oid).is_some() {
-        return Err(Error::new(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!(
-                "rule \"{rule}\" archives rows of Citus table {}, which pg_token_cleanup does not support yet",
-                source.qualified_name
-            ),
-        )
-        .with_hint("Leave archive_table NULL on rules for Citus tables, and keep the rows by copying them first (INSERT INTO … SELECT, which Citus runs shard by shard) or by time partitions with drop_partitions = 'detach'."));
-    }
     if archive.oid == source.oid {
         return Err(Error::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -219,6 +209,21 @@ pub fn archive(
             ),
         )
         .with_hint(fix));
+    }
+    if crate::citus::kind(source.oid).is_some()
+        && !crate::citus::archive_colocated(source.oid, archive.oid)
+    {
+        return Err(Error::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!(
+                "archive_table {} of rule \"{rule}\" is not co-located with Citus table {}: each batch moves a shard's rows into the archive's shard on the same node",
+                archive.qualified_name, source.qualified_name
+            ),
+        )
+        .with_hint(format!(
+            "Distribute the archive co-located with the table: SELECT create_distributed_table('{}', '<distribution column>', colocate_with => '{}'); a Citus-local table cannot be archived by a rule.",
+            archive.qualified_name, source.qualified_name
+        )));
     }
     if !check_contents {
         return Ok((archive, Vec::new()));
