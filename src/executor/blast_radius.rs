@@ -24,6 +24,7 @@ pub(super) fn check(rule: &Rule, plans: &[Plan]) -> Result<(), Error> {
     let condition = crate::condition::embedded(&rule.condition);
     let mut matching = 0.0;
     let mut estimated = false;
+    let mut sharded = false;
     for plan in plans {
         matching += match plan.method {
             super::Method::Index => count(
@@ -33,13 +34,19 @@ pub(super) fn check(rule: &Rule, plans: &[Plan]) -> Result<(), Error> {
                     plan.table.qualified_name
                 ),
             )?,
-            super::Method::TableWalk { .. } | super::Method::Shards => {
+            super::Method::TableWalk { .. } => {
                 estimated = true;
+                plan.estimated_rows.round()
+            }
+            super::Method::Shards => {
+                sharded = true;
                 plan.estimated_rows.round()
             }
         };
     }
-    let how = if estimated {
+    let how = if sharded {
+        "from the shards: counted through their indexes, else their planners' estimates"
+    } else if estimated {
         "the planner's estimate"
     } else {
         "counted"

@@ -2,9 +2,10 @@
 //! functions that the coordinator's runner calls on the node holding each shard, connected as the
 //! role the rule runs as (Citus connects as the current user).
 //!
-//! - `token_cleanup.shard_plan(shard, condition, …)` says how many pages the shard has, how many
-//!   live rows and how many match (the planner's estimates; counted when the shard was never
-//!   analyzed), and whether the role may skip locked rows;
+//! - `token_cleanup.shard_plan(shards, condition, …)` says for each shard how many pages it has,
+//!   how many live rows and how many match (the planner's estimates; the matching rows counted
+//!   where the planner would use an index, and everything counted when the shard was never
+//!   analyzed), whether its planner would use an index, and whether the role may skip locked rows;
 //! - `token_cleanup.shard_batch(shard, condition, from, pages, limit, …)` deletes one batch: the
 //!   matching rows of one page range, at most `limit`, in the node's own transaction, by the same
 //!   statements as a local run (the condition re-checked, `limit` a hard cap, rows locked by other
@@ -85,11 +86,17 @@ fn plan_one(
         let node =
             super::planned_scan(&table, condition, role, limits).unwrap_or_else(|e| e.raise());
         let index = node["Node Type"].as_str() != Some("Seq Scan");
-        (
-            f64::from(reltuples),
-            node["Plan Rows"].as_f64().unwrap_or(0.0),
-            index,
-        )
+        // As on one server: counted where the run would read them through an index anyway,
+        // estimated where it walks the table (a count would double the run).
+        let matching = if index {
+            count(format!(
+                "SELECT count(*) FROM ONLY {} WHERE {embedded}",
+                table.qualified_name
+            ))
+        } else {
+            node["Plan Rows"].as_f64().unwrap_or(0.0)
+        };
+        (f64::from(reltuples), matching, index)
     };
     json!({
         "blocks": blocks(&table),

@@ -3,11 +3,14 @@
 //!
 //! Planning asks every shard for its size, rows and matching rows (the blast-radius limits add
 //! them up over the whole table) and whether its planner would use an index. Then the run goes in
-//! steps: each step gives one batch to each of up to [`BATCHES_AT_ONCE_PER_NODE`] shards per node,
-//! all at once; each batch is a local transaction on its node (no two-phase commit), at most
-//! `batch_size` rows, the condition re-checked, locked rows skipped, as on one server. A shard is
-//! walked in page ranges sized from what its previous batch measured, or, where its planner would
-//! use an index, taken `batch_size` rows at a time through the index.
+//! steps: each step calls `token_cleanup.shard_purge()` for up to [`BATCHES_AT_ONCE_PER_NODE`]
+//! shards on each node, all at once, and each call deletes batch after batch from its shard for up
+//! to [`STEP_MS`]; each batch is a local transaction on its node (no two-phase commit), at most
+//! `batch_size` rows, the condition re-checked, locked rows skipped, moved into the co-located
+//! archive's shard when the rule archives, as on one server. A shard is walked in page ranges sized
+//! from what its previous batch measured, or, where its planner would use an index, taken
+//! `batch_size` rows at a time through the index. Stop checks, the run's deadline and pacing come
+//! between steps.
 //!
 //! The statements reach the nodes through Citus's `master_run_on_worker()`, connected as the role
 //! the rule runs as: that role must be able to log in to every node from the coordinator, as for
@@ -159,8 +162,9 @@ pub(super) fn purge(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<Outco
             }
         })
         .collect();
-    // A rule paced by rows per second gets one batch per call, so that the pacing sees each.
-    let step_ms = if rule.max_rows_per_second.is_some() {
+    // A rule paced by rows per second (its own, or the setting's) gets one batch per call, so
+    // that the pacing sees each.
+    let step_ms = if rule.effective_max_rows_per_second() > 0 {
         0
     } else {
         STEP_MS
