@@ -146,21 +146,32 @@ struct Progress {
     pages: u64,
 }
 
+/// What one picked shard's step came to.
+enum Sent {
+    /// Its call ran: the node's reply, or the error naming the shard and node.
+    Done(Result<serde_json::Value, Error>),
+    /// It was not sent: the shard is on another node now, or gone (`None`).
+    Moved(Option<Shard>),
+}
+
+/// A shard's purge from its start: its first walk range sized from its planned rows per page, or
+/// through its index.
+fn start_of(shard: &ShardPlan, batch_size: usize) -> Progress {
+    let per_page = (shard.matching / f64::from(shard.blocks.max(1))).max(f64::MIN_POSITIVE);
+    let first = ((batch_size as f64 / per_page).ceil() as u64).clamp(1, FIRST_RANGE_MAX_PAGES);
+    Progress {
+        next: Some((0, 0)),
+        pages: if shard.index { 0 } else { first },
+    }
+}
+
 /// Purges every shard of the plan, step by step, until each is done or the run must end.
 pub(super) fn purge(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<Outcome, Outcome> {
-    let shards: Vec<Shard> = plan.shards.iter().map(|s| s.shard.clone()).collect();
+    let mut shards: Vec<Shard> = plan.shards.iter().map(|s| s.shard.clone()).collect();
     let mut progress: Vec<Progress> = plan
         .shards
         .iter()
-        .map(|s| {
-            let per_page = (s.matching / f64::from(s.blocks.max(1))).max(f64::MIN_POSITIVE);
-            let first =
-                ((plan.batch_size as f64 / per_page).ceil() as u64).clamp(1, FIRST_RANGE_MAX_PAGES);
-            Progress {
-                next: (s.blocks > 0).then_some((0, 0)),
-                pages: if s.index { 0 } else { first },
-            }
-        })
+        .map(|s| start_of(s, plan.batch_size))
         .collect();
     // A rule paced by rows per second (its own, or the setting's) gets one batch per call, so
     // that the pacing sees each.
@@ -203,15 +214,45 @@ pub(super) fn purge(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<Outco
         let (replies, _) = tally.step(
             plan,
             || {
-                let replies = send(&step, plan.owner, plan.limits)?;
+                // Where each picked shard is now: the rebalancer may have moved it since the last
+                // step (a batch sent to its old placement would delete from a copy being retired).
+                let placed: HashMap<i64, Shard> = citus::shards(plan.table.oid)?
+                    .into_iter()
+                    .map(|s| (s.id, s))
+                    .collect();
+                let moved: Vec<Option<Option<Shard>>> = picked
+                    .iter()
+                    .map(|&i| match placed.get(&shards[i].id) {
+                        Some(now) if now.node == shards[i].node && now.port == shards[i].port => {
+                            None
+                        }
+                        now => Some(now.cloned()),
+                    })
+                    .collect();
+                let staying: Vec<(&Shard, String)> = step
+                    .iter()
+                    .zip(&moved)
+                    .filter(|(_, m)| m.is_none())
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                let mut replies = send(&staying, plan.owner, plan.limits)?.into_iter();
                 Ok(picked
                     .iter()
-                    .zip(replies)
-                    .map(|(&i, reply)| answer(&shards[i], &reply))
+                    .zip(moved)
+                    .map(|(&i, moved)| match moved {
+                        Some(now) => Sent::Moved(now),
+                        None => Sent::Done(answer(
+                            &shards[i],
+                            &replies.next().expect("a reply for every statement sent"),
+                        )),
+                    })
                     .collect::<Vec<_>>())
             },
             |replies| {
-                let done = replies.iter().filter_map(|r| r.as_ref().ok());
+                let done = replies.iter().filter_map(|r| match r {
+                    Sent::Done(Ok(reply)) => Some(reply),
+                    _ => None,
+                });
                 let sum = |key: &str| {
                     done.clone()
                         .map(|r| r[key].as_i64().unwrap_or(0))
@@ -233,9 +274,34 @@ pub(super) fn purge(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<Outco
         let mut failed = None;
         for (&i, reply) in picked.iter().zip(replies) {
             let reply = match reply {
-                Ok(reply) => reply,
-                Err(e) => {
+                Sent::Done(Ok(reply)) => reply,
+                Sent::Done(Err(e)) => {
                     failed.get_or_insert(e);
+                    continue;
+                }
+                Sent::Moved(Some(now)) => {
+                    log!(
+                        "pg_token_cleanup: rule \"{}\": shard {} moved to node {}:{} during the run; purging it there from its start",
+                        rule.name,
+                        shards[i].name,
+                        now.node,
+                        now.port
+                    );
+                    shards[i] = now;
+                    progress[i] = start_of(&plan.shards[i], plan.batch_size);
+                    continue;
+                }
+                Sent::Moved(None) => {
+                    failed.get_or_insert(
+                        Error::new(
+                            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                            format!(
+                                "shard {} of table {} is gone (split or removed during the run); batches already committed stay deleted",
+                                shards[i].name, plan.table.qualified_name
+                            ),
+                        )
+                        .with_hint("The next run reads the table's shards again."),
+                    );
                     continue;
                 }
             };

@@ -801,3 +801,79 @@ fn an_archiving_rule_moves_each_shards_rows_into_the_co_located_archive() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs PostgreSQL with Citus: bash scripts/citus_test.sh"]
+fn a_shard_the_rebalancer_moves_mid_run_is_purged_on_its_new_node() {
+    let citus = Citus::start("citus_move");
+    let mut app = citus.app();
+    distributed_tokens(&mut app, "tokens", 20_000, 2);
+    let before = survivors(&mut app, "tokens");
+    // 10,000 rows at 2,000 a second, one batch per call: a run of about 5 s, the shards taken in
+    // order of their ids.
+    add_rule(
+        &mut app,
+        "purge",
+        "tokens",
+        "expires_at < now()",
+        "@daily",
+        Some(100),
+    );
+    app.batch_execute(
+        "UPDATE token_cleanup.rules SET max_rows_per_second = 2000 WHERE name = 'purge'",
+    )
+    .unwrap();
+    let mut admin = citus.admin();
+    let (w1, w2) = (
+        i32::from(citus.workers[0].port),
+        i32::from(citus.workers[1].port),
+    );
+    // The last shard on the first worker: the run reaches it last.
+    let shard: i64 = admin
+        .query_one(
+            "SELECT max(shardid) FROM pg_dist_shard JOIN pg_dist_shard_placement USING (shardid)
+              WHERE logicalrelid = 'tokens'::regclass AND nodeport = $1",
+            &[&w1],
+        )
+        .unwrap()
+        .get(0);
+    let port = citus.coordinator.port;
+    let run = std::thread::spawn(move || {
+        let mut app = Client::connect(
+            &format!("host=127.0.0.1 port={port} user=app dbname=app"),
+            postgres::NoTls,
+        )
+        .unwrap();
+        error_of(app.query_one("SELECT * FROM token_cleanup.run('purge')", &[]))
+    });
+    wait_for("the run under way", Duration::from_secs(20), || {
+        (count(
+            &mut admin,
+            "SELECT count(*) FROM tokens WHERE expires_at < now()",
+        ) < 9_500)
+            .then_some(())
+    });
+    admin
+        .execute(
+            "SELECT citus_move_shard_placement($1, '127.0.0.1', $2, '127.0.0.1', $3, shard_transfer_mode => 'block_writes')",
+            &[&shard, &w1, &w2],
+        )
+        .unwrap();
+    assert_eq!(run.join().unwrap(), "no error");
+    // Positive control: the run saw the move.
+    assert!(
+        citus
+            .coordinator
+            .log()
+            .contains(&format!("moved to node 127.0.0.1:{w2} during the run")),
+        "the run did not meet the move"
+    );
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT count(*) FROM tokens WHERE expires_at < now()"
+        ),
+        0
+    );
+    assert_eq!(survivors(&mut app, "tokens"), before);
+}
