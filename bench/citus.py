@@ -8,6 +8,8 @@ alternating:
 
 - the plain distributed DELETE on the coordinator (one statement; Citus deletes on every shard at
   once and commits on both workers in two phases);
+- the same DELETE as a pg_cron job (pg_cron 1.4 from Debian, which schedules by the minute: the job
+  is scheduled for the next minute and timed by its own start and end in cron.job_run_details);
 - the hand-written loop `DELETE … WHERE id IN (SELECT id … LIMIT 10000)` until nothing is left;
 - a pg_token_cleanup run (`token_cleanup.run()`, default batch size 5,000).
 
@@ -61,7 +63,9 @@ def start():
 port = {port}
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '{DIR}'
-shared_preload_libraries = 'citus,pg_token_cleanup'
+shared_preload_libraries = 'citus,pg_cron,pg_token_cleanup'
+cron.database_name = 'bench'
+cron.use_background_workers = on
 shared_buffers = '512MB'
 max_wal_size = '8GB'
 checkpoint_timeout = '30min'
@@ -76,6 +80,7 @@ pg_token_cleanup.statement_timeout = 0
     for port in PORTS[1:]:
         psql(f"SELECT citus_add_node('127.0.0.1', {port})")
     psql("CREATE EXTENSION pg_token_cleanup")
+    psql("CREATE EXTENSION pg_cron")
     psql(f"""
 CREATE TABLE source (id bigint PRIMARY KEY, user_id bigint, expires_at timestamptz NOT NULL);
 SELECT create_distributed_table('source', 'id');
@@ -120,6 +125,27 @@ def plain_delete():
     return {"seconds": seconds, "rows": rows, "longest_ms": seconds * 1000}
 
 
+def pg_cron():
+    before = int(psql("SELECT count(*) FROM tokens"))
+    psql("DELETE FROM cron.job_run_details; SELECT cron.unschedule(jobid) FROM cron.job;")
+    due = (int(time.time()) // 60 + 1) * 60
+    if due - time.time() < 3:
+        due += 60
+    psql(f"SELECT cron.schedule('purge', '{time.gmtime(due).tm_min} * * * *', "
+         f"$$DELETE FROM tokens WHERE {CONDITION}$$)")
+    while True:
+        row = psql("SELECT status, extract(epoch FROM end_time - start_time) FROM cron.job_run_details "
+                   "WHERE status IN ('succeeded', 'failed')")
+        if row:
+            break
+        time.sleep(0.2)
+    psql("SELECT cron.unschedule('purge')")
+    status, seconds = row.split("|")
+    assert status == "succeeded", row
+    rows = before - int(psql("SELECT count(*) FROM tokens"))
+    return {"seconds": float(seconds), "rows": rows, "longest_ms": float(seconds) * 1000}
+
+
 def loop():
     rows, longest, begun = 0, 0.0, time.time()
     while True:
@@ -145,6 +171,7 @@ def run():
 
 CONTENDERS = [
     ("plain distributed DELETE", plain_delete),
+    ("the same DELETE run by pg_cron", pg_cron),
     (f"loop: DELETE … WHERE id IN (SELECT id … LIMIT {LOOP_LIMIT})", loop),
     ("pg_token_cleanup run()", run),
 ]
