@@ -366,13 +366,17 @@ fn two_databases_are_both_served() {
     // Both schedulers up at once. Not at one given instant: while the launcher probes the other
     // databases for the extension, a scheduler may lend its slot of the budget for a moment (it is
     // back when its next rule is due, within a second here).
-    wait_for("a scheduler in each database", Duration::from_secs(15), || {
-        (count(
+    wait_for(
+        "a scheduler in each database",
+        Duration::from_secs(15),
+        || {
+            (count(
             &mut one,
             "SELECT count(DISTINCT datname) FROM pg_stat_activity WHERE backend_type = 'pg_token_cleanup scheduler'",
         ) == 2)
             .then_some(())
-    });
+        },
+    );
 }
 
 #[test]
