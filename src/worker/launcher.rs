@@ -46,9 +46,9 @@ struct Database {
     next_start: Instant,
     last_start: Option<Instant>,
     /// The launcher's wake count when CREATE EXTENSION (or a utility statement) last asked it to
-    /// look again while this database had no scheduler serving; 0: never. The ask is answered by a
-    /// scheduler started after it or by a look at pg_extension made after it, not by a probe
-    /// already in flight (it may have looked before the extension was committed).
+    /// look again; 0: never, or forgotten when a scheduler that had found the extension left. The
+    /// ask is answered by a scheduler started after it or by a look at pg_extension made after it,
+    /// not by a probe already in flight (it may have looked before the extension was committed).
     asked_at_wake: u64,
     /// The launcher's wake count when it last started a scheduler here.
     started_at_wake: u64,

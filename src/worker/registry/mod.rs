@@ -148,10 +148,9 @@ pub struct Registry {
     databases: [DatabaseState; MAX_DATABASES],
     /// Who waits for a slot of the budget, oldest first served (see [`budget`]).
     waiters: [budget::Waiter; budget::MAX_WAITERS],
-    /// CREATE EXTENSION asked the launcher to look again (its latch is also set when its children
-    /// start and stop, which must not count as that).
     /// How many times the launcher was asked to look again (CREATE EXTENSION, a utility statement
     /// done): a count, so that a scheduler can say which asks its look at pg_extension answered.
+    /// (The launcher's latch is also set when its children start and stop, which is no ask.)
     launcher_wakes: u64,
 }
 
