@@ -45,8 +45,9 @@ impl<'a> Tally<'a> {
         )
     }
 
-    /// One step of a run in its own transaction: `work` is one batch here, or one batch on each of
-    /// several shards on their nodes (`shards`), and `count` says what it did. Pacing and the stop
+    /// One step of a run in its own transaction: `work` is one batch here, or the batches of
+    /// several shards on their nodes (`shards`, each committed there), and `count` says what it
+    /// did. Pacing and the stop
     /// checks come first; the table and rule are checked still bound; progress is recorded in the
     /// step's transaction. Returns the work's result and how long the step took (ms, start to
     /// commit); `Err` ends the run (stop requested, or a failure).
