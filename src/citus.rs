@@ -101,6 +101,17 @@ pub fn archive_colocated(source: pg_sys::Oid, archive: pg_sys::Oid) -> bool {
     source_group != 0 && colocation(archive) == Some(source_group)
 }
 
+/// The SQL expression for the name of shard `<alias>.shardid` on its node, schema-qualified and
+/// quoted: the table's schema (`shard_name()` leaves `public` out) and the last part of
+/// `shard_name()` (which shortens long names as Citus does). Needs the table's schema as `n`.
+fn shard_name_sql(alias: &str) -> String {
+    let shard_name = format!("pg_catalog.shard_name({alias}.logicalrelid, {alias}.shardid)");
+    format!(
+        "pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(\
+         (pg_catalog.parse_ident({shard_name}))[pg_catalog.array_length(pg_catalog.parse_ident({shard_name}), 1)])"
+    )
+}
+
 /// For each shard of `source` (by shard id), the name of the shard of `archive` that covers the
 /// same hash range: co-located tables have their shards for one range on one node.
 pub fn archive_shards(
@@ -108,21 +119,17 @@ pub fn archive_shards(
     archive: pg_sys::Oid,
 ) -> Result<std::collections::HashMap<i64, String>, Error> {
     let rows = Spi::connect(|client| {
-        let table = client.select(
-            "SELECT s.shardid,
-                    pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(
-                        (pg_catalog.parse_ident(pg_catalog.shard_name(a.logicalrelid, a.shardid)))[
-                            pg_catalog.array_length(pg_catalog.parse_ident(
-                                pg_catalog.shard_name(a.logicalrelid, a.shardid)), 1)])
+        let sql = format!(
+            "SELECT s.shardid, {}
                FROM pg_catalog.pg_dist_shard s
                JOIN pg_catalog.pg_dist_shard a
                  ON a.logicalrelid = $2 AND a.shardminvalue = s.shardminvalue
                JOIN pg_catalog.pg_class c ON c.oid = a.logicalrelid
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE s.logicalrelid = $1",
-            None,
-            &[source.into(), archive.into()],
-        )?;
+            shard_name_sql("a")
+        );
+        let table = client.select(&sql, None, &[source.into(), archive.into()])?;
         let mut rows = std::collections::HashMap::new();
         for row in table {
             rows.insert(
@@ -151,12 +158,8 @@ pub fn unsupported(table: pg_sys::Oid) -> Option<(&'static str, &'static str)> {
 /// being moved): a batch on one copy would leave the others different.
 pub fn shards(table: pg_sys::Oid) -> Result<Vec<Shard>, Error> {
     let rows = Spi::connect(|client| {
-        let table = client.select(
-            "SELECT s.shardid,
-                    pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(
-                        (pg_catalog.parse_ident(pg_catalog.shard_name(s.logicalrelid, s.shardid)))[
-                            pg_catalog.array_length(pg_catalog.parse_ident(
-                                pg_catalog.shard_name(s.logicalrelid, s.shardid)), 1)]),
+        let sql = format!(
+            "SELECT s.shardid, {},
                     (SELECT pg_catalog.array_agg(d.nodename || ':' || d.nodeport)
                        FROM pg_catalog.pg_dist_placement p
                        JOIN pg_catalog.pg_dist_node d ON d.groupid = p.groupid AND d.noderole = 'primary'
@@ -166,9 +169,9 @@ pub fn shards(table: pg_sys::Oid) -> Result<Vec<Shard>, Error> {
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE s.logicalrelid = $1
               ORDER BY s.shardid",
-            None,
-            &[table.into()],
-        )?;
+            shard_name_sql("s")
+        );
+        let table = client.select(&sql, None, &[table.into()])?;
         let mut rows = Vec::new();
         for row in table {
             let id = row.get::<i64>(1)?.unwrap_or(0);

@@ -149,30 +149,11 @@ fn shard_batch(
     }
     let to_block = (u64::from(start) + pages.max(1) as u64).min(u64::from(end)) as u32;
     let limit = batch_limit.max(1) as usize;
-    let (optimistic, skipping) = statements::build(
-        &table.qualified_name,
-        &crate::condition::embedded(condition),
-        Shape::Walk { limit },
-        archive.as_ref(),
-    );
-    let skip_locked = resolve::has_privilege(table.oid, role, pg_sys::ACL_UPDATE);
-    let plan = Plan {
-        table,
-        partition: false,
-        owner: role,
-        limits,
-        batch_size: limit,
-        wal_compression: supported_wal_compression(),
-        method: Method::TableWalk {
-            end_block: end,
-            first_pages: 1,
-        },
-        estimated_rows: 0.0,
-        archive,
-        delete_sql: optimistic,
-        skip_locked_sql: skip_locked.then_some(skipping),
-        shards: Vec::new(),
+    let walk = Method::TableWalk {
+        end_block: end,
+        first_pages: 1,
     };
+    let plan = batch_plan(table, condition, archive, role, limits, limit, walk);
     let from_offset = u16::try_from(from_offset.max(0)).unwrap_or(u16::MAX);
     let from = tid(start, from_offset);
     let started = Instant::now();
@@ -225,27 +206,15 @@ fn through_index(
     limits: Limits,
     limit: usize,
 ) -> String {
-    let (optimistic, skipping) = statements::build(
-        &table.qualified_name,
-        &crate::condition::embedded(condition),
-        Shape::Ctids,
-        archive.as_ref(),
-    );
-    let skip_locked = resolve::has_privilege(table.oid, role, pg_sys::ACL_UPDATE);
-    let plan = Plan {
+    let plan = batch_plan(
         table,
-        partition: false,
-        owner: role,
-        limits,
-        batch_size: limit,
-        wal_compression: supported_wal_compression(),
-        method: Method::Index,
-        estimated_rows: 0.0,
+        condition,
         archive,
-        delete_sql: optimistic,
-        skip_locked_sql: skip_locked.then_some(skipping),
-        shards: Vec::new(),
-    };
+        role,
+        limits,
+        limit,
+        Method::Index,
+    );
     let started = Instant::now();
     let found = collect_up_to(&plan, condition, limit).unwrap_or_else(|e| e.raise());
     batch_settings(plan.wal_compression);
@@ -254,6 +223,44 @@ fn through_index(
     let next = more.then(|| json!([0, 0]));
     json!({"rows": deleted.rows, "redone": deleted.redone, "next": next, "pages": 0, "ms": ms(started)})
         .to_string()
+}
+
+/// A batch's plan on `table` (a shard here), with the statements a local run of `method` would
+/// build: at most `limit` rows, skipping locked rows where `role` may lock them.
+fn batch_plan(
+    table: ResolvedTable,
+    condition: &str,
+    archive: Option<Archive>,
+    role: pg_sys::Oid,
+    limits: Limits,
+    limit: usize,
+    method: Method,
+) -> Plan {
+    let shape = match method {
+        Method::TableWalk { .. } => Shape::Walk { limit },
+        Method::Index | Method::Shards => Shape::Ctids,
+    };
+    let (optimistic, skipping) = statements::build(
+        &table.qualified_name,
+        &crate::condition::embedded(condition),
+        shape,
+        archive.as_ref(),
+    );
+    let skip_locked = resolve::has_privilege(table.oid, role, pg_sys::ACL_UPDATE);
+    Plan {
+        table,
+        partition: false,
+        owner: role,
+        limits,
+        batch_size: limit,
+        wal_compression: supported_wal_compression(),
+        method,
+        estimated_rows: 0.0,
+        archive,
+        delete_sql: optimistic,
+        skip_locked_sql: skip_locked.then_some(skipping),
+        shards: Vec::new(),
+    }
 }
 
 /// The archive's shard for `shard`, named by the coordinator (co-located: on this node), as an

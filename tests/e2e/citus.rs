@@ -126,6 +126,36 @@ fn each(client: &mut Client, statements: &[&str]) {
     }
 }
 
+/// Rule `purge` on `tokens`, batches of 100 rows at 2,000 rows a second (one batch per call on a
+/// node): 10,000 expired rows take about 5 s, long enough to act on mid-run.
+fn slow_purge_rule(app: &mut Client) {
+    add_rule(
+        app,
+        "purge",
+        "tokens",
+        "expires_at < now()",
+        "@daily",
+        Some(100),
+    );
+    app.batch_execute(
+        "UPDATE token_cleanup.rules SET max_rows_per_second = 2000 WHERE name = 'purge'",
+    )
+    .unwrap();
+}
+
+/// `run(rule)` called by `app` in a thread of its own; joins with the error's text ("no error").
+fn run_in_background(citus: &Citus, rule: &'static str) -> std::thread::JoinHandle<String> {
+    let port = citus.coordinator.port;
+    std::thread::spawn(move || {
+        let mut app = Client::connect(
+            &format!("host=127.0.0.1 port={port} user=app dbname=app"),
+            postgres::NoTls,
+        )
+        .unwrap();
+        error_of(app.query_one("SELECT * FROM token_cleanup.run($1)", &[&rule]))
+    })
+}
+
 /// Two-phase commits Citus recorded and has not recovered yet (one per node a multi-node
 /// transaction wrote to).
 fn two_phase_commits(admin: &mut Client) -> i64 {
@@ -489,28 +519,8 @@ fn a_worker_that_stops_mid_run_ends_the_run_naming_it_and_the_next_run_finishes(
     let mut app = citus.app();
     distributed_tokens(&mut app, "tokens", 20_000, 2);
     let before = survivors(&mut app, "tokens");
-    // 10,000 rows at 2,000 a second: a run of about 5 s.
-    add_rule(
-        &mut app,
-        "purge",
-        "tokens",
-        "expires_at < now()",
-        "@daily",
-        Some(100),
-    );
-    app.batch_execute(
-        "UPDATE token_cleanup.rules SET max_rows_per_second = 2000 WHERE name = 'purge'",
-    )
-    .unwrap();
-    let port = citus.coordinator.port;
-    let run = std::thread::spawn(move || {
-        let mut app = Client::connect(
-            &format!("host=127.0.0.1 port={port} user=app dbname=app"),
-            postgres::NoTls,
-        )
-        .unwrap();
-        error_of(app.query_one("SELECT * FROM token_cleanup.run('purge')", &[]))
-    });
+    slow_purge_rule(&mut app);
+    let run = run_in_background(&citus, "purge");
     wait_for("the run under way", Duration::from_secs(20), || {
         (count(
             &mut app,
@@ -654,27 +664,9 @@ fn a_runner_killed_mid_run_loses_no_row_it_should_keep_and_the_next_run_finishes
     let mut app = citus.app();
     distributed_tokens(&mut app, "tokens", 20_000, 2);
     let before = survivors(&mut app, "tokens");
-    add_rule(
-        &mut app,
-        "purge",
-        "tokens",
-        "expires_at < now()",
-        "@daily",
-        Some(100),
-    );
-    app.batch_execute(
-        "UPDATE token_cleanup.rules SET max_rows_per_second = 2000 WHERE name = 'purge'",
-    )
-    .unwrap();
+    slow_purge_rule(&mut app);
     let port = citus.coordinator.port;
-    let run = std::thread::spawn(move || {
-        let mut app = Client::connect(
-            &format!("host=127.0.0.1 port={port} user=app dbname=app"),
-            postgres::NoTls,
-        )
-        .unwrap();
-        error_of(app.query_one("SELECT * FROM token_cleanup.run('purge')", &[]))
-    });
+    let run = run_in_background(&citus, "purge");
     let mut admin = citus.admin();
     let runner: i32 = wait_for("the run under way", Duration::from_secs(20), || {
         if count(
@@ -814,20 +806,8 @@ fn a_shard_the_rebalancer_moves_mid_run_is_purged_on_its_new_node() {
     let mut app = citus.app();
     distributed_tokens(&mut app, "tokens", 20_000, 2);
     let before = survivors(&mut app, "tokens");
-    // 10,000 rows at 2,000 a second, one batch per call: a run of about 5 s, the shards taken in
-    // order of their ids.
-    add_rule(
-        &mut app,
-        "purge",
-        "tokens",
-        "expires_at < now()",
-        "@daily",
-        Some(100),
-    );
-    app.batch_execute(
-        "UPDATE token_cleanup.rules SET max_rows_per_second = 2000 WHERE name = 'purge'",
-    )
-    .unwrap();
+    // The shards are taken in order of their ids.
+    slow_purge_rule(&mut app);
     let mut admin = citus.admin();
     let (w1, w2) = (
         i32::from(citus.workers[0].port),
@@ -842,15 +822,7 @@ fn a_shard_the_rebalancer_moves_mid_run_is_purged_on_its_new_node() {
         )
         .unwrap()
         .get(0);
-    let port = citus.coordinator.port;
-    let run = std::thread::spawn(move || {
-        let mut app = Client::connect(
-            &format!("host=127.0.0.1 port={port} user=app dbname=app"),
-            postgres::NoTls,
-        )
-        .unwrap();
-        error_of(app.query_one("SELECT * FROM token_cleanup.run('purge')", &[]))
-    });
+    let run = run_in_background(&citus, "purge");
     wait_for("the run under way", Duration::from_secs(20), || {
         (count(
             &mut admin,
