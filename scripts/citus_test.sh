@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Citus suite (tests/e2e/citus.rs) on Citus 13.2.2 with PostgreSQL 15 and on Citus 14.0.1 with
+# The Citus suite (tests/e2e/citus/) on Citus 13.2.2 with PostgreSQL 15 and on Citus 14.0.1 with
 # PostgreSQL 18.6: each built with this tree's extension by scripts/citus.sh (cached under
 # target/citus), the suite run one test at a time (each starts a coordinator and two workers).
 # Citus's sources are not in any registry: without ../shared/citus/ (a fresh clone elsewhere) it

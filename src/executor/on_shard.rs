@@ -266,25 +266,7 @@ fn batch_plan(
 /// The archive's shard for `shard`, named by the coordinator (co-located: on this node), as an
 /// archive a batch moves rows into: every column of the shard, as a local run copies them.
 fn archive_shard(shard: &ResolvedTable, name: &str) -> Archive {
-    let archive = match target::lookup_table(name) {
-        Ok(Some(archive)) => archive,
-        _ => Error::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            format!(
-                "archive shard {name} is not on this node (moved by the rebalancer, or dropped)"
-            ),
-        )
-        .with_hint("The next run reads the shards' placements again.")
-        .raise(),
-    };
-    if let Some((what, fix)) = target::unsupported_kind(archive.oid) {
-        Error::new(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("archive shard {} {what}", archive.qualified_name),
-        )
-        .with_hint(fix)
-        .raise();
-    }
+    let archive = local_shard(name, "archive shard");
     let columns = target::archive_columns(shard, &archive).unwrap_or_else(|why| {
         Error::new(
             PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
@@ -302,6 +284,34 @@ fn archive_shard(shard: &ResolvedTable, name: &str) -> Archive {
     }
 }
 
+/// The table `name` (`what`: a shard, an archive shard) on this node, a plain table; the errors
+/// say when it is not here (moved by the rebalancer, or dropped).
+fn local_shard(name: &str, what: &str) -> ResolvedTable {
+    let table = match target::lookup_table(name) {
+        Ok(Some(table)) => table,
+        Ok(None) => Error::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("{what} {name} is not on this node (moved by the rebalancer, or dropped)"),
+        )
+        .with_hint("The next run reads the shards' placements again.")
+        .raise(),
+        Err(why) => Error::new(
+            PgSqlErrorCode::ERRCODE_INVALID_NAME,
+            format!("invalid {what} name {name}: {why}"),
+        )
+        .raise(),
+    };
+    if let Some((kind, fix)) = target::unsupported_kind(table.oid) {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("{what} {} {kind}", table.qualified_name),
+        )
+        .with_hint(fix)
+        .raise();
+    }
+    table
+}
+
 /// The shard named by the coordinator, as the caller (who must be able to read it), with the
 /// condition proven one expression; errors are raised to the coordinator.
 fn resolve_shard(
@@ -310,28 +320,7 @@ fn resolve_shard(
     lock_timeout_ms: i32,
     statement_timeout_ms: i32,
 ) -> (ResolvedTable, pg_sys::Oid, Limits) {
-    let table = match target::lookup_table(shard) {
-        Ok(Some(table)) => table,
-        Ok(None) => Error::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            format!("shard {shard} is not on this node (moved by the rebalancer, or dropped)"),
-        )
-        .with_hint("The next run reads the shards' placements again.")
-        .raise(),
-        Err(why) => Error::new(
-            PgSqlErrorCode::ERRCODE_INVALID_NAME,
-            format!("invalid shard name {shard}: {why}"),
-        )
-        .raise(),
-    };
-    if let Some((what, fix)) = target::unsupported_kind(table.oid) {
-        Error::new(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("shard {} {what}", table.qualified_name),
-        )
-        .with_hint(fix)
-        .raise();
-    }
+    let table = local_shard(shard, "shard");
     if let Err(why) = crate::condition::check_syntax(condition) {
         Error::new(
             PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,

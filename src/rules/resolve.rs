@@ -75,27 +75,19 @@ pub fn table(rule: &str, name: &str, when: When) -> Result<ResolvedTable, Error>
             ))
         }
     };
-    if let Some((what, fix)) = target::unsupported_kind(table.oid) {
+    // Not a plain table, or a Citus table that cannot be purged shard by shard.
+    let refusal = target::unsupported_kind(table.oid)
+        .map(|r| (PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, r))
+        .or_else(|| {
+            crate::citus::unsupported(table.oid)
+                .map(|r| (PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED, r))
+        });
+    if let Some((sqlstate, (what, fix))) = refusal {
         let subject = match when {
             When::Writing => format!("table_name {} of rule \"{rule}\"", table.qualified_name),
             When::Running => format!("table {}", table.qualified_name),
         };
-        return Err(Error::new(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("{subject} {what}"),
-        )
-        .with_hint(fix));
-    }
-    if let Some((what, fix)) = crate::citus::unsupported(table.oid) {
-        let subject = match when {
-            When::Writing => format!("table_name {} of rule \"{rule}\"", table.qualified_name),
-            When::Running => format!("table {}", table.qualified_name),
-        };
-        return Err(Error::new(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("{subject} {what}"),
-        )
-        .with_hint(fix));
+        return Err(Error::new(sqlstate, format!("{subject} {what}")).with_hint(fix));
     }
     Ok(table)
 }
