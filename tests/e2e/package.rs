@@ -89,6 +89,8 @@ fn the_deb_installs_runs_a_rule_and_removes_cleanly() {
         "/usr/share/postgresql/15/extension/pg_token_cleanup--0.4.0--0.5.0.sql".to_string(),
         "/usr/share/postgresql/15/extension/pg_token_cleanup--0.5.0.sql".to_string(),
         "/usr/share/postgresql/15/extension/pg_token_cleanup--0.5.0--0.6.0.sql".to_string(),
+        "/usr/share/postgresql/15/extension/pg_token_cleanup--0.6.0.sql".to_string(),
+        "/usr/share/postgresql/15/extension/pg_token_cleanup--0.6.0--0.7.0.sql".to_string(),
     ] {
         assert!(
             listed.lines().any(|l| l == expected),
