@@ -343,6 +343,24 @@ fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
         0
     );
 
+    // The function API (0.7.0) works on the upgraded database, as the ordinary role: a rule from
+    // expire(), its declaration exported and applied back without a write.
+    assert!(count(&mut app, "SELECT token_cleanup.expire('app.tokens', 'expires_at', '1 day', name => 'app_expire')") > 0);
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT count(*) FROM token_cleanup.apply_rules(token_cleanup.export_rules()) WHERE action <> 'unchanged'"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT token_cleanup.remove_rule('app_expire')::int::int8"
+        ),
+        1
+    );
+
     // The schema equals a fresh install's.
     cluster.database_with_extension("fresh");
     let upgraded = statements(&schema_dump(&cluster, "app"));
@@ -362,6 +380,10 @@ fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
         "CREATE TRIGGER rules_validate BEFORE INSERT OR UPDATE ON token_cleanup.rules",
         "CREATE POLICY rule_totals_owner ON token_cleanup.rule_totals",
         "GRANT SELECT ON TABLE token_cleanup.rule_totals TO PUBLIC",
+        "CREATE FUNCTION token_cleanup.apply_rules(",
+        "CREATE VIEW token_cleanup.errors WITH (security_invoker='true', security_barrier='true') AS",
+        "COMMENT ON COLUMN token_cleanup.runs.error_hint IS",
+        "COMMENT ON FUNCTION token_cleanup.add_rule(",
     ] {
         assert!(
             fresh.iter().any(|s| s.starts_with(object)),
