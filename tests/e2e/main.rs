@@ -10,6 +10,8 @@
 //! - [`shared_server`]: the worker budget on PostgreSQL's default settings beside the user's work;
 //! - [`pacing`]: replicas, WAL rate, waiters;
 //! - [`operations`], [`recipes`]: the SQL surface as operators and the README's recipes use it;
+//! - [`migrations`]: rules as code: the examples' migrations (plain SQL, Django, Alembic, Knex) and an
+//!   application's start-up, run with the real tools, each applied twice;
 //! - [`hostile`], [`security`], [`security_bounds`], [`security_rights`], [`security_runs`]: attacks,
 //!   each with a positive control;
 //! - [`load`]: 10,000 rules and a soak; it runs with no other test beside it;
@@ -25,6 +27,7 @@ mod coordination;
 mod hostile;
 mod load;
 mod manual_run;
+mod migrations;
 mod operations;
 mod pacing;
 mod package;
