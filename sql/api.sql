@@ -4,9 +4,10 @@
 -- validates a user's own INSERT or UPDATE: one validation, the same errors.
 --
 -- They run as their caller (no SECURITY DEFINER): a role changes only its own rules, through its
--- own column privileges and the table's row-level security. They keep the caller's search_path
--- (no SET clause), because a rule's table_name is resolved with it, as an INSERT resolves it; every
--- name they use themselves is schema-qualified.
+-- own column privileges and the table's row-level security. Those that write or compare a rule's
+-- table_name keep the caller's search_path (no SET clause), because the name is resolved with it, as
+-- an INSERT resolves it; every function and operator they use themselves is schema-qualified. The
+-- others pin search_path to pg_catalog.
 --
 -- A rule declared as JSON (apply_rules(), export_rules()) is an object keyed by the columns of
 -- token_cleanup.rules that a rule sets (all but id, created_at and updated_at); a column left out
@@ -15,7 +16,7 @@
 
 -- The columns a rule sets, each with its default (JSON null for none), read from the catalog.
 CREATE FUNCTION token_cleanup.rule_defaults() RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     col record;
     value jsonb;
@@ -42,14 +43,14 @@ $$;
 -- read as the column's type and written back as JSON (so '1 hour' and '01:00:00' are one value).
 -- Refuses what is not a rule's column, naming it.
 CREATE FUNCTION token_cleanup.rule_declared(declared jsonb) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     defaults jsonb := token_cleanup.rule_defaults();
     rule_name text := declared OPERATOR(pg_catalog.->>) 'name';
     unknown text;
     typed token_cleanup.rules;
 BEGIN
-    IF pg_catalog.jsonb_typeof(declared) IS DISTINCT FROM 'object' THEN
+    IF coalesce(pg_catalog.jsonb_typeof(declared), '') <> 'object' THEN
         RAISE EXCEPTION 'a rule is declared as a JSON object, got: %', pg_catalog.left(declared::text, 200)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Declare each rule as an object keyed by the columns of token_cleanup.rules, e.g. {"name": "expired_tokens", "table_name": "tokens", "condition": "expires_at < now()", "schedule": "@hourly"}.';
@@ -80,14 +81,16 @@ $$;
 -- compared by the tables they name (a rule stores them schema-qualified).
 CREATE FUNCTION token_cleanup.rule_differences(declared jsonb, stored token_cleanup.rules) RETURNS text[]
 LANGUAGE sql STABLE AS $$
+-- (OPERATOR(…) binds as any other operator does, left to right: hence the parentheses.)
 SELECT coalesce(pg_catalog.array_agg(d.key ORDER BY d.key), '{}')
-  FROM pg_catalog.jsonb_each(declared) d
- WHERE CASE WHEN d.key IN ('table_name', 'archive_table')
-            THEN pg_catalog.to_regclass(declared OPERATOR(pg_catalog.->>) d.key)
-                 IS DISTINCT FROM pg_catalog.to_regclass(pg_catalog.to_jsonb(stored) OPERATOR(pg_catalog.->>) d.key)
-              OR (declared OPERATOR(pg_catalog.->>) d.key IS NULL)
-                 IS DISTINCT FROM (pg_catalog.to_jsonb(stored) OPERATOR(pg_catalog.->>) d.key IS NULL)
-            ELSE d.value IS DISTINCT FROM pg_catalog.to_jsonb(stored) OPERATOR(pg_catalog.->) d.key END
+  FROM pg_catalog.jsonb_each(declared) d,
+       LATERAL (SELECT pg_catalog.to_jsonb(stored) OPERATOR(pg_catalog.->) d.key AS value) s
+ WHERE CASE WHEN d.key OPERATOR(pg_catalog.=) ANY ('{table_name,archive_table}'::text[])
+            -- the tables named (0: none, or none found), and whether a name is given at all
+            THEN (coalesce(pg_catalog.to_regclass(d.value OPERATOR(pg_catalog.#>>) '{}')::oid, 0)
+                  OPERATOR(pg_catalog.<>) coalesce(pg_catalog.to_regclass(s.value OPERATOR(pg_catalog.#>>) '{}')::oid, 0))
+              OR (pg_catalog.jsonb_typeof(d.value) OPERATOR(pg_catalog.<>) pg_catalog.jsonb_typeof(s.value))
+            ELSE d.value OPERATOR(pg_catalog.<>) s.value END
 $$;
 
 -- Writes a declared rule: an INSERT of every column when rule_id is NULL, else an UPDATE of the
@@ -123,11 +126,11 @@ EXCEPTION
         GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
                                 detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
         -- Absent fields read as ''; RAISE would send them as empty lines.
-        IF detail = '' AND hint = '' THEN
+        IF detail OPERATOR(pg_catalog.=) '' AND hint OPERATOR(pg_catalog.=) '' THEN
             RAISE EXCEPTION USING MESSAGE = message, ERRCODE = state;
-        ELSIF detail = '' THEN
+        ELSIF detail OPERATOR(pg_catalog.=) '' THEN
             RAISE EXCEPTION USING MESSAGE = message, ERRCODE = state, HINT = hint;
-        ELSIF hint = '' THEN
+        ELSIF hint OPERATOR(pg_catalog.=) '' THEN
             RAISE EXCEPTION USING MESSAGE = message, ERRCODE = state, DETAIL = detail;
         ELSE
             RAISE EXCEPTION USING MESSAGE = message, ERRCODE = state, DETAIL = detail, HINT = hint;
@@ -208,6 +211,7 @@ DECLARE
         'max_replica_lag', alter_rule.max_replica_lag, 'max_wal_rate', alter_rule.max_wal_rate,
         'yield_to_waiters', alter_rule.yield_to_waiters));
     defaults jsonb := token_cleanup.rule_defaults();
+    required text[] := '{name,table_name,condition,schedule}';
     stored token_cleanup.rules;
     bad text;
     declared jsonb;
@@ -220,7 +224,7 @@ BEGIN
                   HINT = 'List your rules with SELECT name FROM token_cleanup.rules; non-superusers see only the rules they own.';
     END IF;
     SELECT c INTO bad FROM pg_catalog.unnest(clear) c
-     WHERE NOT defaults OPERATOR(pg_catalog.?) c OR c IN ('name', 'table_name', 'condition', 'schedule')
+     WHERE NOT defaults OPERATOR(pg_catalog.?) c OR c OPERATOR(pg_catalog.=) ANY (required)
         OR given OPERATOR(pg_catalog.?) c
      LIMIT 1;
     IF bad IS NOT NULL THEN
@@ -229,7 +233,7 @@ BEGIN
                   HINT = 'clear lists optional columns to set back to their defaults, each not also given a value: '
                          OPERATOR(pg_catalog.||) (SELECT pg_catalog.string_agg(k, ', ' ORDER BY k)
                                                     FROM pg_catalog.jsonb_object_keys(defaults) k
-                                                   WHERE k NOT IN ('name', 'table_name', 'condition', 'schedule'))
+                                                   WHERE NOT k OPERATOR(pg_catalog.=) ANY (required))
                          OPERATOR(pg_catalog.||) '.';
     END IF;
     declared := token_cleanup.rule_declared(
@@ -288,9 +292,9 @@ BEGIN
             USING ERRCODE = 'undefined_column',
                   HINT = 'Name the column that says when a row expires, e.g. expires_at.';
     END IF;
-    IF col.type IN ('timestamp with time zone', 'timestamp without time zone', 'date') THEN
+    IF col.type OPERATOR(pg_catalog.=) ANY ('{timestamp with time zone,timestamp without time zone,date}'::text[]) THEN
         condition := pg_catalog.format('%I < %s', expire.column_name, cutoff);
-    ELSIF col.type IN ('smallint', 'integer', 'bigint', 'numeric', 'real', 'double precision') THEN
+    ELSIF col.type OPERATOR(pg_catalog.=) ANY ('{smallint,integer,bigint,numeric,real,double precision}'::text[]) THEN
         condition := pg_catalog.format('%I < extract(epoch FROM %s)::%s', expire.column_name, cutoff, col.type);
     ELSE
         RAISE EXCEPTION 'column "%" of table % is of type %, not a timestamp, date or epoch number', expire.column_name, target, col.type
@@ -314,7 +318,7 @@ $$;
 -- every column that is not at its default (the owner, always the caller, left out).
 -- apply_rules(export_rules()) changes nothing.
 CREATE FUNCTION token_cleanup.export_rules() RETURNS jsonb
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 SELECT coalesce(pg_catalog.jsonb_agg(declared.rule ORDER BY r.name), '[]')
   FROM token_cleanup.rules r
  CROSS JOIN LATERAL (
@@ -338,7 +342,7 @@ DECLARE
     differing text[];
     twice text;
 BEGIN
-    IF pg_catalog.jsonb_typeof(rules) IS DISTINCT FROM 'array' THEN
+    IF coalesce(pg_catalog.jsonb_typeof(rules), '') OPERATOR(pg_catalog.<>) 'array' THEN
         RAISE EXCEPTION 'apply_rules() takes a JSON array of rules, got: %', pg_catalog.left(rules::text, 200)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass an array of objects keyed by the columns of token_cleanup.rules, as token_cleanup.export_rules() returns.';
@@ -350,7 +354,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Declare each rule once.';
     END IF;
     FOR item IN SELECT r FROM pg_catalog.jsonb_array_elements(rules) r LOOP
-        IF item OPERATOR(pg_catalog.?) 'owner' AND item OPERATOR(pg_catalog.->>) 'owner' IS DISTINCT FROM CURRENT_USER::text THEN
+        IF coalesce(item OPERATOR(pg_catalog.->>) 'owner', CURRENT_USER) OPERATOR(pg_catalog.<>) CURRENT_USER THEN
             RAISE EXCEPTION 'rule "%" is declared with owner "%": apply_rules() manages the caller''s own rules', item OPERATOR(pg_catalog.->>) 'name', item OPERATOR(pg_catalog.->>) 'owner'
                 USING ERRCODE = 'insufficient_privilege',
                       HINT = 'Leave owner out (it is the caller), or apply that role''s rules as that role.';
@@ -384,7 +388,7 @@ BEGIN
         FOR rule IN
             SELECT r.name FROM token_cleanup.rules r
              WHERE r.owner OPERATOR(pg_catalog.=) CURRENT_USER
-               AND r.name NOT IN (SELECT d OPERATOR(pg_catalog.->>) 'name' FROM pg_catalog.jsonb_array_elements(rules) d)
+               AND NOT r.name OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT d OPERATOR(pg_catalog.->>) 'name' FROM pg_catalog.jsonb_array_elements(rules) d))
              ORDER BY r.name
         LOOP
             PERFORM token_cleanup.delete_rule(rule);
