@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing pg_token_cleanup needs on a fresh Debian bookworm machine (as
-# root, with Rust 1.95): PostgreSQL 15 server headers, clang, sudo, cargo-pgrx 0.18.1, and pgrx's
-# configuration for the system PostgreSQL 15. Idempotent: skips whatever is already there.
+# root, with Rust 1.95): PostgreSQL 15 server headers, clang, sudo, Prometheus and
+# prometheus-sql-exporter (the monitoring test starts its own, on free ports), cargo-pgrx 0.18.1, and
+# pgrx's configuration for the system PostgreSQL 15. Idempotent: skips whatever is already there.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/pg_env.sh"
 
 missing=()
-for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
+for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo prometheus prometheus-sql-exporter; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -5,6 +5,80 @@
 
 \echo Use "ALTER EXTENSION pg_token_cleanup UPDATE" to load this file. \quit
 
+-- Counters for monitoring: each run records the planner's estimate of its matching rows, and the
+-- lifetime totals keep batches, seconds paused per reason and the last estimate (the backlog).
+ALTER TABLE token_cleanup.runs ADD COLUMN estimated_rows bigint;
+ALTER TABLE token_cleanup.rule_totals
+    ADD COLUMN batches bigint NOT NULL DEFAULT 0,
+    ADD COLUMN pause_seconds jsonb NOT NULL DEFAULT '{}',
+    ADD COLUMN backlog_rows bigint,
+    ADD COLUMN backlog_at timestamptz;
+
+-- The metrics view reads its tables with *, which a view expands when it is created: made again,
+-- so that it reads the new columns as a fresh install's does (its output is the same).
+CREATE OR REPLACE VIEW token_cleanup.metrics AS
+WITH sees_all AS (SELECT a.rolsuper OR a.rolbypassrls AS yes FROM pg_catalog.pg_roles a WHERE a.rolname = CURRENT_USER),
+     visible_totals AS (SELECT * FROM token_cleanup.rule_totals t WHERE t.owner = CURRENT_USER OR (SELECT yes FROM sees_all)),
+     visible_rules AS (SELECT * FROM token_cleanup.rules r WHERE r.owner = CURRENT_USER OR (SELECT yes FROM sees_all)),
+     visible_running AS (SELECT * FROM token_cleanup.runs h WHERE h.status = 'running'
+                    AND (h.owner = CURRENT_USER OR (SELECT yes FROM sees_all)))
+SELECT 'pg_token_cleanup_runs_total'::text AS metric,
+       pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner, 'status', s.status) AS labels,
+       s.value::float8 AS value
+  FROM visible_totals t
+ CROSS JOIN LATERAL (VALUES ('succeeded', t.succeeded), ('failed', t.failed),
+                            ('interrupted', t.interrupted), ('stopped', t.stopped),
+                            ('refused', t.refused)) AS s(status, value)
+UNION ALL
+SELECT 'pg_token_cleanup_rows_deleted_total',
+       pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner), t.rows_deleted::float8
+  FROM visible_totals t
+UNION ALL
+SELECT 'pg_token_cleanup_run_seconds_total',
+       pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner),
+       extract(epoch FROM t.run_time)::float8
+  FROM visible_totals t
+UNION ALL
+SELECT 'pg_token_cleanup_consecutive_failures',
+       pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner), t.consecutive_failures::float8
+  FROM visible_totals t
+UNION ALL
+SELECT 'pg_token_cleanup_last_success_age_seconds',
+       pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner),
+       extract(epoch FROM pg_catalog.now() - t.last_success_at)::float8
+  FROM visible_totals t WHERE t.last_success_at IS NOT NULL
+UNION ALL
+SELECT 'pg_token_cleanup_last_run_age_seconds',
+       pg_catalog.jsonb_build_object('rule', r.rule, 'owner', r.owner),
+       extract(epoch FROM pg_catalog.now() - r.last_run_at)::float8
+  FROM token_cleanup.rule_stats r WHERE r.last_run_at IS NOT NULL
+UNION ALL
+SELECT 'pg_token_cleanup_backlog_rows',
+       pg_catalog.jsonb_build_object('rule', r.name, 'owner', r.owner),
+       token_cleanup.backlog_estimate(r.name)::float8
+  FROM visible_rules r WHERE r.enabled
+UNION ALL
+SELECT 'pg_token_cleanup_running_runs', '{}'::jsonb, count(*)::float8
+  FROM visible_running h;
+DO $$
+BEGIN
+    IF pg_catalog.current_setting('server_version_num')::int >= 150000 THEN
+        ALTER VIEW token_cleanup.metrics SET (security_invoker = true);
+    END IF;
+END
+$$;
+ALTER VIEW token_cleanup.metrics SET (security_barrier = true);
+
+-- The worker budget as the monitoring reads it.
+CREATE FUNCTION token_cleanup."worker_budget"() RETURNS TABLE (
+	"in_use" INT,
+	"budget" INT
+)
+STRICT VOLATILE PARALLEL RESTRICTED
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'worker_budget_wrapper';
+
 -- The function API for rules (add_rule, alter_rule, remove_rule, expire, apply_rules,
 -- export_rules and their helpers) and the errors view: sql/api.sql, as a fresh install has it.
 -- The columns a rule sets, each with its default (JSON null for none), read from the catalog.
@@ -417,15 +491,76 @@ SELECT h.id        AS run_id,
 
 GRANT SELECT ON token_cleanup.errors TO PUBLIC;
 
--- The errors view runs as its caller and is a security barrier, as the other views are (finish.sql).
+-- Metrics for Prometheus, one row per series: the metric's name, its labels (rule, table, owner;
+-- status for runs, reason for pauses; '' where a label does not apply, which Prometheus reads as
+-- absent) and its value. Names and types follow Prometheus's conventions: counters end in _total,
+-- timestamps in _timestamp_seconds. Cheap to read with thousands of rules: no rule's condition is
+-- planned (the backlog is the estimate its last run made when it planned), one index probe per rule
+-- for its last run. docs/monitoring/ has the exporter's configuration that serves it.
+CREATE VIEW token_cleanup.prometheus AS
+WITH rule_series AS (
+    SELECT r.name AS rule, r.table_name AS "table", r.owner::text AS owner, r.enabled,
+           t.succeeded, t.failed, t.interrupted, t.stopped, t.refused, t.rows_deleted, t.batches,
+           t.run_time, t.pause_seconds, t.consecutive_failures, t.backlog_rows, t.last_success_at,
+           last.duration, last.start_delay,
+           CASE WHEN r.enabled THEN (SELECT extract(epoch FROM max(f) - min(f))
+                                       FROM token_cleanup.next_runs(r.schedule, now(), 2) f) END AS interval_seconds
+      FROM token_cleanup.rules r
+      LEFT JOIN token_cleanup.rule_totals t ON t.rule_id = r.id
+      LEFT JOIN LATERAL (
+            SELECT h.finished_at - h.started_at AS duration, h.start_delay
+              FROM token_cleanup.runs h
+             WHERE h.rule_id = r.id AND h.status <> 'running'
+             ORDER BY h.started_at DESC
+             LIMIT 1) last ON true
+     WHERE (r.owner = CURRENT_USER OR (SELECT a.rolsuper OR a.rolbypassrls FROM pg_catalog.pg_roles a WHERE a.rolname = CURRENT_USER)))
+SELECT v.metric, s.rule, s."table", s.owner, v.status, v.reason, v.value
+  FROM rule_series s
+ CROSS JOIN LATERAL (VALUES
+        ('pg_token_cleanup_runs_total', 'succeeded', '', coalesce(s.succeeded, 0)::float8),
+        ('pg_token_cleanup_runs_total', 'failed', '', coalesce(s.failed, 0)::float8),
+        ('pg_token_cleanup_runs_total', 'interrupted', '', coalesce(s.interrupted, 0)::float8),
+        ('pg_token_cleanup_runs_total', 'stopped', '', coalesce(s.stopped, 0)::float8),
+        ('pg_token_cleanup_runs_total', 'refused', '', coalesce(s.refused, 0)::float8),
+        ('pg_token_cleanup_rows_deleted_total', '', '', coalesce(s.rows_deleted, 0)::float8),
+        ('pg_token_cleanup_batches_total', '', '', coalesce(s.batches, 0)::float8),
+        ('pg_token_cleanup_run_seconds_total', '', '', coalesce(extract(epoch FROM s.run_time), 0)::float8),
+        ('pg_token_cleanup_paused_seconds_total', '', 'replica_lag', coalesce((s.pause_seconds ->> 'replica_lag')::float8, 0)),
+        ('pg_token_cleanup_paused_seconds_total', '', 'wal_rate', coalesce((s.pause_seconds ->> 'wal_rate')::float8, 0)),
+        ('pg_token_cleanup_paused_seconds_total', '', 'waiters', coalesce((s.pause_seconds ->> 'waiters')::float8, 0)),
+        ('pg_token_cleanup_consecutive_failures', '', '', coalesce(s.consecutive_failures, 0)::float8),
+        ('pg_token_cleanup_enabled', '', '', s.enabled::int::float8),
+        ('pg_token_cleanup_backlog_rows', '', '', s.backlog_rows::float8),
+        ('pg_token_cleanup_last_success_timestamp_seconds', '', '', extract(epoch FROM s.last_success_at)::float8),
+        ('pg_token_cleanup_last_run_duration_seconds', '', '', extract(epoch FROM s.duration)::float8),
+        ('pg_token_cleanup_last_start_delay_seconds', '', '', extract(epoch FROM s.start_delay)::float8),
+        ('pg_token_cleanup_schedule_interval_seconds', '', '', s.interval_seconds::float8)
+     ) AS v(metric, status, reason, value)
+ WHERE v.value IS NOT NULL
+UNION ALL
+SELECT v.metric, '', '', '', '', '', v.value
+  FROM token_cleanup.worker_budget() b
+ CROSS JOIN LATERAL (VALUES
+        ('pg_token_cleanup_runs_in_progress',
+         (SELECT count(*) FROM token_cleanup.runs h WHERE h.status = 'running'
+             AND (h.owner = CURRENT_USER OR (SELECT a.rolsuper OR a.rolbypassrls FROM pg_catalog.pg_roles a WHERE a.rolname = CURRENT_USER)))::float8),
+        ('pg_token_cleanup_workers_in_use', b.in_use::float8),
+        ('pg_token_cleanup_workers_budget', b.budget::float8)
+     ) AS v(metric, value);
+
+GRANT SELECT ON token_cleanup.prometheus TO PUBLIC;
+
+-- The new views run as their caller and are security barriers, as the other views are (finish.sql).
 DO $$
 BEGIN
     IF pg_catalog.current_setting('server_version_num')::int >= 150000 THEN
         ALTER VIEW token_cleanup.errors SET (security_invoker = true);
+        ALTER VIEW token_cleanup.prometheus SET (security_invoker = true);
     END IF;
 END
 $$;
 ALTER VIEW token_cleanup.errors SET (security_barrier = true);
+ALTER VIEW token_cleanup.prometheus SET (security_barrier = true);
 -- What \d+ and \df+ say: every table, column, view, view column, function and procedure.
 COMMENT ON COLUMN token_cleanup.rules.id IS 'Assigned; never reused (run history and lifetime counters refer to it)';
 COMMENT ON COLUMN token_cleanup.rules.name IS 'Unique in the database; how every function names the rule';
@@ -548,6 +683,20 @@ COMMENT ON COLUMN token_cleanup.errors.detail IS 'The error''s DETAIL';
 COMMENT ON COLUMN token_cleanup.errors.hint IS 'The error''s HINT: what to do about it';
 COMMENT ON COLUMN token_cleanup.errors.consecutive_failures IS 'The rule''s failed runs since its last success, now';
 
+COMMENT ON VIEW token_cleanup.prometheus IS 'Metrics for Prometheus, one row per series: name, labels (rule, table, owner, status, reason), value';
+COMMENT ON COLUMN token_cleanup.prometheus.metric IS 'Metric name (counters end in _total)';
+COMMENT ON COLUMN token_cleanup.prometheus.rule IS 'Label rule: the rule''s name (empty for server-wide series)';
+COMMENT ON COLUMN token_cleanup.prometheus."table" IS 'Label table: the table the rule deletes from';
+COMMENT ON COLUMN token_cleanup.prometheus.owner IS 'Label owner: the role the rule runs as';
+COMMENT ON COLUMN token_cleanup.prometheus.status IS 'Label status of pg_token_cleanup_runs_total';
+COMMENT ON COLUMN token_cleanup.prometheus.reason IS 'Label reason of pg_token_cleanup_paused_seconds_total';
+COMMENT ON COLUMN token_cleanup.prometheus.value IS 'The value';
+COMMENT ON COLUMN token_cleanup.runs.estimated_rows IS 'The planner''s estimate of matching rows when the run planned';
+COMMENT ON COLUMN token_cleanup.rule_totals.batches IS 'Batches committed over all runs';
+COMMENT ON COLUMN token_cleanup.rule_totals.pause_seconds IS 'Seconds paused per reason over all runs: replica_lag, wal_rate, waiters';
+COMMENT ON COLUMN token_cleanup.rule_totals.backlog_rows IS 'The backlog when the last run that planned started: its estimated_rows';
+COMMENT ON COLUMN token_cleanup.rule_totals.backlog_at IS 'When that run started';
+COMMENT ON FUNCTION token_cleanup.worker_budget IS 'Worker slots held now in the cluster, and pg_token_cleanup.max_workers';
 COMMENT ON FUNCTION token_cleanup.add_rule IS 'Creates a rule (every rules column a named parameter) and returns its id; if_not_exists leaves an existing one as it is';
 COMMENT ON FUNCTION token_cleanup.alter_rule IS 'Changes the named parameters of a rule; new_name renames it, clear lists columns set back to their defaults';
 COMMENT ON FUNCTION token_cleanup.remove_rule IS 'Deletes a rule (its history stays); if_exists makes a missing rule a notice';

@@ -92,7 +92,9 @@ CREATE TABLE token_cleanup.runs (
     -- how late a scheduled run started (no free slot, a busy table, a late scheduler)
     start_delay   interval GENERATED ALWAYS AS (started_at - scheduled_for) STORED,
     paused        interval    NOT NULL DEFAULT '0',  -- time spent paused by pacing
-    pause_reasons jsonb                              -- seconds paused per reason: replica_lag, wal_rate, waiters
+    pause_reasons jsonb,                             -- seconds paused per reason: replica_lag, wal_rate, waiters
+    -- 0.7.0
+    estimated_rows bigint                            -- the planner's estimate of matching rows when the run planned
 );
 CREATE INDEX runs_rule_started_idx ON token_cleanup.runs (rule_id, started_at DESC);
 CREATE INDEX runs_started_idx ON token_cleanup.runs (started_at);
@@ -117,7 +119,12 @@ CREATE TABLE token_cleanup.rule_totals (
     longest_batch_ms integer,
     last_success_at  timestamptz,
     last_failure_at  timestamptz,
-    consecutive_failures integer NOT NULL DEFAULT 0
+    consecutive_failures integer NOT NULL DEFAULT 0,
+    -- 0.7.0
+    batches          bigint      NOT NULL DEFAULT 0,
+    pause_seconds    jsonb       NOT NULL DEFAULT '{}', -- seconds paused per reason, over all runs
+    backlog_rows     bigint,                         -- estimated_rows of the last run that planned
+    backlog_at       timestamptz                     -- when that run started
 );
 COMMENT ON TABLE token_cleanup.rule_totals IS 'Lifetime counters per rule; never pruned';
 

@@ -287,6 +287,15 @@ fn live_progress() -> TableIterator<
     )
 }
 
+/// The worker budget now: slots held in the whole cluster (the launcher, schedulers, runners and
+/// reservations) and `pg_token_cleanup.max_workers`. What the monitoring reads; no table, no lock.
+#[pg_extern(volatile, parallel_restricted)]
+#[search_path(pg_catalog, pg_temp)]
+fn worker_budget() -> TableIterator<'static, (name!(in_use, i32), name!(budget, i32))> {
+    let in_use = registry::budget::in_use() as i32;
+    TableIterator::once((in_use, crate::gucs::max_workers() as i32))
+}
+
 /// Tells this database's scheduler that the rules changed: a relcache invalidation of the rules
 /// table, delivered at commit (COMMIT PREPARED included), and its latch set at commit so that it
 /// reloads at once. Called by the rules table's statement trigger; not callable by PUBLIC.

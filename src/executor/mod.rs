@@ -177,6 +177,8 @@ fn run(rule: &Rule, tally: &mut Tally) -> Result<Outcome, Outcome> {
         Err(why) => return Err(Outcome::Failed(why)),
     };
     tally.stats.method = plans.first().map(|p| p.method.name());
+    tally.stats.estimated_rows =
+        Some(plans.iter().map(|p| p.estimated_rows).sum::<f64>().round() as i64);
     let checked = BackgroundWorker::transaction(|| blast_radius::check(rule, &plans));
     if let Err(refused) = checked {
         return Err(Outcome::Refused(refused));

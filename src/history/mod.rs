@@ -143,6 +143,9 @@ pub struct RunStats {
     /// Time paused by pacing, and per reason (JSON: `{"replica_lag": s, …}`).
     pub paused: std::time::Duration,
     pub pause_reasons: Option<String>,
+    /// The planner's estimate of the rows matching when the run planned (its backlog then); `None`
+    /// when it ended before planning.
+    pub estimated_rows: Option<i64>,
 }
 
 impl RunStats {
@@ -172,7 +175,8 @@ pub fn finish(run_id: i64, outcome: &Outcome, stats: &RunStats) -> pg_sys::Times
                 longest_batch_ms = $6, method = $7, sqlstate = $8, error_detail = $9, error_hint = $10, \
                 partitions = $11::jsonb, partitions_dropped = $12, \
                 paused = pg_catalog.make_interval(secs => $13), pause_reasons = $14::jsonb, \
-                finished_at = pg_catalog.clock_timestamp() WHERE id = $1 RETURNING finished_at",
+                estimated_rows = $15, finished_at = pg_catalog.clock_timestamp() \
+          WHERE id = $1 RETURNING finished_at",
         &[
             run_id.into(),
             outcome.status().into(),
@@ -188,6 +192,7 @@ pub fn finish(run_id: i64, outcome: &Outcome, stats: &RunStats) -> pg_sys::Times
             stats.partitions_dropped.into(),
             stats.paused.as_secs_f64().into(),
             stats.pause_reasons.clone().into(),
+            stats.estimated_rows.into(),
         ],
     )
     .expect("updating token_cleanup.runs");

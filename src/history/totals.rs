@@ -39,13 +39,15 @@ pub(super) fn add_to_totals(run_id: i64) {
     Spi::run_with_args(
         "INSERT INTO token_cleanup.rule_totals AS t (rule_id, rule_name, owner, runs, succeeded, failed, \
                 interrupted, stopped, refused, rows_deleted, run_time, longest_run, longest_batch_ms, \
-                last_success_at, last_failure_at, consecutive_failures) \
+                last_success_at, last_failure_at, consecutive_failures, batches, pause_seconds, \
+                backlog_rows, backlog_at) \
          SELECT h.rule_id, h.rule_name, h.owner, 1, (h.status = 'succeeded')::int, (h.status = 'failed')::int, \
                 (h.status = 'interrupted')::int, (h.status = 'stopped')::int, (h.status = 'refused')::int, \
                 h.rows_deleted, h.finished_at - h.started_at, h.finished_at - h.started_at, h.longest_batch_ms, \
                 CASE WHEN h.status IN ('succeeded', 'stopped') THEN h.finished_at END, \
                 CASE WHEN h.status IN ('failed', 'refused') THEN h.finished_at END, \
-                (h.status IN ('failed', 'refused'))::int \
+                (h.status IN ('failed', 'refused'))::int, h.batches, coalesce(h.pause_reasons, '{}'), \
+                h.estimated_rows, CASE WHEN h.estimated_rows IS NOT NULL THEN h.started_at END \
            FROM token_cleanup.runs h WHERE h.id = $1 \
          ON CONFLICT (rule_id) DO UPDATE SET \
                 rule_name = excluded.rule_name, owner = excluded.owner, runs = t.runs + 1, \
@@ -60,7 +62,15 @@ pub(super) fn add_to_totals(run_id: i64) {
                 consecutive_failures = CASE \
                     WHEN excluded.consecutive_failures > 0 THEN t.consecutive_failures + 1 \
                     WHEN excluded.last_success_at IS NOT NULL THEN 0 \
-                    ELSE t.consecutive_failures END",
+                    ELSE t.consecutive_failures END, \
+                batches = t.batches + excluded.batches, \
+                pause_seconds = (SELECT coalesce(pg_catalog.jsonb_object_agg(k, \
+                                        coalesce((t.pause_seconds ->> k)::float8, 0) \
+                                      + coalesce((excluded.pause_seconds ->> k)::float8, 0)), '{}') \
+                                   FROM (SELECT pg_catalog.jsonb_object_keys(t.pause_seconds) \
+                                         UNION SELECT pg_catalog.jsonb_object_keys(excluded.pause_seconds)) r(k)), \
+                backlog_rows = coalesce(excluded.backlog_rows, t.backlog_rows), \
+                backlog_at = coalesce(excluded.backlog_at, t.backlog_at)",
         &[run_id.into()],
     )
     .expect("updating token_cleanup.rule_totals");

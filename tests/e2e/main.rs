@@ -10,6 +10,8 @@
 //! - [`shared_server`]: the worker budget on PostgreSQL's default settings beside the user's work;
 //! - [`pacing`]: replicas, WAL rate, waiters;
 //! - [`operations`], [`recipes`]: the SQL surface as operators and the README's recipes use it;
+//! - [`monitoring`]: Prometheus and Debian's prometheus-sql-exporter with the shipped configuration,
+//!   the alerts (and their promtool tests), the Grafana dashboard;
 //! - [`migrations`]: rules as code: the examples' migrations (plain SQL, Django, Alembic, Knex) and an
 //!   application's start-up, run with the real tools, each applied twice;
 //! - [`hostile`], [`security`], [`security_bounds`], [`security_rights`], [`security_runs`]: attacks,
@@ -28,6 +30,7 @@ mod hostile;
 mod load;
 mod manual_run;
 mod migrations;
+mod monitoring;
 mod operations;
 mod pacing;
 mod package;

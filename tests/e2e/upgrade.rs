@@ -384,6 +384,8 @@ fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
         "CREATE VIEW token_cleanup.errors WITH (security_invoker='true', security_barrier='true') AS",
         "COMMENT ON COLUMN token_cleanup.runs.error_hint IS",
         "COMMENT ON FUNCTION token_cleanup.add_rule(",
+        "CREATE VIEW token_cleanup.prometheus WITH (security_invoker='true', security_barrier='true') AS",
+        "CREATE FUNCTION token_cleanup.worker_budget(",
     ] {
         assert!(
             fresh.iter().any(|s| s.starts_with(object)),

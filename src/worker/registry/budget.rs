@@ -88,6 +88,11 @@ pub fn role_share() -> usize {
     (gucs::max_workers().saturating_sub(1) / 2).max(1)
 }
 
+/// Slots held now in the whole cluster: live workers of the extension and live reservations.
+pub fn in_use() -> usize {
+    used(&REGISTRY.share())
+}
+
 /// Slots `role`'s `run()` calls hold now.
 pub fn held_by_role(role: pg_sys::Oid) -> usize {
     held_by(&REGISTRY.share(), u32::from(role))
