@@ -72,7 +72,8 @@ ALTER VIEW token_cleanup.metrics SET (security_barrier = true);
 -- The worker budget as the monitoring reads it.
 CREATE FUNCTION token_cleanup."worker_budget"() RETURNS TABLE (
 	"in_use" INT,
-	"budget" INT
+	"budget" INT,
+	"waiting" INT
 )
 STRICT VOLATILE PARALLEL RESTRICTED
 SET search_path TO pg_catalog, pg_temp
@@ -545,7 +546,8 @@ SELECT v.metric, '', '', '', '', '', v.value
          (SELECT count(*) FROM token_cleanup.runs h WHERE h.status = 'running'
              AND (h.owner = CURRENT_USER OR (SELECT a.rolsuper OR a.rolbypassrls FROM pg_catalog.pg_roles a WHERE a.rolname = CURRENT_USER)))::float8),
         ('pg_token_cleanup_workers_in_use', b.in_use::float8),
-        ('pg_token_cleanup_workers_budget', b.budget::float8)
+        ('pg_token_cleanup_workers_budget', b.budget::float8),
+        ('pg_token_cleanup_workers_waiting', b.waiting::float8)
      ) AS v(metric, value);
 
 GRANT SELECT ON token_cleanup.prometheus TO PUBLIC;
@@ -696,7 +698,7 @@ COMMENT ON COLUMN token_cleanup.rule_totals.batches IS 'Batches committed over a
 COMMENT ON COLUMN token_cleanup.rule_totals.pause_seconds IS 'Seconds paused per reason over all runs: replica_lag, wal_rate, waiters';
 COMMENT ON COLUMN token_cleanup.rule_totals.backlog_rows IS 'The backlog when the last run that planned started: its estimated_rows';
 COMMENT ON COLUMN token_cleanup.rule_totals.backlog_at IS 'When that run started';
-COMMENT ON FUNCTION token_cleanup.worker_budget IS 'Worker slots held now in the cluster, and pg_token_cleanup.max_workers';
+COMMENT ON FUNCTION token_cleanup.worker_budget IS 'Worker slots held now in the cluster, pg_token_cleanup.max_workers, and how many wait for a slot';
 COMMENT ON FUNCTION token_cleanup.add_rule IS 'Creates a rule (every rules column a named parameter) and returns its id; if_not_exists leaves an existing one as it is';
 COMMENT ON FUNCTION token_cleanup.alter_rule IS 'Changes the named parameters of a rule; new_name renames it, clear lists columns set back to their defaults';
 COMMENT ON FUNCTION token_cleanup.remove_rule IS 'Deletes a rule (its history stays); if_exists makes a missing rule a notice';

@@ -287,13 +287,19 @@ fn live_progress() -> TableIterator<
     )
 }
 
-/// The worker budget now: slots held in the whole cluster (the launcher, schedulers, runners and
-/// reservations) and `pg_token_cleanup.max_workers`. What the monitoring reads; no table, no lock.
+/// The worker budget now: slots held in the whole cluster (the launcher, schedulers, runners, idle
+/// or not, and reservations), `pg_token_cleanup.max_workers`, and how many wait for a slot (idle
+/// runners hand theirs over at once, so a waiter means the budget is really full). What the
+/// monitoring reads; no table, no lock.
 #[pg_extern(volatile, parallel_restricted)]
 #[search_path(pg_catalog, pg_temp)]
-fn worker_budget() -> TableIterator<'static, (name!(in_use, i32), name!(budget, i32))> {
-    let in_use = registry::budget::in_use() as i32;
-    TableIterator::once((in_use, crate::gucs::max_workers() as i32))
+fn worker_budget(
+) -> TableIterator<'static, (name!(in_use, i32), name!(budget, i32), name!(waiting, i32))> {
+    TableIterator::once((
+        registry::budget::in_use() as i32,
+        crate::gucs::max_workers() as i32,
+        registry::budget::waiting() as i32,
+    ))
 }
 
 /// Tells this database's scheduler that the rules changed: a relcache invalidation of the rules

@@ -247,7 +247,7 @@ fn prometheus_sees_the_runs_alerts_on_the_failing_rule_and_serves_the_dashboard(
             checked += 1;
         }
     }
-    assert_eq!(checked, 11);
+    assert_eq!(checked, 12);
 
     // For the picture in docs/monitoring.md (scripts/monitoring_picture.sh): more purges for a
     // while, then every panel's series over the test, written as JSON.

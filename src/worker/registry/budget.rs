@@ -278,6 +278,17 @@ pub fn someone_waits() -> bool {
     REGISTRY.share().waiters.iter().any(Waiter::alive)
 }
 
+/// How many wait for a slot of the budget now: schedulers of databases waiting their turn and
+/// `run()` calls.
+pub fn waiting() -> usize {
+    REGISTRY
+        .share()
+        .waiters
+        .iter()
+        .filter(|w| w.alive())
+        .count()
+}
+
 /// Hands this worker's slot to the first waiter (see the module's header), if anyone waits: a
 /// runner only while idle, a scheduler only between runs. `true`: the slot is theirs, and this
 /// process must exit now.
