@@ -59,7 +59,7 @@ read alternately, each read timed by the server (EXPLAIN ANALYZE), on this machi
 | `token_cleanup.metrics` (older; plans every enabled rule's condition) | | {mo:.0f} ms | {", ".join(f"{x:.0f}" for x in old)} |
 
 `prometheus` reads {mo / mn:.1f}× faster, about {mn * 1000 / rules:.0f} µs per rule: it plans no
-condition (the backlog is the estimate each run made when it planned), reads each rule's last run
+condition (the backlog is what each run found), reads each rule's last run
 through an index and computes each schedule's interval in Rust.
 """)
 print(open("docs/scrape_benchmark.md").read())

@@ -122,7 +122,7 @@ GRANT SELECT ON token_cleanup.metrics TO PUBLIC;
 -- status for runs, reason for pauses; '' where a label does not apply, which Prometheus reads as
 -- absent) and its value. Names and types follow Prometheus's conventions: counters end in _total,
 -- timestamps in _timestamp_seconds. Cheap to read with thousands of rules: no rule's condition is
--- planned (the backlog is the estimate its last run made when it planned), one index probe per rule
+-- planned (the backlog is what its last run found, see rule_totals.backlog_rows), one index probe per rule
 -- for its last run. docs/monitoring/ has the exporter's configuration that serves it.
 CREATE VIEW token_cleanup.prometheus AS
 WITH rule_series AS (
@@ -385,7 +385,7 @@ COMMENT ON COLUMN token_cleanup.prometheus.value IS 'The value';
 COMMENT ON COLUMN token_cleanup.runs.estimated_rows IS 'The planner''s estimate of matching rows when the run planned';
 COMMENT ON COLUMN token_cleanup.rule_totals.batches IS 'Batches committed over all runs';
 COMMENT ON COLUMN token_cleanup.rule_totals.pause_seconds IS 'Seconds paused per reason over all runs: replica_lag, wal_rate, waiters';
-COMMENT ON COLUMN token_cleanup.rule_totals.backlog_rows IS 'The backlog when the last run that planned started: its estimated_rows';
+COMMENT ON COLUMN token_cleanup.rule_totals.backlog_rows IS 'Rows matching when the last run started: what it deleted if it succeeded, else its estimated_rows';
 COMMENT ON COLUMN token_cleanup.rule_totals.backlog_at IS 'When that run started';
 COMMENT ON FUNCTION token_cleanup.worker_budget IS 'Worker slots held now in the cluster, pg_token_cleanup.max_workers, and how many wait for a slot';
 COMMENT ON FUNCTION token_cleanup.add_rule IS 'Creates a rule (every rules column a named parameter) and returns its id; if_not_exists leaves an existing one as it is';

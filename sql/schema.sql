@@ -123,7 +123,7 @@ CREATE TABLE token_cleanup.rule_totals (
     -- 0.7.0
     batches          bigint      NOT NULL DEFAULT 0,
     pause_seconds    jsonb       NOT NULL DEFAULT '{}', -- seconds paused per reason, over all runs
-    backlog_rows     bigint,                         -- estimated_rows of the last run that planned
+    backlog_rows     bigint,                         -- matching when the last run started: deleted if it succeeded, else estimated_rows
     backlog_at       timestamptz                     -- when that run started
 );
 COMMENT ON TABLE token_cleanup.rule_totals IS 'Lifetime counters per rule; never pruned';

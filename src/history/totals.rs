@@ -34,7 +34,10 @@ pub(super) fn keep_bounded(run_id: i64) {
     .expect("bounding token_cleanup.runs");
 }
 
-/// Adds a finished run to its rule's lifetime counters (`token_cleanup.rule_totals`).
+/// Adds a finished run to its rule's lifetime counters (`token_cleanup.rule_totals`), and its
+/// backlog: the rows that matched when it started, counted by a run that succeeded (it deleted
+/// them all), else the planner's estimate (which reads high on a table full of dead rows that
+/// autovacuum has not reached yet).
 pub(super) fn add_to_totals(run_id: i64) {
     Spi::run_with_args(
         "INSERT INTO token_cleanup.rule_totals AS t (rule_id, rule_name, owner, runs, succeeded, failed, \
@@ -47,7 +50,8 @@ pub(super) fn add_to_totals(run_id: i64) {
                 CASE WHEN h.status IN ('succeeded', 'stopped') THEN h.finished_at END, \
                 CASE WHEN h.status IN ('failed', 'refused') THEN h.finished_at END, \
                 (h.status IN ('failed', 'refused'))::int, h.batches, coalesce(h.pause_reasons, '{}'), \
-                h.estimated_rows, CASE WHEN h.estimated_rows IS NOT NULL THEN h.started_at END \
+                CASE WHEN h.status = 'succeeded' THEN h.rows_deleted ELSE h.estimated_rows END, \
+                CASE WHEN h.status = 'succeeded' OR h.estimated_rows IS NOT NULL THEN h.started_at END \
            FROM token_cleanup.runs h WHERE h.id = $1 \
          ON CONFLICT (rule_id) DO UPDATE SET \
                 rule_name = excluded.rule_name, owner = excluded.owner, runs = t.runs + 1, \
