@@ -6,22 +6,13 @@
 //! expression of the Grafana dashboard returns series. The alerts' own unit tests run through
 //! `promtool test rules`.
 
-use crate::common::{count, wait_for, Cluster};
+use crate::common::{count, free_port, wait_for, Cluster};
 use serde_json::Value;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const MONITORING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/monitoring");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A process that is killed when the test ends, however it ends.
 struct Running(Child);

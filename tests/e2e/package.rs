@@ -42,6 +42,17 @@ fn packaged_files(major: u32) -> Vec<String> {
     files
 }
 
+/// The extension's version in the database `client` is connected to.
+fn extversion(client: &mut postgres::Client) -> String {
+    client
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'pg_token_cleanup'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
 /// Every pg_token_cleanup file in the server's library and extension directories.
 fn installed_files() -> Vec<PathBuf> {
     [
@@ -106,14 +117,7 @@ fn the_deb_installs_runs_a_rule_and_removes_cleanly() {
     {
         let cluster = Cluster::start("package", &[]);
         let mut db = cluster.database_with_extension("app");
-        let installed: String = db
-            .query_one(
-                "SELECT extversion FROM pg_extension WHERE extname = 'pg_token_cleanup'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        assert_eq!(installed, version);
+        assert_eq!(extversion(&mut db), version);
         crate::common::expiring_tokens(&mut db, "public.tokens", 100, 20);
         crate::common::add_rule(
             &mut db,
@@ -225,15 +229,7 @@ fn a_package_unpacked_into_its_version_s_server_installs_runs_and_updates() {
 
     let cluster = Cluster::start("package_unpacked", &[]);
     let mut db = cluster.database_with_extension("app");
-    assert_eq!(
-        db.query_one(
-            "SELECT extversion FROM pg_extension WHERE extname = 'pg_token_cleanup'",
-            &[]
-        )
-        .unwrap()
-        .get::<_, String>(0),
-        version
-    );
+    assert_eq!(extversion(&mut db), version);
     crate::common::expiring_tokens(&mut db, "public.tokens", 100, 20);
     db.batch_execute(
         "SELECT token_cleanup.expire('public.tokens', 'expires_at', schedule => '* * * * * *')",
@@ -256,15 +252,7 @@ fn a_package_unpacked_into_its_version_s_server_installs_runs_and_updates() {
     };
     old.batch_execute("CREATE EXTENSION pg_token_cleanup VERSION '0.6.0'; ALTER EXTENSION pg_token_cleanup UPDATE")
         .unwrap();
-    assert_eq!(
-        old.query_one(
-            "SELECT extversion FROM pg_extension WHERE extname = 'pg_token_cleanup'",
-            &[]
-        )
-        .unwrap()
-        .get::<_, String>(0),
-        version
-    );
+    assert_eq!(extversion(&mut old), version);
     // The update brought this version's SQL functions.
     assert_eq!(
         count(

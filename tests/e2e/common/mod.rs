@@ -174,7 +174,8 @@ fn as_postgres(path: &std::path::Path) -> Command {
     c
 }
 
-fn free_port() -> u16 {
+/// A TCP port on localhost that nothing listens on now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
