@@ -7,6 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=$PWD/target/migration_tools
+mkdir -p target
+# The tests that need the tools run side by side: one installs, the others wait for it.
+exec 9>"$PWD/target/migration_tools.lock"
+flock 9
 if [ ! -f "$dir/done" ]; then
     rm -rf "$dir" && mkdir -p "$dir"
     python3 -m venv "$dir/venv" >&2
