@@ -41,7 +41,8 @@
 //! - ground: [`schedule`] (cron text → fire times, pure Rust), [`clock`] (time behind an
 //!   interface), [`errors`], [`gucs`] (settings), [`pgtime`] (PostgreSQL's timestamps).
 //!
-//! `sql/`: tables, views, policies and the upgrade scripts.
+//! `sql/`: tables, views, policies, the SQL functions that write rules (`sql/api.sql`), comments,
+//! and the upgrade scripts.
 
 use pgrx::prelude::*;
 
