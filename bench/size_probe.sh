@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 source scripts/cluster.sh
 cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null 2>&1
 DIR=/tmp/pg_token_cleanup_size_probe; PORT=54361
-start_cluster "$DIR" "$PORT" "pg_token_cleanup.enabled = off" "max_wal_size = 1GB" "autovacuum = off"
+# SETTINGS: more postgresql.conf lines, e.g. SETTINGS="max_wal_size = 16GB" (no checkpoint mid-purge).
+start_cluster "$DIR" "$PORT" "pg_token_cleanup.enabled = off" "autovacuum = off" ${SETTINGS:+"$SETTINGS"}
 trap 'stop_cluster "$DIR"' EXIT
 q() { psql_at "$PORT" -d postgres -Atq "$@"; }
 q -c "CREATE EXTENSION pg_token_cleanup"
