@@ -1,5 +1,5 @@
 -- The function API for rules: add_rule(), alter_rule(), remove_rule(), expire(), apply_rules() and
--- export_rules(), and the errors view. Each function writes the rules table with an ordinary
+-- export_rules(). Each function writes the rules table with an ordinary
 -- INSERT, UPDATE or delete_rule(), so the rules trigger validates what they write exactly as it
 -- validates a user's own INSERT or UPDATE: one validation, the same errors.
 --
@@ -41,11 +41,11 @@ $$;
 
 -- A declared rule made whole: every column a rule sets, as declared or else its default, each value
 -- read as the column's type and written back as JSON (so '1 hour' and '01:00:00' are one value).
--- Refuses what is not a rule's column, naming it.
-CREATE FUNCTION token_cleanup.rule_declared(declared jsonb) RETURNS jsonb
+-- Refuses what is not a rule's column, naming it. `defaults` is what rule_defaults() returns, read
+-- once by the caller (a list of rules is checked against one reading).
+CREATE FUNCTION token_cleanup.rule_declared(declared jsonb, defaults jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    defaults jsonb := token_cleanup.rule_defaults();
     rule_name text := declared OPERATOR(pg_catalog.->>) 'name';
     unknown text;
     typed token_cleanup.rules;
@@ -161,7 +161,7 @@ DECLARE
         'archive_table', add_rule.archive_table, 'max_rows_per_run', add_rule.max_rows_per_run,
         'max_fraction', add_rule.max_fraction, 'drop_partitions', add_rule.drop_partitions,
         'max_replica_lag', add_rule.max_replica_lag, 'max_wal_rate', add_rule.max_wal_rate,
-        'yield_to_waiters', add_rule.yield_to_waiters));
+        'yield_to_waiters', add_rule.yield_to_waiters), token_cleanup.rule_defaults());
     stored token_cleanup.rules;
     differing text[];
 BEGIN
@@ -241,7 +241,8 @@ BEGIN
              OPERATOR(pg_catalog.-) 'created_at'::text OPERATOR(pg_catalog.-) 'updated_at'::text)
         OPERATOR(pg_catalog.||) given
         OPERATOR(pg_catalog.||) (SELECT coalesce(pg_catalog.jsonb_object_agg(c, defaults OPERATOR(pg_catalog.->) c), '{}')
-                                   FROM pg_catalog.unnest(clear) c));
+                                   FROM pg_catalog.unnest(clear) c),
+        defaults);
     differing := token_cleanup.rule_differences(declared, stored);
     IF differing OPERATOR(pg_catalog.<>) '{}' THEN
         PERFORM token_cleanup.rule_write(declared, differing, stored.id);
@@ -319,14 +320,16 @@ $$;
 -- apply_rules(export_rules()) changes nothing.
 CREATE FUNCTION token_cleanup.export_rules() RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+WITH d AS MATERIALIZED (SELECT token_cleanup.rule_defaults() AS defaults)
 SELECT coalesce(pg_catalog.jsonb_agg(declared.rule ORDER BY r.name), '[]')
   FROM token_cleanup.rules r
+ CROSS JOIN d
  CROSS JOIN LATERAL (
        SELECT pg_catalog.jsonb_object_agg(c.key, c.value) AS rule
          FROM pg_catalog.jsonb_each(pg_catalog.to_jsonb(r)) c
         WHERE c.key NOT IN ('id', 'created_at', 'updated_at', 'owner')
-          AND c.value IS DISTINCT FROM token_cleanup.rule_defaults() OPERATOR(pg_catalog.->) c.key) declared
- WHERE r.owner OPERATOR(pg_catalog.=) CURRENT_USER
+          AND c.value IS DISTINCT FROM d.defaults -> c.key) declared
+ WHERE r.owner = CURRENT_USER
 $$;
 
 -- Makes the caller's rules match the declared list (a JSON array as export_rules() writes it), in
@@ -336,6 +339,7 @@ $$;
 CREATE FUNCTION token_cleanup.apply_rules(rules jsonb, prune boolean DEFAULT false)
 RETURNS TABLE (rule text, action text, columns text[]) LANGUAGE plpgsql AS $$
 DECLARE
+    defaults jsonb := token_cleanup.rule_defaults();
     item jsonb;
     declared jsonb;
     stored token_cleanup.rules;
@@ -360,7 +364,7 @@ BEGIN
                       HINT = 'Leave owner out (it is the caller), or apply that role''s rules as that role.';
         END IF;
         declared := token_cleanup.rule_declared(item OPERATOR(pg_catalog.||)
-                                                pg_catalog.jsonb_build_object('owner', CURRENT_USER));
+                                                pg_catalog.jsonb_build_object('owner', CURRENT_USER), defaults);
         rule := declared OPERATOR(pg_catalog.->>) 'name';
         SELECT * INTO stored FROM token_cleanup.rules r WHERE r.name OPERATOR(pg_catalog.=) apply_rules.rule;
         IF stored.id IS NULL THEN
@@ -399,27 +403,3 @@ BEGIN
     END IF;
 END
 $$;
-
--- Failed and refused runs, newest first when ordered by started_at: what went wrong, with the
--- rule's current count of consecutive failures. Each role sees its own rules' runs (see the views in
--- finish.sql on who sees which rows).
-CREATE VIEW token_cleanup.errors AS
-SELECT h.id        AS run_id,
-       h.rule_name AS rule,
-       h.rule_id,
-       h.owner,
-       h.trigger,
-       h.status,
-       h.started_at,
-       h.finished_at,
-       h.sqlstate,
-       h.error        AS message,
-       h.error_detail AS detail,
-       h.error_hint   AS hint,
-       coalesce(t.consecutive_failures, 0) AS consecutive_failures
-  FROM token_cleanup.runs h
-  LEFT JOIN token_cleanup.rule_totals t ON t.rule_id = h.rule_id
- WHERE h.status IN ('failed', 'refused')
-   AND (h.owner = CURRENT_USER OR (SELECT a.rolsuper OR a.rolbypassrls FROM pg_catalog.pg_roles a WHERE a.rolname = CURRENT_USER));
-
-GRANT SELECT ON token_cleanup.errors TO PUBLIC;

@@ -73,9 +73,14 @@ GRANT SELECT ON token_cleanup.progress TO PUBLIC;
 -- are: a name, labels, a value (see docs/monitoring.md).
 CREATE VIEW token_cleanup.metrics AS
 WITH sees_all AS (SELECT a.rolsuper OR a.rolbypassrls AS yes FROM pg_catalog.pg_roles a WHERE a.rolname = CURRENT_USER),
-     visible_totals AS (SELECT * FROM token_cleanup.rule_totals t WHERE t.owner = CURRENT_USER OR (SELECT yes FROM sees_all)),
-     visible_rules AS (SELECT * FROM token_cleanup.rules r WHERE r.owner = CURRENT_USER OR (SELECT yes FROM sees_all)),
-     visible_running AS (SELECT * FROM token_cleanup.runs h WHERE h.status = 'running'
+     -- Columns named, not *: a view expands * when it is created, so an upgrade that adds a column
+     -- would leave it unlike a fresh install's.
+     visible_totals AS (SELECT t.rule_name, t.owner, t.succeeded, t.failed, t.interrupted, t.stopped,
+                               t.refused, t.rows_deleted, t.run_time, t.consecutive_failures, t.last_success_at
+                          FROM token_cleanup.rule_totals t WHERE t.owner = CURRENT_USER OR (SELECT yes FROM sees_all)),
+     visible_rules AS (SELECT r.name, r.owner, r.enabled
+                         FROM token_cleanup.rules r WHERE r.owner = CURRENT_USER OR (SELECT yes FROM sees_all)),
+     visible_running AS (SELECT h.id FROM token_cleanup.runs h WHERE h.status = 'running'
                     AND (h.owner = CURRENT_USER OR (SELECT yes FROM sees_all)))
 SELECT 'pg_token_cleanup_runs_total'::text AS metric,
        pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner, 'status', s.status) AS labels,
@@ -252,71 +257,8 @@ ALTER VIEW token_cleanup.metrics SET (security_barrier = true);
 ALTER VIEW token_cleanup.errors SET (security_barrier = true);
 ALTER VIEW token_cleanup.prometheus SET (security_barrier = true);
 
--- What \d+ and \df+ say: every table, column, view, view column, function and procedure.
-COMMENT ON COLUMN token_cleanup.rules.id IS 'Assigned; never reused (run history and lifetime counters refer to it)';
-COMMENT ON COLUMN token_cleanup.rules.name IS 'Unique in the database; how every function names the rule';
-COMMENT ON COLUMN token_cleanup.rules.table_name IS 'The table rows are deleted from; stored schema-qualified';
-COMMENT ON COLUMN token_cleanup.rules.condition IS 'One SQL expression over the table''s columns: rows where it is true are deleted';
-COMMENT ON COLUMN token_cleanup.rules.schedule IS 'Cron schedule: 5 fields, 6 with seconds first, 7 with a year, or @hourly, @daily, @weekly, @monthly, @yearly';
-COMMENT ON COLUMN token_cleanup.rules.batch_size IS 'Most rows deleted per batch (one transaction); NULL: pg_token_cleanup.batch_size';
-COMMENT ON COLUMN token_cleanup.rules.enabled IS 'False: never scheduled (token_cleanup.run() still runs it)';
-COMMENT ON COLUMN token_cleanup.rules.owner IS 'The role the deletes run as; defaults to the role that writes the rule';
-COMMENT ON COLUMN token_cleanup.rules.lock_timeout IS 'How long a batch waits for a lock; NULL: pg_token_cleanup.lock_timeout';
-COMMENT ON COLUMN token_cleanup.rules.statement_timeout IS 'Longest statement of a batch; NULL: pg_token_cleanup.statement_timeout';
-COMMENT ON COLUMN token_cleanup.rules.max_rows_per_second IS 'Pace of deletes; NULL: pg_token_cleanup.max_rows_per_second; 0: no limit';
-COMMENT ON COLUMN token_cleanup.rules.created_at IS 'When the rule was created';
-COMMENT ON COLUMN token_cleanup.rules.updated_at IS 'When the rule was last changed';
-COMMENT ON COLUMN token_cleanup.rules.max_run_duration IS 'A run stops between batches after this long; NULL: no limit';
-COMMENT ON COLUMN token_cleanup.rules.timezone IS 'Time zone the schedule is read in; NULL: pg_token_cleanup.timezone';
-COMMENT ON COLUMN token_cleanup.rules.archive_table IS 'Rows are moved here instead of deleted (same columns); NULL: none';
-COMMENT ON COLUMN token_cleanup.rules.max_rows_per_run IS 'A run that would delete more rows is refused; NULL: no limit';
-COMMENT ON COLUMN token_cleanup.rules.max_fraction IS 'A run that would delete more than this fraction of live rows is refused; NULL: pg_token_cleanup.max_fraction';
-COMMENT ON COLUMN token_cleanup.rules.drop_partitions IS 'never | detach | drop: what a run does with a partition whose every row matches';
-COMMENT ON COLUMN token_cleanup.rules.max_replica_lag IS 'Pause while a streaming replica is further behind; NULL: the setting; 0: off';
-COMMENT ON COLUMN token_cleanup.rules.max_wal_rate IS 'Pause while WAL is written faster than this many MB/s; NULL: the setting; 0: off';
-COMMENT ON COLUMN token_cleanup.rules.yield_to_waiters IS 'Pause while other sessions wait on the table; NULL: the setting';
-
-COMMENT ON COLUMN token_cleanup.runs.id IS 'The run''s id, as run() returns it';
-COMMENT ON COLUMN token_cleanup.runs.rule_id IS 'The rule''s id (kept after the rule is deleted)';
-COMMENT ON COLUMN token_cleanup.runs.rule_name IS 'The rule''s name when it ran';
-COMMENT ON COLUMN token_cleanup.runs.owner IS 'The role the run deleted as';
-COMMENT ON COLUMN token_cleanup.runs.trigger IS 'schedule | manual (token_cleanup.run()) | retry';
-COMMENT ON COLUMN token_cleanup.runs.status IS 'running | succeeded | failed | interrupted | stopped | refused';
-COMMENT ON COLUMN token_cleanup.runs.scheduled_for IS 'The fire time a scheduled run was for';
-COMMENT ON COLUMN token_cleanup.runs.started_at IS 'When the run started';
-COMMENT ON COLUMN token_cleanup.runs.finished_at IS 'When the run ended; NULL while running';
-COMMENT ON COLUMN token_cleanup.runs.rows_deleted IS 'Rows deleted (or moved to the archive) in committed batches';
-COMMENT ON COLUMN token_cleanup.runs.batches IS 'Batches committed';
-COMMENT ON COLUMN token_cleanup.runs.longest_batch_ms IS 'Longest batch, start to commit, in milliseconds';
-COMMENT ON COLUMN token_cleanup.runs.method IS 'How rows were found: table walk | index | per shard';
-COMMENT ON COLUMN token_cleanup.runs.error IS 'The error''s message, for a run that did not succeed';
-COMMENT ON COLUMN token_cleanup.runs.pid IS 'Process id of the worker that ran it';
-COMMENT ON COLUMN token_cleanup.runs.sqlstate IS 'The error''s SQLSTATE';
-COMMENT ON COLUMN token_cleanup.runs.error_detail IS 'The error''s DETAIL';
-COMMENT ON COLUMN token_cleanup.runs.error_hint IS 'The error''s HINT: what to do about it';
-COMMENT ON COLUMN token_cleanup.runs.partitions IS 'Partitioned tables: rows and action per leaf partition';
-COMMENT ON COLUMN token_cleanup.runs.partitions_dropped IS 'Leaf partitions dropped or detached whole';
-COMMENT ON COLUMN token_cleanup.runs.start_delay IS 'How late a scheduled run started after its fire time';
-COMMENT ON COLUMN token_cleanup.runs.paused IS 'Time spent paused by pacing';
-COMMENT ON COLUMN token_cleanup.runs.pause_reasons IS 'Seconds paused per reason: replica_lag, wal_rate, waiters';
-
-COMMENT ON COLUMN token_cleanup.rule_totals.rule_id IS 'The rule''s id';
-COMMENT ON COLUMN token_cleanup.rule_totals.rule_name IS 'The rule''s name at its last run';
-COMMENT ON COLUMN token_cleanup.rule_totals.owner IS 'The rule''s owner at its last run';
-COMMENT ON COLUMN token_cleanup.rule_totals.runs IS 'Runs ended';
-COMMENT ON COLUMN token_cleanup.rule_totals.succeeded IS 'Runs that succeeded';
-COMMENT ON COLUMN token_cleanup.rule_totals.failed IS 'Runs that failed';
-COMMENT ON COLUMN token_cleanup.rule_totals.interrupted IS 'Runs interrupted (shutdown, terminate, crash)';
-COMMENT ON COLUMN token_cleanup.rule_totals.stopped IS 'Runs stopped (max_run_duration, rule changed, stop asked)';
-COMMENT ON COLUMN token_cleanup.rule_totals.refused IS 'Runs refused by a blast-radius limit or a missing privilege';
-COMMENT ON COLUMN token_cleanup.rule_totals.rows_deleted IS 'Rows deleted over all runs';
-COMMENT ON COLUMN token_cleanup.rule_totals.run_time IS 'Time spent in runs';
-COMMENT ON COLUMN token_cleanup.rule_totals.longest_run IS 'Longest run';
-COMMENT ON COLUMN token_cleanup.rule_totals.longest_batch_ms IS 'Longest batch, in milliseconds';
-COMMENT ON COLUMN token_cleanup.rule_totals.last_success_at IS 'When the last successful run ended';
-COMMENT ON COLUMN token_cleanup.rule_totals.last_failure_at IS 'When the last failed run ended';
-COMMENT ON COLUMN token_cleanup.rule_totals.consecutive_failures IS 'Failed runs since the last success';
-
+-- What \d+ and \df+ say of the views, functions and procedures (the tables and the errors view:
+-- schema.sql).
 COMMENT ON VIEW token_cleanup.rule_stats IS 'Per rule: its last run, next fire time and lifetime totals';
 COMMENT ON COLUMN token_cleanup.rule_stats.rule_id IS 'The rule''s id';
 COMMENT ON COLUMN token_cleanup.rule_stats.rule IS 'The rule''s name';
@@ -359,21 +301,6 @@ COMMENT ON COLUMN token_cleanup.metrics.metric IS 'Metric name';
 COMMENT ON COLUMN token_cleanup.metrics.labels IS 'Labels as a JSON object: rule, owner, status';
 COMMENT ON COLUMN token_cleanup.metrics.value IS 'The value';
 
-COMMENT ON VIEW token_cleanup.errors IS 'Failed and refused runs: what went wrong, with SQLSTATE, detail and hint';
-COMMENT ON COLUMN token_cleanup.errors.run_id IS 'The run''s id';
-COMMENT ON COLUMN token_cleanup.errors.rule IS 'The rule''s name when it ran';
-COMMENT ON COLUMN token_cleanup.errors.rule_id IS 'The rule''s id';
-COMMENT ON COLUMN token_cleanup.errors.owner IS 'The role the run deleted as';
-COMMENT ON COLUMN token_cleanup.errors.trigger IS 'schedule | manual | retry';
-COMMENT ON COLUMN token_cleanup.errors.status IS 'failed | refused';
-COMMENT ON COLUMN token_cleanup.errors.started_at IS 'When the run started';
-COMMENT ON COLUMN token_cleanup.errors.finished_at IS 'When the run ended';
-COMMENT ON COLUMN token_cleanup.errors.sqlstate IS 'The error''s SQLSTATE';
-COMMENT ON COLUMN token_cleanup.errors.message IS 'The error''s message';
-COMMENT ON COLUMN token_cleanup.errors.detail IS 'The error''s DETAIL';
-COMMENT ON COLUMN token_cleanup.errors.hint IS 'The error''s HINT: what to do about it';
-COMMENT ON COLUMN token_cleanup.errors.consecutive_failures IS 'The rule''s failed runs since its last success, now';
-
 COMMENT ON VIEW token_cleanup.prometheus IS 'Metrics for Prometheus, one row per series: name, labels (rule, table, owner, status, reason), value';
 COMMENT ON COLUMN token_cleanup.prometheus.metric IS 'Metric name (counters end in _total)';
 COMMENT ON COLUMN token_cleanup.prometheus.rule IS 'Label rule: the rule''s name (empty for server-wide series)';
@@ -382,11 +309,6 @@ COMMENT ON COLUMN token_cleanup.prometheus.owner IS 'Label owner: the role the r
 COMMENT ON COLUMN token_cleanup.prometheus.status IS 'Label status of pg_token_cleanup_runs_total';
 COMMENT ON COLUMN token_cleanup.prometheus.reason IS 'Label reason of pg_token_cleanup_paused_seconds_total';
 COMMENT ON COLUMN token_cleanup.prometheus.value IS 'The value';
-COMMENT ON COLUMN token_cleanup.runs.estimated_rows IS 'The planner''s estimate of matching rows when the run planned';
-COMMENT ON COLUMN token_cleanup.rule_totals.batches IS 'Batches committed over all runs';
-COMMENT ON COLUMN token_cleanup.rule_totals.pause_seconds IS 'Seconds paused per reason over all runs: replica_lag, wal_rate, waiters';
-COMMENT ON COLUMN token_cleanup.rule_totals.backlog_rows IS 'Rows matching when the last run started: what it deleted if it succeeded, else its estimated_rows';
-COMMENT ON COLUMN token_cleanup.rule_totals.backlog_at IS 'When that run started';
 COMMENT ON FUNCTION token_cleanup.worker_budget IS 'Worker slots held now in the cluster, pg_token_cleanup.max_workers, and how many wait for a slot';
 COMMENT ON FUNCTION token_cleanup.add_rule IS 'Creates a rule (every rules column a named parameter) and returns its id; if_not_exists leaves an existing one as it is';
 COMMENT ON FUNCTION token_cleanup.alter_rule IS 'Changes the named parameters of a rule; new_name renames it, clear lists columns set back to their defaults';

@@ -6,7 +6,7 @@
 \echo Use "ALTER EXTENSION pg_token_cleanup UPDATE" to load this file. \quit
 
 -- Counters for monitoring: each run records the planner's estimate of its matching rows, and the
--- lifetime totals keep batches, seconds paused per reason and the last estimate (the backlog).
+-- lifetime totals keep batches, seconds paused per reason and the last backlog.
 ALTER TABLE token_cleanup.runs ADD COLUMN estimated_rows bigint;
 ALTER TABLE token_cleanup.rule_totals
     ADD COLUMN batches bigint NOT NULL DEFAULT 0,
@@ -14,13 +14,18 @@ ALTER TABLE token_cleanup.rule_totals
     ADD COLUMN backlog_rows bigint,
     ADD COLUMN backlog_at timestamptz;
 
--- The metrics view reads its tables with *, which a view expands when it is created: made again,
--- so that it reads the new columns as a fresh install's does (its output is the same).
+-- The metrics view names its columns now (it read its tables with *, which a view expands when it
+-- is created); its output is the same.
 CREATE OR REPLACE VIEW token_cleanup.metrics AS
 WITH sees_all AS (SELECT a.rolsuper OR a.rolbypassrls AS yes FROM pg_catalog.pg_roles a WHERE a.rolname = CURRENT_USER),
-     visible_totals AS (SELECT * FROM token_cleanup.rule_totals t WHERE t.owner = CURRENT_USER OR (SELECT yes FROM sees_all)),
-     visible_rules AS (SELECT * FROM token_cleanup.rules r WHERE r.owner = CURRENT_USER OR (SELECT yes FROM sees_all)),
-     visible_running AS (SELECT * FROM token_cleanup.runs h WHERE h.status = 'running'
+     -- Columns named, not *: a view expands * when it is created, so an upgrade that adds a column
+     -- would leave it unlike a fresh install's.
+     visible_totals AS (SELECT t.rule_name, t.owner, t.succeeded, t.failed, t.interrupted, t.stopped,
+                               t.refused, t.rows_deleted, t.run_time, t.consecutive_failures, t.last_success_at
+                          FROM token_cleanup.rule_totals t WHERE t.owner = CURRENT_USER OR (SELECT yes FROM sees_all)),
+     visible_rules AS (SELECT r.name, r.owner, r.enabled
+                         FROM token_cleanup.rules r WHERE r.owner = CURRENT_USER OR (SELECT yes FROM sees_all)),
+     visible_running AS (SELECT h.id FROM token_cleanup.runs h WHERE h.status = 'running'
                     AND (h.owner = CURRENT_USER OR (SELECT yes FROM sees_all)))
 SELECT 'pg_token_cleanup_runs_total'::text AS metric,
        pg_catalog.jsonb_build_object('rule', t.rule_name, 'owner', t.owner, 'status', s.status) AS labels,
@@ -81,7 +86,7 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'worker_budget_wrapper';
 
 -- The function API for rules (add_rule, alter_rule, remove_rule, expire, apply_rules,
--- export_rules and their helpers) and the errors view: sql/api.sql, as a fresh install has it.
+-- export_rules and their helpers): sql/api.sql, as a fresh install has it.
 -- The columns a rule sets, each with its default (JSON null for none), read from the catalog.
 CREATE FUNCTION token_cleanup.rule_defaults() RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -109,11 +114,11 @@ $$;
 
 -- A declared rule made whole: every column a rule sets, as declared or else its default, each value
 -- read as the column's type and written back as JSON (so '1 hour' and '01:00:00' are one value).
--- Refuses what is not a rule's column, naming it.
-CREATE FUNCTION token_cleanup.rule_declared(declared jsonb) RETURNS jsonb
+-- Refuses what is not a rule's column, naming it. `defaults` is what rule_defaults() returns, read
+-- once by the caller (a list of rules is checked against one reading).
+CREATE FUNCTION token_cleanup.rule_declared(declared jsonb, defaults jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    defaults jsonb := token_cleanup.rule_defaults();
     rule_name text := declared OPERATOR(pg_catalog.->>) 'name';
     unknown text;
     typed token_cleanup.rules;
@@ -229,7 +234,7 @@ DECLARE
         'archive_table', add_rule.archive_table, 'max_rows_per_run', add_rule.max_rows_per_run,
         'max_fraction', add_rule.max_fraction, 'drop_partitions', add_rule.drop_partitions,
         'max_replica_lag', add_rule.max_replica_lag, 'max_wal_rate', add_rule.max_wal_rate,
-        'yield_to_waiters', add_rule.yield_to_waiters));
+        'yield_to_waiters', add_rule.yield_to_waiters), token_cleanup.rule_defaults());
     stored token_cleanup.rules;
     differing text[];
 BEGIN
@@ -309,7 +314,8 @@ BEGIN
              OPERATOR(pg_catalog.-) 'created_at'::text OPERATOR(pg_catalog.-) 'updated_at'::text)
         OPERATOR(pg_catalog.||) given
         OPERATOR(pg_catalog.||) (SELECT coalesce(pg_catalog.jsonb_object_agg(c, defaults OPERATOR(pg_catalog.->) c), '{}')
-                                   FROM pg_catalog.unnest(clear) c));
+                                   FROM pg_catalog.unnest(clear) c),
+        defaults);
     differing := token_cleanup.rule_differences(declared, stored);
     IF differing OPERATOR(pg_catalog.<>) '{}' THEN
         PERFORM token_cleanup.rule_write(declared, differing, stored.id);
@@ -387,14 +393,16 @@ $$;
 -- apply_rules(export_rules()) changes nothing.
 CREATE FUNCTION token_cleanup.export_rules() RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+WITH d AS MATERIALIZED (SELECT token_cleanup.rule_defaults() AS defaults)
 SELECT coalesce(pg_catalog.jsonb_agg(declared.rule ORDER BY r.name), '[]')
   FROM token_cleanup.rules r
+ CROSS JOIN d
  CROSS JOIN LATERAL (
        SELECT pg_catalog.jsonb_object_agg(c.key, c.value) AS rule
          FROM pg_catalog.jsonb_each(pg_catalog.to_jsonb(r)) c
         WHERE c.key NOT IN ('id', 'created_at', 'updated_at', 'owner')
-          AND c.value IS DISTINCT FROM token_cleanup.rule_defaults() OPERATOR(pg_catalog.->) c.key) declared
- WHERE r.owner OPERATOR(pg_catalog.=) CURRENT_USER
+          AND c.value IS DISTINCT FROM d.defaults -> c.key) declared
+ WHERE r.owner = CURRENT_USER
 $$;
 
 -- Makes the caller's rules match the declared list (a JSON array as export_rules() writes it), in
@@ -404,6 +412,7 @@ $$;
 CREATE FUNCTION token_cleanup.apply_rules(rules jsonb, prune boolean DEFAULT false)
 RETURNS TABLE (rule text, action text, columns text[]) LANGUAGE plpgsql AS $$
 DECLARE
+    defaults jsonb := token_cleanup.rule_defaults();
     item jsonb;
     declared jsonb;
     stored token_cleanup.rules;
@@ -428,7 +437,7 @@ BEGIN
                       HINT = 'Leave owner out (it is the caller), or apply that role''s rules as that role.';
         END IF;
         declared := token_cleanup.rule_declared(item OPERATOR(pg_catalog.||)
-                                                pg_catalog.jsonb_build_object('owner', CURRENT_USER));
+                                                pg_catalog.jsonb_build_object('owner', CURRENT_USER), defaults);
         rule := declared OPERATOR(pg_catalog.->>) 'name';
         SELECT * INTO stored FROM token_cleanup.rules r WHERE r.name OPERATOR(pg_catalog.=) apply_rules.rule;
         IF stored.id IS NULL THEN
@@ -563,7 +572,22 @@ END
 $$;
 ALTER VIEW token_cleanup.errors SET (security_barrier = true);
 ALTER VIEW token_cleanup.prometheus SET (security_barrier = true);
--- What \d+ and \df+ say: every table, column, view, view column, function and procedure.
+
+-- What \d+ and \df+ say: every column, view and function has a comment (schema.sql, finish.sql).
+COMMENT ON VIEW token_cleanup.errors IS 'Failed and refused runs: what went wrong, with SQLSTATE, detail and hint';
+COMMENT ON COLUMN token_cleanup.errors.run_id IS 'The run''s id';
+COMMENT ON COLUMN token_cleanup.errors.rule IS 'The rule''s name when it ran';
+COMMENT ON COLUMN token_cleanup.errors.rule_id IS 'The rule''s id';
+COMMENT ON COLUMN token_cleanup.errors.owner IS 'The role the run deleted as';
+COMMENT ON COLUMN token_cleanup.errors.trigger IS 'schedule | manual | retry';
+COMMENT ON COLUMN token_cleanup.errors.status IS 'failed | refused';
+COMMENT ON COLUMN token_cleanup.errors.started_at IS 'When the run started';
+COMMENT ON COLUMN token_cleanup.errors.finished_at IS 'When the run ended';
+COMMENT ON COLUMN token_cleanup.errors.sqlstate IS 'The error''s SQLSTATE';
+COMMENT ON COLUMN token_cleanup.errors.message IS 'The error''s message';
+COMMENT ON COLUMN token_cleanup.errors.detail IS 'The error''s DETAIL';
+COMMENT ON COLUMN token_cleanup.errors.hint IS 'The error''s HINT: what to do about it';
+COMMENT ON COLUMN token_cleanup.errors.consecutive_failures IS 'The rule''s failed runs since its last success, now';
 COMMENT ON COLUMN token_cleanup.rules.id IS 'Assigned; never reused (run history and lifetime counters refer to it)';
 COMMENT ON COLUMN token_cleanup.rules.name IS 'Unique in the database; how every function names the rule';
 COMMENT ON COLUMN token_cleanup.rules.table_name IS 'The table rows are deleted from; stored schema-qualified';
@@ -586,7 +610,6 @@ COMMENT ON COLUMN token_cleanup.rules.drop_partitions IS 'never | detach | drop:
 COMMENT ON COLUMN token_cleanup.rules.max_replica_lag IS 'Pause while a streaming replica is further behind; NULL: the setting; 0: off';
 COMMENT ON COLUMN token_cleanup.rules.max_wal_rate IS 'Pause while WAL is written faster than this many MB/s; NULL: the setting; 0: off';
 COMMENT ON COLUMN token_cleanup.rules.yield_to_waiters IS 'Pause while other sessions wait on the table; NULL: the setting';
-
 COMMENT ON COLUMN token_cleanup.runs.id IS 'The run''s id, as run() returns it';
 COMMENT ON COLUMN token_cleanup.runs.rule_id IS 'The rule''s id (kept after the rule is deleted)';
 COMMENT ON COLUMN token_cleanup.runs.rule_name IS 'The rule''s name when it ran';
@@ -610,7 +633,7 @@ COMMENT ON COLUMN token_cleanup.runs.partitions_dropped IS 'Leaf partitions drop
 COMMENT ON COLUMN token_cleanup.runs.start_delay IS 'How late a scheduled run started after its fire time';
 COMMENT ON COLUMN token_cleanup.runs.paused IS 'Time spent paused by pacing';
 COMMENT ON COLUMN token_cleanup.runs.pause_reasons IS 'Seconds paused per reason: replica_lag, wal_rate, waiters';
-
+COMMENT ON COLUMN token_cleanup.runs.estimated_rows IS 'The planner''s estimate of matching rows when the run planned';
 COMMENT ON COLUMN token_cleanup.rule_totals.rule_id IS 'The rule''s id';
 COMMENT ON COLUMN token_cleanup.rule_totals.rule_name IS 'The rule''s name at its last run';
 COMMENT ON COLUMN token_cleanup.rule_totals.owner IS 'The rule''s owner at its last run';
@@ -627,7 +650,10 @@ COMMENT ON COLUMN token_cleanup.rule_totals.longest_batch_ms IS 'Longest batch, 
 COMMENT ON COLUMN token_cleanup.rule_totals.last_success_at IS 'When the last successful run ended';
 COMMENT ON COLUMN token_cleanup.rule_totals.last_failure_at IS 'When the last failed run ended';
 COMMENT ON COLUMN token_cleanup.rule_totals.consecutive_failures IS 'Failed runs since the last success';
-
+COMMENT ON COLUMN token_cleanup.rule_totals.batches IS 'Batches committed over all runs';
+COMMENT ON COLUMN token_cleanup.rule_totals.pause_seconds IS 'Seconds paused per reason over all runs: replica_lag, wal_rate, waiters';
+COMMENT ON COLUMN token_cleanup.rule_totals.backlog_rows IS 'Rows matching when the last run started: what it deleted if it succeeded, else its estimated_rows';
+COMMENT ON COLUMN token_cleanup.rule_totals.backlog_at IS 'When that run started';
 COMMENT ON VIEW token_cleanup.rule_stats IS 'Per rule: its last run, next fire time and lifetime totals';
 COMMENT ON COLUMN token_cleanup.rule_stats.rule_id IS 'The rule''s id';
 COMMENT ON COLUMN token_cleanup.rule_stats.rule IS 'The rule''s name';
@@ -654,7 +680,6 @@ COMMENT ON COLUMN token_cleanup.rule_stats.max_duration IS 'Longest run';
 COMMENT ON COLUMN token_cleanup.rule_stats.longest_batch_ms IS 'Longest batch, in milliseconds';
 COMMENT ON COLUMN token_cleanup.rule_stats.last_success_at IS 'When the last successful run ended';
 COMMENT ON COLUMN token_cleanup.rule_stats.last_failure_at IS 'When the last failed run ended';
-
 COMMENT ON VIEW token_cleanup.progress IS 'One row per run going on, with what it has done so far';
 COMMENT ON COLUMN token_cleanup.progress.rule IS 'The rule''s name';
 COMMENT ON COLUMN token_cleanup.progress.run_id IS 'The run''s id';
@@ -664,27 +689,10 @@ COMMENT ON COLUMN token_cleanup.progress.started_at IS 'When the run started';
 COMMENT ON COLUMN token_cleanup.progress.batches IS 'Batches committed so far';
 COMMENT ON COLUMN token_cleanup.progress.rows_deleted IS 'Rows deleted so far';
 COMMENT ON COLUMN token_cleanup.progress.rows_per_second IS 'Rows deleted per second since the run started';
-
 COMMENT ON VIEW token_cleanup.metrics IS 'Metrics as name, labels, value, for postgres_exporter-style collectors';
 COMMENT ON COLUMN token_cleanup.metrics.metric IS 'Metric name';
 COMMENT ON COLUMN token_cleanup.metrics.labels IS 'Labels as a JSON object: rule, owner, status';
 COMMENT ON COLUMN token_cleanup.metrics.value IS 'The value';
-
-COMMENT ON VIEW token_cleanup.errors IS 'Failed and refused runs: what went wrong, with SQLSTATE, detail and hint';
-COMMENT ON COLUMN token_cleanup.errors.run_id IS 'The run''s id';
-COMMENT ON COLUMN token_cleanup.errors.rule IS 'The rule''s name when it ran';
-COMMENT ON COLUMN token_cleanup.errors.rule_id IS 'The rule''s id';
-COMMENT ON COLUMN token_cleanup.errors.owner IS 'The role the run deleted as';
-COMMENT ON COLUMN token_cleanup.errors.trigger IS 'schedule | manual | retry';
-COMMENT ON COLUMN token_cleanup.errors.status IS 'failed | refused';
-COMMENT ON COLUMN token_cleanup.errors.started_at IS 'When the run started';
-COMMENT ON COLUMN token_cleanup.errors.finished_at IS 'When the run ended';
-COMMENT ON COLUMN token_cleanup.errors.sqlstate IS 'The error''s SQLSTATE';
-COMMENT ON COLUMN token_cleanup.errors.message IS 'The error''s message';
-COMMENT ON COLUMN token_cleanup.errors.detail IS 'The error''s DETAIL';
-COMMENT ON COLUMN token_cleanup.errors.hint IS 'The error''s HINT: what to do about it';
-COMMENT ON COLUMN token_cleanup.errors.consecutive_failures IS 'The rule''s failed runs since its last success, now';
-
 COMMENT ON VIEW token_cleanup.prometheus IS 'Metrics for Prometheus, one row per series: name, labels (rule, table, owner, status, reason), value';
 COMMENT ON COLUMN token_cleanup.prometheus.metric IS 'Metric name (counters end in _total)';
 COMMENT ON COLUMN token_cleanup.prometheus.rule IS 'Label rule: the rule''s name (empty for server-wide series)';
@@ -693,11 +701,6 @@ COMMENT ON COLUMN token_cleanup.prometheus.owner IS 'Label owner: the role the r
 COMMENT ON COLUMN token_cleanup.prometheus.status IS 'Label status of pg_token_cleanup_runs_total';
 COMMENT ON COLUMN token_cleanup.prometheus.reason IS 'Label reason of pg_token_cleanup_paused_seconds_total';
 COMMENT ON COLUMN token_cleanup.prometheus.value IS 'The value';
-COMMENT ON COLUMN token_cleanup.runs.estimated_rows IS 'The planner''s estimate of matching rows when the run planned';
-COMMENT ON COLUMN token_cleanup.rule_totals.batches IS 'Batches committed over all runs';
-COMMENT ON COLUMN token_cleanup.rule_totals.pause_seconds IS 'Seconds paused per reason over all runs: replica_lag, wal_rate, waiters';
-COMMENT ON COLUMN token_cleanup.rule_totals.backlog_rows IS 'Rows matching when the last run started: what it deleted if it succeeded, else its estimated_rows';
-COMMENT ON COLUMN token_cleanup.rule_totals.backlog_at IS 'When that run started';
 COMMENT ON FUNCTION token_cleanup.worker_budget IS 'Worker slots held now in the cluster, pg_token_cleanup.max_workers, and how many wait for a slot';
 COMMENT ON FUNCTION token_cleanup.add_rule IS 'Creates a rule (every rules column a named parameter) and returns its id; if_not_exists leaves an existing one as it is';
 COMMENT ON FUNCTION token_cleanup.alter_rule IS 'Changes the named parameters of a rule; new_name renames it, clear lists columns set back to their defaults';

@@ -182,3 +182,112 @@ $$;
 
 CREATE TRIGGER rules_wake_scheduler AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON token_cleanup.rules
     FOR EACH STATEMENT EXECUTE FUNCTION token_cleanup.rules_after_change();
+
+-- Failed and refused runs, newest first when ordered by started_at: what went wrong, with the
+-- rule's current count of consecutive failures. Each role sees its own rules' runs (see the views in
+-- finish.sql on who sees which rows).
+CREATE VIEW token_cleanup.errors AS
+SELECT h.id        AS run_id,
+       h.rule_name AS rule,
+       h.rule_id,
+       h.owner,
+       h.trigger,
+       h.status,
+       h.started_at,
+       h.finished_at,
+       h.sqlstate,
+       h.error        AS message,
+       h.error_detail AS detail,
+       h.error_hint   AS hint,
+       coalesce(t.consecutive_failures, 0) AS consecutive_failures
+  FROM token_cleanup.runs h
+  LEFT JOIN token_cleanup.rule_totals t ON t.rule_id = h.rule_id
+ WHERE h.status IN ('failed', 'refused')
+   AND (h.owner = CURRENT_USER OR (SELECT a.rolsuper OR a.rolbypassrls FROM pg_catalog.pg_roles a WHERE a.rolname = CURRENT_USER));
+
+GRANT SELECT ON token_cleanup.errors TO PUBLIC;
+
+COMMENT ON VIEW token_cleanup.errors IS 'Failed and refused runs: what went wrong, with SQLSTATE, detail and hint';
+COMMENT ON COLUMN token_cleanup.errors.run_id IS 'The run''s id';
+COMMENT ON COLUMN token_cleanup.errors.rule IS 'The rule''s name when it ran';
+COMMENT ON COLUMN token_cleanup.errors.rule_id IS 'The rule''s id';
+COMMENT ON COLUMN token_cleanup.errors.owner IS 'The role the run deleted as';
+COMMENT ON COLUMN token_cleanup.errors.trigger IS 'schedule | manual | retry';
+COMMENT ON COLUMN token_cleanup.errors.status IS 'failed | refused';
+COMMENT ON COLUMN token_cleanup.errors.started_at IS 'When the run started';
+COMMENT ON COLUMN token_cleanup.errors.finished_at IS 'When the run ended';
+COMMENT ON COLUMN token_cleanup.errors.sqlstate IS 'The error''s SQLSTATE';
+COMMENT ON COLUMN token_cleanup.errors.message IS 'The error''s message';
+COMMENT ON COLUMN token_cleanup.errors.detail IS 'The error''s DETAIL';
+COMMENT ON COLUMN token_cleanup.errors.hint IS 'The error''s HINT: what to do about it';
+COMMENT ON COLUMN token_cleanup.errors.consecutive_failures IS 'The rule''s failed runs since its last success, now';
+
+-- What \d+ says of every table and column (finish.sql: of the views and functions).
+COMMENT ON COLUMN token_cleanup.rules.id IS 'Assigned; never reused (run history and lifetime counters refer to it)';
+COMMENT ON COLUMN token_cleanup.rules.name IS 'Unique in the database; how every function names the rule';
+COMMENT ON COLUMN token_cleanup.rules.table_name IS 'The table rows are deleted from; stored schema-qualified';
+COMMENT ON COLUMN token_cleanup.rules.condition IS 'One SQL expression over the table''s columns: rows where it is true are deleted';
+COMMENT ON COLUMN token_cleanup.rules.schedule IS 'Cron schedule: 5 fields, 6 with seconds first, 7 with a year, or @hourly, @daily, @weekly, @monthly, @yearly';
+COMMENT ON COLUMN token_cleanup.rules.batch_size IS 'Most rows deleted per batch (one transaction); NULL: pg_token_cleanup.batch_size';
+COMMENT ON COLUMN token_cleanup.rules.enabled IS 'False: never scheduled (token_cleanup.run() still runs it)';
+COMMENT ON COLUMN token_cleanup.rules.owner IS 'The role the deletes run as; defaults to the role that writes the rule';
+COMMENT ON COLUMN token_cleanup.rules.lock_timeout IS 'How long a batch waits for a lock; NULL: pg_token_cleanup.lock_timeout';
+COMMENT ON COLUMN token_cleanup.rules.statement_timeout IS 'Longest statement of a batch; NULL: pg_token_cleanup.statement_timeout';
+COMMENT ON COLUMN token_cleanup.rules.max_rows_per_second IS 'Pace of deletes; NULL: pg_token_cleanup.max_rows_per_second; 0: no limit';
+COMMENT ON COLUMN token_cleanup.rules.created_at IS 'When the rule was created';
+COMMENT ON COLUMN token_cleanup.rules.updated_at IS 'When the rule was last changed';
+COMMENT ON COLUMN token_cleanup.rules.max_run_duration IS 'A run stops between batches after this long; NULL: no limit';
+COMMENT ON COLUMN token_cleanup.rules.timezone IS 'Time zone the schedule is read in; NULL: pg_token_cleanup.timezone';
+COMMENT ON COLUMN token_cleanup.rules.archive_table IS 'Rows are moved here instead of deleted (same columns); NULL: none';
+COMMENT ON COLUMN token_cleanup.rules.max_rows_per_run IS 'A run that would delete more rows is refused; NULL: no limit';
+COMMENT ON COLUMN token_cleanup.rules.max_fraction IS 'A run that would delete more than this fraction of live rows is refused; NULL: pg_token_cleanup.max_fraction';
+COMMENT ON COLUMN token_cleanup.rules.drop_partitions IS 'never | detach | drop: what a run does with a partition whose every row matches';
+COMMENT ON COLUMN token_cleanup.rules.max_replica_lag IS 'Pause while a streaming replica is further behind; NULL: the setting; 0: off';
+COMMENT ON COLUMN token_cleanup.rules.max_wal_rate IS 'Pause while WAL is written faster than this many MB/s; NULL: the setting; 0: off';
+COMMENT ON COLUMN token_cleanup.rules.yield_to_waiters IS 'Pause while other sessions wait on the table; NULL: the setting';
+
+COMMENT ON COLUMN token_cleanup.runs.id IS 'The run''s id, as run() returns it';
+COMMENT ON COLUMN token_cleanup.runs.rule_id IS 'The rule''s id (kept after the rule is deleted)';
+COMMENT ON COLUMN token_cleanup.runs.rule_name IS 'The rule''s name when it ran';
+COMMENT ON COLUMN token_cleanup.runs.owner IS 'The role the run deleted as';
+COMMENT ON COLUMN token_cleanup.runs.trigger IS 'schedule | manual (token_cleanup.run()) | retry';
+COMMENT ON COLUMN token_cleanup.runs.status IS 'running | succeeded | failed | interrupted | stopped | refused';
+COMMENT ON COLUMN token_cleanup.runs.scheduled_for IS 'The fire time a scheduled run was for';
+COMMENT ON COLUMN token_cleanup.runs.started_at IS 'When the run started';
+COMMENT ON COLUMN token_cleanup.runs.finished_at IS 'When the run ended; NULL while running';
+COMMENT ON COLUMN token_cleanup.runs.rows_deleted IS 'Rows deleted (or moved to the archive) in committed batches';
+COMMENT ON COLUMN token_cleanup.runs.batches IS 'Batches committed';
+COMMENT ON COLUMN token_cleanup.runs.longest_batch_ms IS 'Longest batch, start to commit, in milliseconds';
+COMMENT ON COLUMN token_cleanup.runs.method IS 'How rows were found: table walk | index | per shard';
+COMMENT ON COLUMN token_cleanup.runs.error IS 'The error''s message, for a run that did not succeed';
+COMMENT ON COLUMN token_cleanup.runs.pid IS 'Process id of the worker that ran it';
+COMMENT ON COLUMN token_cleanup.runs.sqlstate IS 'The error''s SQLSTATE';
+COMMENT ON COLUMN token_cleanup.runs.error_detail IS 'The error''s DETAIL';
+COMMENT ON COLUMN token_cleanup.runs.error_hint IS 'The error''s HINT: what to do about it';
+COMMENT ON COLUMN token_cleanup.runs.partitions IS 'Partitioned tables: rows and action per leaf partition';
+COMMENT ON COLUMN token_cleanup.runs.partitions_dropped IS 'Leaf partitions dropped or detached whole';
+COMMENT ON COLUMN token_cleanup.runs.start_delay IS 'How late a scheduled run started after its fire time';
+COMMENT ON COLUMN token_cleanup.runs.paused IS 'Time spent paused by pacing';
+COMMENT ON COLUMN token_cleanup.runs.pause_reasons IS 'Seconds paused per reason: replica_lag, wal_rate, waiters';
+COMMENT ON COLUMN token_cleanup.runs.estimated_rows IS 'The planner''s estimate of matching rows when the run planned';
+
+COMMENT ON COLUMN token_cleanup.rule_totals.rule_id IS 'The rule''s id';
+COMMENT ON COLUMN token_cleanup.rule_totals.rule_name IS 'The rule''s name at its last run';
+COMMENT ON COLUMN token_cleanup.rule_totals.owner IS 'The rule''s owner at its last run';
+COMMENT ON COLUMN token_cleanup.rule_totals.runs IS 'Runs ended';
+COMMENT ON COLUMN token_cleanup.rule_totals.succeeded IS 'Runs that succeeded';
+COMMENT ON COLUMN token_cleanup.rule_totals.failed IS 'Runs that failed';
+COMMENT ON COLUMN token_cleanup.rule_totals.interrupted IS 'Runs interrupted (shutdown, terminate, crash)';
+COMMENT ON COLUMN token_cleanup.rule_totals.stopped IS 'Runs stopped (max_run_duration, rule changed, stop asked)';
+COMMENT ON COLUMN token_cleanup.rule_totals.refused IS 'Runs refused by a blast-radius limit or a missing privilege';
+COMMENT ON COLUMN token_cleanup.rule_totals.rows_deleted IS 'Rows deleted over all runs';
+COMMENT ON COLUMN token_cleanup.rule_totals.run_time IS 'Time spent in runs';
+COMMENT ON COLUMN token_cleanup.rule_totals.longest_run IS 'Longest run';
+COMMENT ON COLUMN token_cleanup.rule_totals.longest_batch_ms IS 'Longest batch, in milliseconds';
+COMMENT ON COLUMN token_cleanup.rule_totals.last_success_at IS 'When the last successful run ended';
+COMMENT ON COLUMN token_cleanup.rule_totals.last_failure_at IS 'When the last failed run ended';
+COMMENT ON COLUMN token_cleanup.rule_totals.consecutive_failures IS 'Failed runs since the last success';
+COMMENT ON COLUMN token_cleanup.rule_totals.batches IS 'Batches committed over all runs';
+COMMENT ON COLUMN token_cleanup.rule_totals.pause_seconds IS 'Seconds paused per reason over all runs: replica_lag, wal_rate, waiters';
+COMMENT ON COLUMN token_cleanup.rule_totals.backlog_rows IS 'Rows matching when the last run started: what it deleted if it succeeded, else its estimated_rows';
+COMMENT ON COLUMN token_cleanup.rule_totals.backlog_at IS 'When that run started';

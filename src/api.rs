@@ -295,10 +295,11 @@ fn live_progress() -> TableIterator<
 #[search_path(pg_catalog, pg_temp)]
 fn worker_budget(
 ) -> TableIterator<'static, (name!(in_use, i32), name!(budget, i32), name!(waiting, i32))> {
+    let (in_use, waiting) = registry::budget::usage();
     TableIterator::once((
-        registry::budget::in_use() as i32,
+        in_use as i32,
         crate::gucs::max_workers() as i32,
-        registry::budget::waiting() as i32,
+        waiting as i32,
     ))
 }
 

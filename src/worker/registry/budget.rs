@@ -88,11 +88,6 @@ pub fn role_share() -> usize {
     (gucs::max_workers().saturating_sub(1) / 2).max(1)
 }
 
-/// Slots held now in the whole cluster: live workers of the extension and live reservations.
-pub fn in_use() -> usize {
-    used(&REGISTRY.share())
-}
-
 /// Slots `role`'s `run()` calls hold now.
 pub fn held_by_role(role: pg_sys::Oid) -> usize {
     held_by(&REGISTRY.share(), u32::from(role))
@@ -278,15 +273,13 @@ pub fn someone_waits() -> bool {
     REGISTRY.share().waiters.iter().any(Waiter::alive)
 }
 
-/// How many wait for a slot of the budget now: schedulers of databases waiting their turn and
-/// `run()` calls.
-pub fn waiting() -> usize {
-    REGISTRY
-        .share()
-        .waiters
-        .iter()
-        .filter(|w| w.alive())
-        .count()
+/// The budget's use now, from one reading of the registry: slots held in the whole cluster (live
+/// workers of the extension and live reservations), and how many wait for one (schedulers of
+/// databases waiting their turn, `run()` calls).
+pub fn usage() -> (usize, usize) {
+    let registry = REGISTRY.share();
+    let waiting = registry.waiters.iter().filter(|w| w.alive()).count();
+    (used(&registry), waiting)
 }
 
 /// Hands this worker's slot to the first waiter (see the module's header), if anyone waits: a
