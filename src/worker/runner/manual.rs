@@ -218,7 +218,7 @@ fn wait_for_run(
         wait_for_done(worker, handoff)
     }))
     .catch_others(|caught| {
-        if let Ok(pid) = worker.pid() {
+        if let Some(pid) = started_pid(worker) {
             // SAFETY: signals the runner this call started (it records the run interrupted).
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
@@ -226,6 +226,25 @@ fn wait_for_run(
     })
     .execute()
 }
+
+/// The pid of the runner this call started, once the postmaster has started it: a runner still
+/// starting when its caller is cancelled would otherwise run with nobody to end it. Waits for the
+/// start up to [`START_GRACE`]; `None` if the runner stopped or never started by then.
+fn started_pid(worker: &DynamicBackgroundWorker) -> Option<i32> {
+    let deadline = Instant::now() + START_GRACE;
+    loop {
+        match worker.pid() {
+            Ok(pid) => return Some(pid),
+            Err(BackgroundWorkerStatus::NotYetStarted) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// How long a cancelled caller waits for its runner to start, so as to stop it.
+const START_GRACE: Duration = Duration::from_secs(2);
 
 /// [`wait_for_run`]'s wait.
 fn wait_for_done(
