@@ -7,7 +7,7 @@
 #   2. the pg_regress suite of the SQL surface (scripts/regress.sh);
 #   3. PostgreSQL 14, 16, 17 and 18: build for each and run the end-to-end suites there
 #      (scripts/matrix.sh; the soak stays on 15);
-#   4. the upgrades from the released 0.1.0 to 0.6.0 (scripts/upgrade_test.sh);
+#   4. the upgrades from the released 0.1.0 to 0.7.0 (scripts/upgrade_test.sh);
 #   5. the Debian package: install, run a rule, remove (scripts/package_test.sh);
 #   6. Citus 13.2.2 on PostgreSQL 15 and Citus 14.0.1 on PostgreSQL 18: rules on distributed tables
 #      on a coordinator and two workers (scripts/citus_test.sh; skipped, saying so, without
@@ -52,7 +52,7 @@ postgres15() {
 part "PostgreSQL 15: unit, #[pg_test], end-to-end, load and ${SOAK_SECS} s soak" postgres15
 part "pg_regress: the SQL surface" bash scripts/regress.sh
 part "PostgreSQL 14, 16, 17, 18: build and end-to-end suites" bash scripts/matrix.sh
-part "upgrades from 0.1.0, 0.2.0, 0.3.0, 0.4.0, 0.5.0 and 0.6.0 to this version" bash scripts/upgrade_test.sh
+part "upgrades from 0.1.0, 0.2.0, 0.3.0, 0.4.0, 0.5.0, 0.6.0 and 0.7.0 to this version" bash scripts/upgrade_test.sh
 part "Debian package" bash scripts/package_test.sh
 part "Citus 13.2.2 on PostgreSQL 15 and 14.0.1 on 18: distributed tables" bash scripts/citus_test.sh
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The upgrade test (tests/e2e/upgrade.rs), once from each released version (0.1.0 to 0.6.0): a database
+# The upgrade test (tests/e2e/upgrade.rs), once from each released version (0.1.0 to 0.7.0): a database
 # created at that version, with rules of a superuser and of an ordinary role and their run history,
 # updated with ALTER EXTENSION … UPDATE to this version (through every upgrade script in between),
 # then checked (rules, owners, history and statistics kept, scheduler serving again, schema equal to
@@ -18,7 +18,7 @@ bash scripts/setup.sh
 source scripts/pg_env.sh
 
 # Each released version, and the commit it was released from.
-RELEASES="0.1.0:4cfab5d 0.2.0:1ac53a8 0.3.0:a4db48a 0.4.0:b1dd0c5 0.5.0:b9501ca 0.6.0:bb832b1"
+RELEASES="0.1.0:4cfab5d 0.2.0:1ac53a8 0.3.0:a4db48a 0.4.0:b1dd0c5 0.5.0:b9501ca 0.6.0:bb832b1 0.7.0:2241fab"
 work=$PWD/target/upgrade
 sharedir=$("$PG_CONFIG" --sharedir)
 bindir=$("$PG_CONFIG" --bindir)

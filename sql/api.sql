@@ -149,7 +149,7 @@ CREATE FUNCTION token_cleanup.add_rule(
     timezone text DEFAULT NULL, archive_table text DEFAULT NULL, max_rows_per_run bigint DEFAULT NULL,
     max_fraction real DEFAULT NULL, drop_partitions text DEFAULT NULL,
     max_replica_lag interval DEFAULT NULL, max_wal_rate real DEFAULT NULL,
-    yield_to_waiters boolean DEFAULT NULL, if_not_exists boolean DEFAULT false)
+    yield_to_waiters boolean DEFAULT NULL, parallel_workers integer DEFAULT NULL, if_not_exists boolean DEFAULT false)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     declared jsonb := token_cleanup.rule_declared(pg_catalog.jsonb_build_object(
@@ -161,7 +161,8 @@ DECLARE
         'archive_table', add_rule.archive_table, 'max_rows_per_run', add_rule.max_rows_per_run,
         'max_fraction', add_rule.max_fraction, 'drop_partitions', add_rule.drop_partitions,
         'max_replica_lag', add_rule.max_replica_lag, 'max_wal_rate', add_rule.max_wal_rate,
-        'yield_to_waiters', add_rule.yield_to_waiters), token_cleanup.rule_defaults());
+        'yield_to_waiters', add_rule.yield_to_waiters,
+        'parallel_workers', add_rule.parallel_workers), token_cleanup.rule_defaults());
     stored token_cleanup.rules;
     differing text[];
 BEGIN
@@ -197,7 +198,7 @@ CREATE FUNCTION token_cleanup.alter_rule(
     timezone text DEFAULT NULL, archive_table text DEFAULT NULL, max_rows_per_run bigint DEFAULT NULL,
     max_fraction real DEFAULT NULL, drop_partitions text DEFAULT NULL,
     max_replica_lag interval DEFAULT NULL, max_wal_rate real DEFAULT NULL,
-    yield_to_waiters boolean DEFAULT NULL, new_name text DEFAULT NULL, clear text[] DEFAULT '{}')
+    yield_to_waiters boolean DEFAULT NULL, parallel_workers integer DEFAULT NULL, new_name text DEFAULT NULL, clear text[] DEFAULT '{}')
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     given jsonb := pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
@@ -209,7 +210,8 @@ DECLARE
         'archive_table', alter_rule.archive_table, 'max_rows_per_run', alter_rule.max_rows_per_run,
         'max_fraction', alter_rule.max_fraction, 'drop_partitions', alter_rule.drop_partitions,
         'max_replica_lag', alter_rule.max_replica_lag, 'max_wal_rate', alter_rule.max_wal_rate,
-        'yield_to_waiters', alter_rule.yield_to_waiters));
+        'yield_to_waiters', alter_rule.yield_to_waiters,
+        'parallel_workers', alter_rule.parallel_workers));
     defaults jsonb := token_cleanup.rule_defaults();
     required text[] := '{name,table_name,condition,schedule}';
     stored token_cleanup.rules;

@@ -61,6 +61,8 @@ CREATE TABLE token_cleanup.rules (
     max_replica_lag   interval,                      -- pause while a streaming replica is further behind
     max_wal_rate      real,                          -- MB/s of WAL over the last second
     yield_to_waiters  boolean,                       -- pause while sessions wait on the table
+    -- 0.8.0
+    parallel_workers  integer,                       -- NULL: pg_token_cleanup.parallel_workers; runners per run
     CONSTRAINT rules_name_key UNIQUE (name)
 );
 COMMENT ON TABLE token_cleanup.rules IS 'Cleanup rules: delete rows of table_name matching condition on schedule, as owner';
@@ -94,7 +96,9 @@ CREATE TABLE token_cleanup.runs (
     paused        interval    NOT NULL DEFAULT '0',  -- time spent paused by pacing
     pause_reasons jsonb,                             -- seconds paused per reason: replica_lag, wal_rate, waiters
     -- 0.7.0
-    estimated_rows bigint                            -- the planner's estimate of matching rows when the run planned
+    estimated_rows bigint,                           -- the planner's estimate of matching rows when the run planned
+    -- 0.8.0
+    workers       integer                            -- runners that walked the table (1 + helpers); NULL before work
 );
 CREATE INDEX runs_rule_started_idx ON token_cleanup.runs (rule_id, started_at DESC);
 CREATE INDEX runs_started_idx ON token_cleanup.runs (started_at);
@@ -153,12 +157,12 @@ GRANT SELECT ON token_cleanup.rules TO PUBLIC;
 GRANT INSERT (name, table_name, condition, schedule, batch_size, enabled, owner, lock_timeout,
               statement_timeout, max_rows_per_second, max_run_duration, timezone, archive_table,
               max_rows_per_run, max_fraction, drop_partitions, max_replica_lag, max_wal_rate,
-              yield_to_waiters)
+              yield_to_waiters, parallel_workers)
     ON token_cleanup.rules TO PUBLIC;
 GRANT UPDATE (name, table_name, condition, schedule, batch_size, enabled, owner, lock_timeout,
               statement_timeout, max_rows_per_second, max_run_duration, timezone, archive_table,
               max_rows_per_run, max_fraction, drop_partitions, max_replica_lag, max_wal_rate,
-              yield_to_waiters)
+              yield_to_waiters, parallel_workers)
     ON token_cleanup.rules TO PUBLIC;
 GRANT USAGE ON SEQUENCE token_cleanup.rules_id_seq TO PUBLIC;
 GRANT SELECT ON token_cleanup.runs TO PUBLIC;
@@ -245,6 +249,7 @@ COMMENT ON COLUMN token_cleanup.rules.drop_partitions IS 'never | detach | drop:
 COMMENT ON COLUMN token_cleanup.rules.max_replica_lag IS 'Pause while a streaming replica is further behind; NULL: the setting; 0: off';
 COMMENT ON COLUMN token_cleanup.rules.max_wal_rate IS 'Pause while WAL is written faster than this many MB/s; NULL: the setting; 0: off';
 COMMENT ON COLUMN token_cleanup.rules.yield_to_waiters IS 'Pause while other sessions wait on the table; NULL: the setting';
+COMMENT ON COLUMN token_cleanup.rules.parallel_workers IS 'Runners one run of a table walk may use at once on disjoint page ranges, free worker slots permitting; NULL: the setting';
 
 COMMENT ON COLUMN token_cleanup.runs.id IS 'The run''s id, as run() returns it';
 COMMENT ON COLUMN token_cleanup.runs.rule_id IS 'The rule''s id (kept after the rule is deleted)';
@@ -270,6 +275,7 @@ COMMENT ON COLUMN token_cleanup.runs.start_delay IS 'How late a scheduled run st
 COMMENT ON COLUMN token_cleanup.runs.paused IS 'Time spent paused by pacing';
 COMMENT ON COLUMN token_cleanup.runs.pause_reasons IS 'Seconds paused per reason: replica_lag, wal_rate, waiters';
 COMMENT ON COLUMN token_cleanup.runs.estimated_rows IS 'The planner''s estimate of matching rows when the run planned';
+COMMENT ON COLUMN token_cleanup.runs.workers IS 'Runners that worked on the run: 1, or 1 plus the helpers parallel_workers got';
 
 COMMENT ON COLUMN token_cleanup.rule_totals.rule_id IS 'The rule''s id';
 COMMENT ON COLUMN token_cleanup.rule_totals.rule_name IS 'The rule''s name at its last run';

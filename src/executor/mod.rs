@@ -21,6 +21,7 @@ mod blast_radius;
 mod method;
 mod on_shard;
 pub mod pacing;
+pub mod parallel;
 mod partitions;
 mod prepare;
 mod range_delete;
@@ -131,6 +132,11 @@ pub trait RunControl {
     /// What the run's record says when it stops for [`RunControl::stop_requested`].
     fn why_stopped(&self) -> Error;
     fn progress(&self, rows_deleted: i64, batches: i32);
+    /// Starts a helper runner for one slice of a table walk (see [`parallel`]); `None` when no
+    /// worker slot is free now (the run then walks that slice itself).
+    fn start_helper(&self, _slice: &parallel::SliceRequest) -> Option<Box<dyn parallel::Helper>> {
+        None
+    }
 }
 
 /// Runs `rule` as run `run_id` (already committed as `running`), recording progress, stopping
@@ -145,6 +151,7 @@ pub fn execute(
     let started = Instant::now();
     let mut tally = Tally {
         run_id,
+        records_progress: true,
         progress_written: started,
         rule_name: &rule.name,
         binding,
@@ -157,12 +164,15 @@ pub fn execute(
             Box::new(crate::clock::SystemClock),
             Box::new(pacing::LiveServer),
         ),
+        helpers_paused: std::time::Duration::ZERO,
+        helpers_reasons: None,
     };
     let outcome = run(rule, &mut tally).unwrap_or_else(|stopped| stopped);
     let mut stats = std::mem::take(&mut tally.stats);
     stats.elapsed_ms = started.elapsed().as_millis();
-    stats.paused = tally.gate.paused;
-    stats.pause_reasons = tally.gate.reasons_json();
+    stats.paused = tally.gate.paused + tally.helpers_paused;
+    stats.pause_reasons =
+        parallel::merge_reasons(tally.gate.reasons_json(), tally.helpers_reasons.as_deref());
     RunReport { outcome, stats }
 }
 
@@ -177,6 +187,7 @@ fn run(rule: &Rule, tally: &mut Tally) -> Result<Outcome, Outcome> {
         Err(why) => return Err(Outcome::Failed(why)),
     };
     tally.stats.method = plans.first().map(|p| p.method.name());
+    tally.stats.workers = Some(1);
     tally.stats.estimated_rows =
         Some(plans.iter().map(|p| p.estimated_rows).sum::<f64>().round() as i64);
     let checked = BackgroundWorker::transaction(|| blast_radius::check(rule, &plans));
@@ -202,6 +213,12 @@ fn run(rule: &Rule, tally: &mut Tally) -> Result<Outcome, Outcome> {
             }
         }
         match plan.method {
+            Method::TableWalk {
+                end_block,
+                first_pages,
+            } if parallel::worth_it(rule, plans.len(), plan, end_block) => {
+                parallel::walk(rule, plan, end_block, first_pages, tally)?
+            }
             Method::TableWalk {
                 end_block,
                 first_pages,
@@ -234,20 +251,41 @@ fn walk_table(
     first_pages: u64,
     tally: &mut Tally,
 ) -> Result<Outcome, Outcome> {
-    let mut sizer = BatchSizer::new(plan.batch_size, first_pages, u64::from(end_block));
-    let mut from = tid(0, 0);
+    walk_range(plan, 0..end_block, first_pages, tally, &mut || Ok(()))
+        .map(|()| Outcome::Succeeded)
+        .map_err(|(ended, _)| ended)
+}
+
+/// Walks pages `blocks` as [`walk_table`] does, calling `between` before each batch (a parallel
+/// run's leader looks at its helpers there). `Err` carries what ended the walk and the first page
+/// not walked to its end (walking it again deletes nothing twice: every batch re-checks the
+/// condition).
+fn walk_range(
+    plan: &Plan,
+    blocks: std::ops::Range<u32>,
+    first_pages: u64,
+    tally: &mut Tally,
+    between: &mut dyn FnMut() -> Result<(), Outcome>,
+) -> Result<(), (Outcome, u32)> {
+    let end_block = blocks.end;
+    let pages = u64::from(end_block.saturating_sub(blocks.start));
+    let mut sizer = BatchSizer::new(plan.batch_size, first_pages.min(pages), pages);
+    let mut from = tid(blocks.start, 0);
     while block_number(&from) < end_block {
         let start_block = block_number(&from);
+        between().map_err(|ended| (ended, start_block))?;
         let units = tally.gate.batch_units(sizer.units());
         let to_block = (u64::from(start_block) + units).min(u64::from(end_block)) as u32;
-        let (deleted, ms) = tally.batch(
-            plan,
-            Batch::Range {
-                from,
-                to: tid(to_block, 0),
-                limit: plan.batch_size,
-            },
-        )?;
+        let (deleted, ms) = tally
+            .batch(
+                plan,
+                Batch::Range {
+                    from,
+                    to: tid(to_block, 0),
+                    limit: plan.batch_size,
+                },
+            )
+            .map_err(|ended| (ended, start_block))?;
         from = match deleted.resume {
             // Never behind where this batch began (only a condition that calls within_batch() itself
             // could make the cap refuse the range's first row): a run always moves on.
@@ -261,7 +299,7 @@ fn walk_table(
         tally.gate.batch_done(u64::from(pages_done));
         sizer.observe(u64::from(pages_done), deleted.rows, ms);
     }
-    Ok(Outcome::Succeeded)
+    Ok(())
 }
 
 /// Collects matching ctids through the planner's index (up to [`COLLECT_LIMIT`] at a time) and

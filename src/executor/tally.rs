@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 /// A run's running totals, recorded after every batch.
 pub(super) struct Tally<'a> {
     pub(super) run_id: i64,
+    /// Whether this process writes the run's progress into its row (a parallel run's helpers do
+    /// not: the leader records the run).
+    pub(super) records_progress: bool,
     /// When the run's row last got its progress: at most every [`PROGRESS_EVERY`].
     pub(super) progress_written: Instant,
     pub(super) rule_name: &'a str,
@@ -24,6 +27,9 @@ pub(super) struct Tally<'a> {
     /// What the run has done so far.
     pub(super) stats: history::RunStats,
     pub(super) gate: pacing::Gate,
+    /// A parallel run's helpers: their pauses, and the reasons (`runs.pause_reasons` JSON).
+    pub(super) helpers_paused: Duration,
+    pub(super) helpers_reasons: Option<String>,
 }
 
 impl<'a> Tally<'a> {
@@ -76,7 +82,8 @@ impl<'a> Tally<'a> {
         self.check_stop()?;
         let started = Instant::now();
         let (run_id, done, batches) = (self.run_id, self.stats.rows_deleted, self.stats.batches);
-        let write_progress = self.progress_written.elapsed() >= PROGRESS_EVERY;
+        let write_progress =
+            self.records_progress && self.progress_written.elapsed() >= PROGRESS_EVERY;
         let watch_waiters = self.gate.watches_waiters();
         let binding = self.binding;
         // The work and its count are this run's own code (no state shared across the unwind).

@@ -51,6 +51,9 @@ impl WalCompression {
 
 static WAL_COMPRESSION: GucSetting<WalCompression> =
     GucSetting::<WalCompression>::new(WalCompression::Lz4);
+/// Most runners one run may use at once (a rule's parallel_workers, or the setting).
+pub const MAX_PARALLEL_WORKERS: i32 = 16;
+static PARALLEL_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 static MAX_ROWS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
 static DATABASE_PROBE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(60);
 /// Default and largest number of runs a database's scheduler has going at once.
@@ -194,6 +197,11 @@ pub fn max_replica_lag_ms() -> i64 {
 /// MB/s of WAL a run may write when its rule sets none; 0: no limit.
 pub fn max_wal_rate_mb() -> f64 {
     MAX_WAL_RATE_MB.get().max(0.0)
+}
+
+/// Runners a run may use at once when its rule sets none.
+pub fn parallel_workers() -> i32 {
+    PARALLEL_WORKERS.get()
 }
 
 pub fn yield_to_waiters() -> bool {

@@ -41,6 +41,16 @@ pub(super) fn all() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"pg_token_cleanup.parallel_workers",
+        c"Runners one run may use at once, on disjoint page ranges of its table, for rules whose parallel_workers is NULL.",
+        c"Each runner beyond the first takes a free slot of pg_token_cleanup.max_workers only while nobody waits for one; a run that gets none proceeds with fewer.",
+        &PARALLEL_WORKERS,
+        1,
+        MAX_PARALLEL_WORKERS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
         c"pg_token_cleanup.max_rows_per_second",
         c"Most rows a run deletes per second on average, for rules whose max_rows_per_second is NULL; 0 = no limit.",
         c"A run that gets ahead of this pace pauses between batches (holding no locks), leaving CPU, I/O and WAL bandwidth to the live workload.",

@@ -146,6 +146,9 @@ pub struct RunStats {
     /// The planner's estimate of the rows matching when the run planned (its backlog then); `None`
     /// when it ended before planning.
     pub estimated_rows: Option<i64>,
+    /// Runners that worked on the run (1 plus the helpers of a parallel walk); `None` when it
+    /// ended before planning.
+    pub workers: Option<i32>,
 }
 
 impl RunStats {
@@ -175,7 +178,7 @@ pub fn finish(run_id: i64, outcome: &Outcome, stats: &RunStats) -> pg_sys::Times
                 longest_batch_ms = $6, method = $7, sqlstate = $8, error_detail = $9, error_hint = $10, \
                 partitions = $11::jsonb, partitions_dropped = $12, \
                 paused = pg_catalog.make_interval(secs => $13), pause_reasons = $14::jsonb, \
-                estimated_rows = $15, finished_at = pg_catalog.clock_timestamp() \
+                estimated_rows = $15, workers = $16, finished_at = pg_catalog.clock_timestamp() \
           WHERE id = $1 RETURNING finished_at",
         &[
             run_id.into(),
@@ -193,6 +196,7 @@ pub fn finish(run_id: i64, outcome: &Outcome, stats: &RunStats) -> pg_sys::Times
             stats.paused.as_secs_f64().into(),
             stats.pause_reasons.clone().into(),
             stats.estimated_rows.into(),
+            stats.workers.into(),
         ],
     )
     .expect("updating token_cleanup.runs");

@@ -145,6 +145,7 @@ impl Rule {
             max_replica_lag_ms: milliseconds(row.column("max_replica_lag")),
             max_wal_rate_mb: row.column("max_wal_rate"),
             yield_to_waiters: row.column("yield_to_waiters"),
+            parallel_workers: row.column("parallel_workers"),
             updated_at: row
                 .column::<TimestampWithTimeZone>("updated_at")
                 .map_or(0.0, |t| {

@@ -43,6 +43,8 @@ pub struct Rule {
     pub max_replica_lag_ms: Option<i64>,
     pub max_wal_rate_mb: Option<f32>,
     pub yield_to_waiters: Option<bool>,
+    /// Runners one run may use at once (see `executor::parallel`); NULL: the setting.
+    pub parallel_workers: Option<i32>,
     /// Seconds since the epoch of the rule's last change.
     pub updated_at: f64,
 }
@@ -105,6 +107,13 @@ impl Rule {
         self.max_fraction
             .map(|f| f.to_string().parse().unwrap_or(f64::from(f)))
             .unwrap_or_else(gucs::max_fraction)
+    }
+
+    /// Runners a run may use at once: the rule's own, else the setting (at least 1).
+    pub fn effective_parallel_workers(&self) -> u32 {
+        self.parallel_workers
+            .unwrap_or_else(gucs::parallel_workers)
+            .max(1) as u32
     }
 
     /// Timeouts: the rule's own, else the settings.

@@ -139,6 +139,13 @@ impl executor::RunControl for WorkerControl {
     fn progress(&self, rows_deleted: i64, batches: i32) {
         super::signals::set_progress(rows_deleted, batches);
     }
+
+    fn start_helper(
+        &self,
+        slice: &executor::parallel::SliceRequest,
+    ) -> Option<Box<dyn executor::parallel::Helper>> {
+        super::runner::start_helper(slice)
+    }
 }
 
 /// `NOTIFY token_cleanup, '<json>'` at the end of a run, as `pg_token_cleanup.notify` asks.

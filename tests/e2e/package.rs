@@ -250,7 +250,7 @@ fn a_package_unpacked_into_its_version_s_server_installs_runs_and_updates() {
             .unwrap();
         cluster.connect("old")
     };
-    old.batch_execute("CREATE EXTENSION pg_token_cleanup VERSION '0.6.0'; ALTER EXTENSION pg_token_cleanup UPDATE")
+    old.batch_execute("CREATE EXTENSION pg_token_cleanup VERSION '0.7.0'; ALTER EXTENSION pg_token_cleanup UPDATE")
         .unwrap();
     assert_eq!(extversion(&mut old), version);
     // The update brought this version's SQL functions.

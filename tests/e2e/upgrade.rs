@@ -1,4 +1,4 @@
-//! The upgrade from a released version (`UPGRADE_FROM_VERSION`: 0.1.0 to 0.6.0) to this version, end to
+//! The upgrade from a released version (`UPGRADE_FROM_VERSION`: 0.1.0 to 0.7.0) to this version, end to
 //! end (run by scripts/upgrade_test.sh once per release, which builds the release from its git commit
 //! and this version's package, and gives them here with a copy of PostgreSQL 15 to install them into):
 //! - create the extension at the release, add rules as a superuser and as an ordinary role, let them

@@ -38,6 +38,18 @@ impl PaceLimits {
         }
     }
 
+    /// The share of one of `runners` runners working on one run at once: the rates (rows per
+    /// second, WAL per second) are the run's, divided among them; the other signals are the
+    /// server's, watched by each.
+    pub fn shared_by(self, runners: u32) -> PaceLimits {
+        let runners = runners.max(1);
+        PaceLimits {
+            max_wal_rate: self.max_wal_rate.map(|rate| rate / f64::from(runners)),
+            max_rows_per_second: self.max_rows_per_second.div_ceil(runners),
+            ..self
+        }
+    }
+
     /// Whether a signal of the server is watched (the rows-per-second rate needs none).
     pub(super) fn any(&self) -> bool {
         self.max_replica_lag.is_some() || self.max_wal_rate.is_some() || self.yield_to_waiters

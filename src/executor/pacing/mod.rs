@@ -308,6 +308,12 @@ impl Gate {
         waiting.then_some((Reason::Waiters, RECHECK))
     }
 
+    /// Paces this runner as one of `runners` working on the run at once (see
+    /// [`PaceLimits::shared_by`]).
+    pub fn share_with(&mut self, runners: u32) {
+        self.limits = self.limits.shared_by(runners);
+    }
+
     /// For `runs.pause_reasons`: seconds paused per reason, as JSON, with the worst replica lag
     /// seen (seconds and bytes) when the run was paced by it; `None` if never paused.
     pub fn reasons_json(&self) -> Option<String> {

@@ -93,6 +93,24 @@ pub(super) fn check_batch_size(rule: &str, batch_size: Option<i32>) {
     }
 }
 
+pub(super) fn check_parallel_workers(rule: &str, workers: Option<i32>) {
+    if let Some(workers) = workers {
+        if !(1..=gucs::MAX_PARALLEL_WORKERS).contains(&workers) {
+            refuse(
+                PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                format!(
+                    "parallel_workers {workers} of rule \"{rule}\" is out of range 1-{}",
+                    gucs::MAX_PARALLEL_WORKERS
+                ),
+                format!(
+                    "Give the runners one run may use at once, e.g. 2 (each beyond the first takes a free slot of pg_token_cleanup.max_workers = {} while it works), or NULL for pg_token_cleanup.parallel_workers.",
+                    gucs::max_workers()
+                ),
+            );
+        }
+    }
+}
+
 pub(super) fn check_max_rows_per_second(rule: &str, rate: Option<i32>) {
     if let Some(rate) = rate.filter(|r| *r < 0) {
         refuse(

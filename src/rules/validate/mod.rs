@@ -132,6 +132,7 @@ fn check_row(row: &impl Row) -> (String, Option<String>) {
     let schedule = required("schedule", schedule.as_deref(), SCHEDULE_HINT);
     check_schedule(name, schedule, timezone);
     check_batch_size(name, row.column("batch_size"));
+    check_parallel_workers(name, row.column("parallel_workers"));
     check_timeout(name, "lock_timeout", seconds("lock_timeout"));
     check_timeout(name, "statement_timeout", seconds("statement_timeout"));
     check_max_rows_per_second(name, row.column("max_rows_per_second"));

@@ -6,12 +6,15 @@
 //!   `pg_token_cleanup.max_parallel_runs` of them.
 //! - A **manual** runner performs the one run of a `token_cleanup.run()` call while the calling
 //!   session waits for it.
+//! - A **helper** walks one slice of a parallel run's table for the run's runner ([`helper`]).
 //!
 //! Both take a [`RunRequest`] from a [`Handoff`], go through the same [`run::perform`], and hand
 //! the [`RunResult`] back through it.
 
+mod helper;
 mod manual;
 
+pub use helper::start_helper;
 pub use manual::run_manual;
 
 use super::handoff;
@@ -48,6 +51,8 @@ enum Args {
     Pool { scheduler_pid: i32 },
     /// Perform the run requested in the handoff segment with this handle.
     Manual { handle: u32 },
+    /// Walk the slice of a parallel run described in the handoff segment with this handle.
+    Helper { handle: u32 },
 }
 
 impl Args {
@@ -55,6 +60,7 @@ impl Args {
         match self {
             Args::Pool { scheduler_pid } => format!("pool {scheduler_pid}"),
             Args::Manual { handle } => format!("manual {handle}"),
+            Args::Helper { handle } => format!("helper {handle}"),
         }
     }
 
@@ -66,6 +72,7 @@ impl Args {
                 .ok()
                 .map(|scheduler_pid| Args::Pool { scheduler_pid }),
             "manual" => number.parse().ok().map(|handle| Args::Manual { handle }),
+            "helper" => number.parse().ok().map(|handle| Args::Helper { handle }),
             _ => None,
         }
     }
@@ -123,6 +130,7 @@ pub extern "C-unwind" fn pg_token_cleanup_runner_main(arg: pg_sys::Datum) {
             }
         }
         Args::Pool { scheduler_pid } => serve(database, scheduler_pid),
+        Args::Helper { handle } => helper::serve_slice(database, handle),
     }
 }
 
@@ -168,6 +176,7 @@ mod tests {
                 scheduler_pid: 4242,
             },
             Args::Manual { handle: u32::MAX },
+            Args::Helper { handle: 7 },
         ] {
             assert_eq!(Args::parse(&args.to_extra()), Some(args));
         }

@@ -26,6 +26,8 @@ INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES (
 INSERT INTO token_cleanup.rules (name, table_name, condition, schedule) VALUES ('r', 'public.refresh_tokens', 'user_id IN (SELECT id FROM public.other_sessions)', '@daily');
 -- Sizes, limits, time zones
 INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size) VALUES ('r', 'public.refresh_tokens', 'true', '@daily', 0);
+INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, parallel_workers) VALUES ('r', 'public.refresh_tokens', 'true', '@daily', 0);
+INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, parallel_workers) VALUES ('r', 'public.refresh_tokens', 'true', '@daily', 17);
 INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, lock_timeout) VALUES ('r', 'public.refresh_tokens', 'true', '@daily', '-1 s');
 INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, max_rows_per_second) VALUES ('r', 'public.refresh_tokens', 'true', '@daily', -1);
 INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, max_run_duration) VALUES ('r', 'public.refresh_tokens', 'true', '@daily', '0 s');
