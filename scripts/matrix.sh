@@ -26,7 +26,7 @@ bash scripts/setup.sh
 source scripts/pg_env.sh
 source scripts/build_for.sh
 source scripts/pg_servers.sh
-SUITES=${SUITES:-"worker manual_run reliability hostile security security_runs security_rights security_bounds coordination operations recipes pacing shared_server migrations monitoring"}
+SUITES=${SUITES:-"worker manual_run reliability hostile security security_runs security_rights security_bounds coordination operations recipes pacing shared_server parallel migrations monitoring"}
 # The SQL scripts and control file as for PostgreSQL 15, and the test binaries (built once: they are
 # clients, the same for every server version).
 cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null 2>&1

@@ -425,6 +425,9 @@ mod tests {
             serde_json::json!({"wal_rate": 1.75, "waiters": 1.0, "worst_replica_lag": 3.5, "worst_replica_lag_bytes": 100})
         );
         assert_eq!(merge_reasons(None, None), None);
-        assert_eq!(merge_reasons(Some("{}".into()), None).as_deref(), Some("{}"));
+        assert_eq!(
+            merge_reasons(Some("{}".into()), None).as_deref(),
+            Some("{}")
+        );
     }
 }

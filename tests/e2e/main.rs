@@ -9,6 +9,7 @@
 //! - [`coordination`]: ordinary roles' rules, terminated schedulers, long purges beside short rules;
 //! - [`shared_server`]: the worker budget on PostgreSQL's default settings beside the user's work;
 //! - [`pacing`]: replicas, WAL rate, waiters;
+//! - [`parallel`]: parallel runs (`parallel_workers`): exact rows, helpers within the budget, stops;
 //! - [`operations`], [`recipes`]: the SQL surface as operators and the README's recipes use it;
 //! - [`monitoring`]: Prometheus and Debian's prometheus-sql-exporter with the shipped configuration,
 //!   the alerts (and their promtool tests), the Grafana dashboard;
@@ -34,6 +35,7 @@ mod monitoring;
 mod operations;
 mod pacing;
 mod package;
+mod parallel;
 mod recipes;
 mod reliability;
 mod security;
