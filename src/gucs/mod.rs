@@ -50,7 +50,7 @@ impl WalCompression {
 }
 
 static WAL_COMPRESSION: GucSetting<WalCompression> =
-    GucSetting::<WalCompression>::new(WalCompression::Lz4);
+    GucSetting::<WalCompression>::new(WalCompression::Server);
 /// Most runners one run may use at once (a rule's parallel_workers, or the setting).
 pub const MAX_PARALLEL_WORKERS: i32 = 16;
 static PARALLEL_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
