@@ -43,7 +43,7 @@ for rows in ${SIZES:-2000000 20000000}; do
       fi
       t1=$(date +%s.%N)
       deleted=$(( rows - $(q -c "SELECT count(*) FROM public.refresh_tokens") ))
-      got=$(q -c "SELECT coalesce(max(workers), 0) FROM token_cleanup.runs WHERE rule_name = 'bench'")
+      got=-; [ $side = delete ] || got=$(q -c "SELECT workers FROM token_cleanup.runs ORDER BY id DESC LIMIT 1")
       echo "$rows $side $round $(python3 -c "print(f'{$t1 - $t0:.2f}')") $deleted $got" | tee -a "$results"
     done
   done

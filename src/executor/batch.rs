@@ -156,12 +156,21 @@ pub(super) fn run_delete(
                 owner::set_local(scan, "off");
             }
         }
+        let visible;
+        let ctids = match batch {
+            Batch::Ctids(chunk) => Some(*chunk),
+            Batch::IndexEntries(entries) => {
+                visible = super::bitmap::visible_members(plan.table.oid, entries);
+                Some(visible.as_slice())
+            }
+            Batch::Range { .. } => None,
+        };
         match batch {
-            Batch::Ctids(chunk) => Spi::connect_mut(|client| {
+            Batch::Ctids(_) | Batch::IndexEntries(_) => Spi::connect_mut(|client| {
                 let deleted = client.update(
                     sql.with("ctid = ANY($1)").as_str(),
                     None,
-                    &[chunk.to_vec().into()],
+                    &[ctids.unwrap_or_default().to_vec().into()],
                 )?;
                 Ok::<_, pgrx::spi::Error>(Deleted {
                     rows: deleted.len() as i64,

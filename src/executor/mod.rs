@@ -17,6 +17,7 @@
 mod batch;
 mod batch_cap;
 pub mod binding;
+mod bitmap;
 mod blast_radius;
 mod method;
 mod on_shard;
@@ -96,8 +97,11 @@ struct Plan {
 
 /// The rows one batch covers.
 enum Batch<'a> {
-    /// Collected ctids (index method).
+    /// Collected ctids (index method, collected through SQL: each the row's version then).
     Ctids(&'a [pg_sys::ItemPointerData]),
+    /// Index entries (index method, from the index alone, see [`bitmap`]): each the root of a HOT
+    /// chain, resolved to its visible row in the batch's transaction.
+    IndexEntries(&'a [pg_sys::ItemPointerData]),
     /// The rows from ctid `from` up to (not including) ctid `to`, at most `limit` of them (table
     /// walk). The DELETE returns the ctids it deleted, and stops after `limit`.
     Range {
@@ -311,10 +315,10 @@ fn delete_through_index(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<O
         let binding = tally.binding;
         let collected = BackgroundWorker::transaction(|| {
             still_bound(plan, binding)?;
-            Ok(collect(rule, plan))
+            Ok(from_index_or_scan(rule, plan))
         });
         tally.stats.scan_ms += scan_started.elapsed().as_millis();
-        let candidates = match collected {
+        let (candidates, index_entries) = match collected {
             Err(stale) => return Err(stale),
             Ok(Ok(c)) => c,
             Ok(Err(_)) if tally.control.stop_requested() => return Err(tally.interrupted()),
@@ -331,7 +335,12 @@ fn delete_through_index(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<O
         while !rest.is_empty() {
             let units = tally.gate.batch_units(sizer.units());
             let (chunk, tail) = rest.split_at((units as usize).min(rest.len()));
-            let (deleted, ms) = tally.batch(plan, Batch::Ctids(chunk))?;
+            let batch = if index_entries {
+                Batch::IndexEntries(chunk)
+            } else {
+                Batch::Ctids(chunk)
+            };
+            let (deleted, ms) = tally.batch(plan, batch)?;
             tally.gate.batch_done(chunk.len() as u64);
             sizer.observe(chunk.len() as u64, deleted.rows, ms);
             deleted_this_round += deleted.rows;
@@ -342,6 +351,19 @@ fn delete_through_index(rule: &Rule, plan: &Plan, tally: &mut Tally) -> Result<O
         if !full_scan || deleted_this_round == 0 {
             return Ok(Outcome::Succeeded);
         }
+    }
+}
+
+/// The candidates of an index run: from the index alone when the planner's plan is a bitmap scan
+/// (see [`bitmap`]), else through SQL (which reads the heap to check them).
+/// `true` with candidates from the index.
+fn from_index_or_scan(
+    rule: &Rule,
+    plan: &Plan,
+) -> Result<(Vec<pg_sys::ItemPointerData>, bool), Error> {
+    match bitmap::collect_from_index(plan, &rule.condition, COLLECT_LIMIT - 1)? {
+        Some(candidates) => Ok((candidates, true)),
+        None => collect(rule, plan).map(|candidates| (candidates, false)),
     }
 }
 

@@ -256,6 +256,85 @@ fn runs_walk_the_table_or_use_an_index_as_the_planner_would_and_keep_to_batch_si
 }
 
 #[test]
+fn an_index_run_deletes_exactly_the_matching_rows_whatever_its_index_entries_point_at() {
+    // The candidates of an index run come from the index alone (no heap read): entries of rows
+    // updated in place (HOT: the entry points at the chain's root, the row is elsewhere on the
+    // page), of rows deleted or moved out of the condition (dead versions), and rows only part of
+    // the condition matches (revoked is not in the index). Each batch must reach exactly the rows
+    // matching now.
+    let cluster = Cluster::start("index_entries", &["log_min_messages = debug1"]);
+    let mut db = cluster.database_with_extension("app");
+    db.batch_execute(
+        "CREATE TABLE public.sessions (id bigint PRIMARY KEY, expires_at timestamptz NOT NULL,
+                                       revoked boolean NOT NULL DEFAULT false, last_used timestamptz)
+           WITH (fillfactor = 50, autovacuum_enabled = off);
+         INSERT INTO public.sessions
+           SELECT g, now() + CASE WHEN g % 50 = 0 THEN -interval '1 day' ELSE interval '1 day' END, false, NULL
+             FROM generate_series(1, 100000) g;
+         CREATE INDEX ON public.sessions (expires_at);
+         ANALYZE public.sessions;
+         -- HOT: the expired rows with id % 100 = 0 used again (no indexed column changes).
+         UPDATE public.sessions SET last_used = now() WHERE id % 100 = 0;
+         -- Dead entries: some expired rows deleted by the application, some extended.
+         DELETE FROM public.sessions WHERE id % 350 = 0;
+         UPDATE public.sessions SET expires_at = now() + interval '1 day' WHERE id % 250 = 0;
+         -- Part of the condition the index cannot check.
+         UPDATE public.sessions SET revoked = true WHERE id % 150 = 0;
+         INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size)
+           VALUES ('sessions', 'public.sessions', 'expires_at < now() AND NOT revoked', '@yearly', 300);",
+    )
+    .unwrap();
+    // Positive control: rows were updated in place (HOT).
+    wait_for("HOT updates counted", Duration::from_secs(10), || {
+        (count(
+            &mut db,
+            "SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'sessions'",
+        ) >= 900)
+            .then_some(())
+    });
+    let matching = count(
+        &mut db,
+        "SELECT count(*) FROM public.sessions WHERE expires_at < now() AND NOT revoked",
+    );
+    let kept = |db: &mut postgres::Client| -> String {
+        db.query_one(
+            "SELECT count(*)::text || ':' || sum(id)::text FROM public.sessions WHERE NOT (expires_at < now() AND NOT revoked)",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let kept_before = kept(&mut db);
+    let (deleted, method, _) = run_now(&mut db, "sessions");
+    assert_eq!(method, "index");
+    assert_eq!(deleted, matching);
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM public.sessions WHERE expires_at < now() AND NOT revoked"
+        ),
+        0
+    );
+    assert_eq!(kept(&mut db), kept_before);
+    // Positive control: the candidates came from the index alone, dead entries included.
+    let log = cluster.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("candidates from the index of public.sessions alone"))
+        .expect("the run took its candidates from the index");
+    let candidates: i64 = line
+        .split("pg_token_cleanup: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        candidates > matching,
+        "{candidates} candidates, {matching} matching"
+    );
+}
+
+#[test]
 fn batches_compress_their_wal_unless_told_to_keep_the_servers_setting() {
     let cluster = Cluster::start("walcompression", &[]);
     let mut db = cluster.database_with_extension("app");
