@@ -2,10 +2,11 @@
 """Benchmarks of issue 4, side by side on one cluster, writing docs/benchmarks.md and docs/img/*.png.
 
 A. Bulk purge of a refresh-token table (ROWS, default 2M, half purgeable) by one plain DELETE, the
-   naive ctid loop, pg_cron running the plain DELETE, and a pg_token_cleanup run, each while a
+   naive ctid loop, pg_cron running the plain DELETE, and a pg_token_cleanup run (also with
+   parallel_workers = 2), each while a
    pgbench token-refresh workload runs at a fixed rate: wall time, rows/s, WAL, longest batch, and
    the workload's latency during the purge against its idle baseline (plus a latency timeline).
-B. Steady state: tables of 1M, 5M, 10M rows with a fixed number of purgeable rows and an index on
+B. Steady state: tables of 1M, 5M, 10M, 20M rows with a fixed number of purgeable rows and an index on
    the expiry column: a pg_token_cleanup run against a full-scan DELETE.
 C. Scheduler: 100,000 rules (C_RULES) in one database; memory per rule, the first load and a
    one-rule reload (the scheduler's CPU), its CPU while nothing is due, and how late runs start
@@ -39,7 +40,7 @@ WAL_LIMITS = [float(x) for x in os.environ.get("WAL_LIMITS", "100 50 25").split(
 YIELD = os.environ.get("YIELD", "1") == "1"  # a run with yield_to_waiters in scenario A
 NAIVE = os.environ.get("NAIVE", "1") == "1"  # the naive ctid loop in scenario A (slow at 20M rows)
 DEFAULT_ROWS = 2000000
-STEADY_SIZES = [int(x) for x in os.environ.get("STEADY_SIZES", "1000000 5000000 10000000").split()]
+STEADY_SIZES = [int(x) for x in os.environ.get("STEADY_SIZES", "1000000 5000000 10000000 20000000").split()]
 STEADY_PURGEABLE = int(os.environ.get("STEADY_PURGEABLE", "100000"))
 STEADY_LAYOUTS = os.environ.get("STEADY_LAYOUTS", "oldest spread").split()
 SKIP = os.environ.get("SKIP", "")
@@ -131,6 +132,7 @@ CHECKPOINT;""")
 
 
 CONDITION = "revoked OR expires_at < now()"
+PARALLEL = "pg_token_cleanup run() with parallel_workers = 2"
 
 WORKLOAD = """\\set uid random(1, 100000)
 UPDATE public.refresh_tokens SET revoked = true
@@ -275,9 +277,10 @@ def pg_cron_delete():
     return {"rows": None, "longest_batch_ms": float(ms), "started_epoch": float(start), "waited_for_minute": True}
 
 
-def token_cleanup_run(max_rows_per_second=0, max_wal_rate=0, yield_to_waiters=False):
+def token_cleanup_run(max_rows_per_second=0, max_wal_rate=0, yield_to_waiters=False, parallel_workers=1):
     psql(f"UPDATE token_cleanup.rules SET max_rows_per_second = {max_rows_per_second}, "
-         f"max_wal_rate = {max_wal_rate}, yield_to_waiters = {yield_to_waiters} WHERE name = 'bench'")
+         f"max_wal_rate = {max_wal_rate}, yield_to_waiters = {yield_to_waiters}, "
+         f"parallel_workers = {parallel_workers} WHERE name = 'bench'")
     return token_cleanup_run_now()
 
 
@@ -300,11 +303,13 @@ def scenario_a(results):
     psql(f"INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size) "
          f"VALUES ('bench', 'public.refresh_tokens', '{CONDITION}', '@yearly', {BATCH})")
     ours = "pg_token_cleanup run()"
-    # The plain DELETE and pg_token_cleanup alternate REPEAT times (on 2 cores one run varies by
-    # ±20%); then the rate-limited runs, pg_cron (which fires on a minute boundary) and the naive loop.
+    # The plain DELETE, pg_token_cleanup and a parallel run alternate REPEAT times (on 2 cores one
+    # run varies by ±20%); then the rate-limited runs, pg_cron (which fires on a minute boundary) and
+    # the naive loop.
     contenders = []
     for _ in range(REPEAT):
-        contenders += [("plain DELETE", plain_delete, 15), (ours, token_cleanup_run, 15)]
+        contenders += [("plain DELETE", plain_delete, 15), (ours, token_cleanup_run, 15),
+                       (PARALLEL, lambda: token_cleanup_run(parallel_workers=2), 15)]
     for limit in RATE_LIMITS:
         contenders.append((f"{ours}, max_rows_per_second {limit:,}",
                            lambda limit=limit: token_cleanup_run(limit), 15 + ROWS // 2 // limit))
@@ -574,7 +579,8 @@ def report_a(runs, measured, title, timeline=True):
               measured, "", "### Medians of the repeated runs", "",
               "| contender | runs | time (s) | × plain DELETE | longest batch (ms) | workload p99 × idle p99 |",
               "|---|---:|---:|---:|---:|---:|"]
-    for name, group in [("plain DELETE", plain), ("pg_token_cleanup run()", ours)]:
+    parallel = [r for r in runs if r["name"] == PARALLEL]
+    for name, group in [("plain DELETE", plain), ("pg_token_cleanup run()", ours), (PARALLEL, parallel)]:
         if group:
             t = statistics.median(r["seconds"] for r in group)
             lines.append(f"| {name} | {len(group)} | {t:.2f} | {t / base:.2f} | "
@@ -670,7 +676,8 @@ def report(results):
 
 
 # The reports of the other scripts bench/run.sh runs before this one, as letter, file, title.
-INCLUDED = [("D", "overhead.md", "Where a run's time goes, next to the plain DELETE"),
+INCLUDED = [("S", "scale.md", "Scale: one run and a parallel run against one plain DELETE, 2M and 20M rows"),
+            ("D", "overhead.md", "Where a run's time goes, next to the plain DELETE"),
             ("E", "offcpu.md", "Where a run's off-CPU time goes"),
             ("F", "oncpu.md", "Where a run's CPU time goes"),
             ("G", "replica_lag.md", "Replica lag during a purge")]
@@ -715,7 +722,30 @@ def targets(results):
         if paced:
             row("A: both at once, with pacing", ", ".join(r["name"].split(", ")[1] for r in both) or "no pacing tried met both",
                 bool(both))
+    for variant in ["A", *a_variants(results)]:
+        runs = results.get(variant)
+        if not runs:
+            continue
+        plain = [r for r in runs if r["name"] == "plain DELETE"]
+        ours = [r for r in runs if r["name"] == "pg_token_cleanup run()"]
+        parallel = [r for r in runs if r["name"] == PARALLEL]
+        if plain and ours and parallel:
+            base = statistics.median(r["seconds"] for r in plain)
+            ratio = statistics.median(r["seconds"] for r in parallel) / base
+            row(f"{variant} (24): a run with parallel_workers = 2 ≤ 0.8× the plain DELETE under the workload",
+                f"{ratio:.2f}× (medians of {len(parallel)} runs each)", ratio <= 0.8)
+            delete_p99 = statistics.median(r["p99"] for r in plain)
+            for name, group in [("a run", ours), ("a parallel run", parallel)]:
+                p99 = statistics.median(r["p99"] for r in group)
+                row(f"{variant} (24): the workload's p99 during {name} ≤ during the plain DELETE",
+                    f"{p99:.1f} ms against {delete_p99:.1f} ms (medians)", p99 <= delete_p99)
     if "B" in results:
+        spread = sorted((r for r in results["B"] if r["layout"] == "spread"), key=lambda r: r["size"])
+        for r in spread:
+            if r["size"] >= 10000000:
+                ratio = r["pg_token_cleanup run()"] / r["full-scan DELETE"]
+                row(f"B (24): spread-out expiry at {r['size'] // 1000000}M rows no slower than the full-scan DELETE",
+                    f"{ratio:.2f}× ({r['pg_token_cleanup run()']:.2f} s against {r['full-scan DELETE']:.2f} s)", ratio <= 1.0)
         for layout in STEADY_LAYOUTS:
             rs = sorted((r for r in results["B"] if r["layout"] == layout), key=lambda r: r["size"])
             if len(rs) >= 2:
@@ -731,6 +761,11 @@ def targets(results):
         if "change_ms_max" in c:
             row("C: a reload after one rule changed < 1 s", f"{c['change_ms_max']:.0f} ms (max of {C_CHANGES})",
                 c["change_ms_max"] < 1000)
+    # Issue 24's targets without a workload, from bench/scale.sh's report (medians; ratio column 2).
+    for rows, side, limit in [("20,000,000", "run(), one runner", 1.2), ("20,000,000", "run(), parallel_workers = 2", 0.8)]:
+        ratio = scale_ratio(rows, side)
+        if ratio is not None:
+            row(f"S (24): {side} at {rows} rows without a workload ≤ {limit}× the plain DELETE", f"{ratio:.2f}×", ratio <= limit)
     # Issue 13's targets measured by the scripts bench/run.sh runs before this one, from their reports.
     walk = report_cell("overhead.md", "PL/pgSQL walk, same batches", 1)
     run = report_cell("overhead.md", "pg_token_cleanup run(), wal_compression = server", 1)
@@ -744,10 +779,22 @@ def targets(results):
             f"max lag {paced:.2f} s (the plain DELETE: {plain:.2f} s)", paced < 1.5)
     if not rows:
         return []
-    return ["## Against the targets (issues 4 and 13)", "",
+    return ["## Against the targets (issues 4, 13 and 24)", "",
             "Judged by this run's figures. What each design choice bought, and why a target is missed where "
             "it is, is in [performance.md](performance.md).", "",
             "| target | measured | met? |", "|---|---|---|", *rows, ""]
+
+
+def scale_ratio(rows, side):
+    """The × plain DELETE of docs/scale.md's row for `rows` and `side`; None if there is none."""
+    path = ROOT / "docs" / "scale.md"
+    if not path.exists():
+        return None
+    for line in path.read_text().split("\n"):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0] == rows and cells[1] == side:
+            return float(cells[3].rstrip("×"))
+    return None
 
 
 def report_cell(name, row_start, column):

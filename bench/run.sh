@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Reruns every benchmark with one command: installs what is missing (the README's setup, pg_cron,
 # matplotlib), builds and installs the extension in release mode, then runs, each on a cluster of
-# its own: bench/overhead.py, offcpu.py, oncpu.py and replica_lag.py (their own docs/*.md), and last
-# bench/bench.py, which writes docs/benchmarks.md with scenarios A-C and the others' reports
-# included, and docs/img/*.png. Takes about 45 minutes on 2 cores.
-#   SKIP=DEFG bash bench/run.sh          # scenarios A-C only (letters as in docs/benchmarks.md)
-#   ROWS=20000000 REPEAT=1 RATE_LIMITS= WAL_LIMITS= YIELD=0 NAIVE=0 SKIP=BCDEFG bash bench/run.sh
-#                                        # the 20M-row variant of A, recorded beside A as A20M
+# its own: bench/overhead.py, offcpu.py, oncpu.py and replica_lag.py (D-G, their own docs/*.md),
+# bench/scale.sh (S, docs/scale.md: 2M and 20M rows without a workload, a parallel run beside),
+# bench/bench.py (scenarios A-C), and bench/bench.py again at 20M rows (A20M, recorded beside A),
+# which writes docs/benchmarks.md with every scenario and the others' reports included, and
+# docs/img/*.png. Takes about two hours on 2 cores.
+#   SKIP=DEFG bash bench/run.sh          # letters as in docs/benchmarks.md (L: A20M); a skipped
+#                                        # scenario keeps its last figures (bench/out/), dated
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -40,5 +41,15 @@ extra D bench/overhead.py
 extra E bench/offcpu.py
 extra F bench/oncpu.py
 extra G bench/replica_lag.py
+if [[ $skip != *S* ]]; then
+    echo "==> S: bench/scale.sh"
+    bash bench/scale.sh >target/bench-S.log 2>&1 || { echo "S FAILED: bench/scale.sh (target/bench-S.log)"; failed+=(S); }
+fi
 python3 bench/bench.py
+# A20M: scenario A at 20M rows, two rounds of each of the plain DELETE, a run and a parallel run,
+# recorded beside A (the pacing variants and the naive loop only at 2M).
+if [[ $skip != *L* ]]; then
+    echo "==> A20M: scenario A at 20M rows"
+    ROWS=20000000 REPEAT=2 RATE_LIMITS= WAL_LIMITS= YIELD=0 NAIVE=0 SKIP=BC python3 bench/bench.py
+fi
 [ ${#failed[@]} -eq 0 ] || { echo "failed: ${failed[*]}"; exit 1; }

@@ -29,7 +29,7 @@
 //!   in shared memory and the worker budget ([`worker::registry`]);
 //! - [`executor`]: one run (batches; [`executor::binding`]: the rule and relations a run was given,
 //!   checked before every batch; [`executor::pacing`]: the gate every batch passes, with every wait
-//!   between batches; on a sharded Citus table, `executor::shards` on the coordinator and
+//!   between batches; [`executor::parallel`]: a walk shared with helper runners; on a sharded Citus table, `executor::shards` on the coordinator and
 //!   `executor::on_shard` on the node holding each shard);
 //! - [`rules`]: the rule, read by column name ([`rules::load`]), the trigger that validates every
 //!   written rule, and the one place that decides whether a rule's owner, table and archive are
