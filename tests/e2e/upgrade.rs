@@ -361,6 +361,33 @@ fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
         1
     );
 
+    // parallel_workers (0.8.0): the upgraded add_rule() takes it, the column keeps it, and a run
+    // records how many runners it got (one: the table is small).
+    app.batch_execute(
+        "SELECT token_cleanup.add_rule('app_parallel', 'app.tokens', 'expires_at < now()', '@yearly', parallel_workers => 2)",
+    )
+    .unwrap();
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT parallel_workers::int8 FROM token_cleanup.rules WHERE name = 'app_parallel'"
+        ),
+        2
+    );
+    let run_id = count(
+        &mut app,
+        "SELECT run_id FROM token_cleanup.run('app_parallel')",
+    );
+    assert_eq!(
+        count(
+            &mut app,
+            &format!("SELECT workers::int8 FROM token_cleanup.runs WHERE id = {run_id}")
+        ),
+        1
+    );
+    app.batch_execute("SELECT token_cleanup.remove_rule('app_parallel')")
+        .unwrap();
+
     // The schema equals a fresh install's.
     cluster.database_with_extension("fresh");
     let upgraded = statements(&schema_dump(&cluster, "app"));
@@ -386,6 +413,8 @@ fn upgrade_from_a_release_keeps_rules_owners_history_and_statistics() {
         "COMMENT ON FUNCTION token_cleanup.add_rule(",
         "CREATE VIEW token_cleanup.prometheus WITH (security_invoker='true', security_barrier='true') AS",
         "CREATE FUNCTION token_cleanup.worker_budget(",
+        "COMMENT ON COLUMN token_cleanup.rules.parallel_workers IS",
+        "COMMENT ON COLUMN token_cleanup.runs.workers IS",
     ] {
         assert!(
             fresh.iter().any(|s| s.starts_with(object)),
