@@ -6,7 +6,10 @@
 //! - **Reserve, then start.** Whoever starts a worker (the launcher a scheduler, a scheduler a pooled
 //!   runner, `run()` a manual runner) first reserves a slot; the worker adopts it when it registers
 //!   (found by its `bgw_notify_pid`, the starter). A reservation not adopted within
-//!   [`RESERVATION_TTL`] lapses, and so does one whose reserver died.
+//!   [`RESERVATION_TTL`] lapses, and so does one whose reserver died. A slot a worker freed by
+//!   exiting is reserved again only once the postmaster has reaped that worker (at most
+//!   [`REAP_GRACE`] later): until then it still holds a postmaster slot, and a worker started into
+//!   ours would take one that parallel query counts on.
 //! - **Wait in turn.** A database whose scheduler the launcher cannot start, and a `run()` that finds
 //!   the budget full, join the waiters. A free slot goes first to the waiter whose role holds the
 //!   fewest slots (a database waiting for its scheduler holds none), the oldest among equals: one
@@ -30,6 +33,9 @@ use std::time::Duration;
 pub const MAX_WAITERS: usize = 128;
 /// A reservation lapses if its worker has not adopted it by then.
 const RESERVATION_TTL: Duration = Duration::from_secs(10);
+/// Longest a freed slot waits for its last worker to be reaped (a pid reused meanwhile would
+/// otherwise hold it back for ever).
+pub(super) const REAP_GRACE: Duration = Duration::from_secs(5);
 
 /// One waiter for a slot: the launcher for a database's scheduler, or a backend in `run()`.
 #[derive(Clone, Copy)]
@@ -161,7 +167,13 @@ pub fn reserve(kind: Kind, database: pg_sys::Oid, role: pg_sys::Oid) -> bool {
         Some(index) if !reaped(registry.slots[index].yielder.0) => return false,
         Some(index) => index,
         None if !has_room(&registry, kind, database, pid, role) => return false,
-        None => match registry.slots.iter().position(|s| !s.alive()) {
+        // A slot whose last worker has exited but is not reaped yet still stands for a postmaster
+        // slot: starting a worker into it could take one that parallel query counts on.
+        None => match registry
+            .slots
+            .iter()
+            .position(|s| !s.alive() && (reaped(s.yielder.0) || s.reserved_until < now()))
+        {
             Some(index) => index,
             None => return false,
         },

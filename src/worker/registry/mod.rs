@@ -83,7 +83,7 @@ struct Slot {
     reserved_until: i64,
     /// Reserved: handed to a waiter by a worker that gave its slot up (see [`budget`]); usable
     /// once that worker (`yielder`: pid, PGPROC number) is gone, as the postmaster's slot it
-    /// held is free only then.
+    /// held is free only then. A free slot keeps its last worker there too, for the same reason.
     handed_over: bool,
     yielder: (i32, i32),
     /// Runner: its scheduler stopped its run to give the slot to another owner's due rule.
@@ -289,7 +289,14 @@ unsafe extern "C-unwind" fn release_at_exit(_code: i32, _arg: pg_sys::Datum) {
         let pid = my_identity().0;
         let mut registry = REGISTRY.exclusive();
         if registry.slots[index].pid == pid {
-            registry.slots[index] = Slot::FREE;
+            // This process still holds its postmaster slot until the postmaster reaps it: the
+            // slot is not reserved again before then (see budget::reserve), nor, should its pid
+            // be reused meanwhile, held back for longer than a few seconds.
+            registry.slots[index] = Slot {
+                yielder: my_identity(),
+                reserved_until: now() + budget::REAP_GRACE.as_micros() as i64,
+                ..Slot::FREE
+            };
             // A slot of the budget is free: whoever waits for one looks again.
             budget::wake_waiters(&registry);
         }
