@@ -762,10 +762,10 @@ def targets(results):
             row("C: a reload after one rule changed < 1 s", f"{c['change_ms_max']:.0f} ms (max of {C_CHANGES})",
                 c["change_ms_max"] < 1000)
     # Issue 24's targets without a workload, from bench/scale.sh's report (medians; ratio column 2).
-    for rows, side, limit in [("20,000,000", "run(), one runner", 1.2), ("20,000,000", "run(), parallel_workers = 2", 0.8)]:
-        ratio = scale_ratio(rows, side)
+    for size, side, limit in [("20,000,000", "run(), one runner", 1.2), ("20,000,000", "run(), parallel_workers = 2", 0.8)]:
+        ratio = scale_ratio(size, side)
         if ratio is not None:
-            row(f"S (24): {side} at {rows} rows without a workload ≤ {limit}× the plain DELETE", f"{ratio:.2f}×", ratio <= limit)
+            row(f"S (24): {side} at {size} rows without a workload ≤ {limit}× the plain DELETE", f"{ratio:.2f}×", ratio <= limit)
     # Issue 13's targets measured by the scripts bench/run.sh runs before this one, from their reports.
     walk = report_cell("overhead.md", "PL/pgSQL walk, same batches", 1)
     run = report_cell("overhead.md", "pg_token_cleanup run(), wal_compression = server", 1)
