@@ -732,13 +732,20 @@ def targets(results):
         if plain and ours and parallel:
             base = statistics.median(r["seconds"] for r in plain)
             ratio = statistics.median(r["seconds"] for r in parallel) / base
-            row(f"{variant} (24): a run with parallel_workers = 2 ≤ 0.8× the plain DELETE under the workload",
+            # Issue 24's 0.8× is without a workload (S); beside one, on 2 cores, shown for what it costs.
+            row(f"{variant} (beyond 24's target, which is without a workload): a run with parallel_workers = 2 "
+                "≤ 0.8× the plain DELETE under the workload",
                 f"{ratio:.2f}× (medians of {len(parallel)} runs each)", ratio <= 0.8)
-            delete_p99 = statistics.median(r["p99"] for r in plain)
+            # The workload's p99 against its own idle p99 of the seconds before (the machine's noise
+            # differs between runs), as everywhere in this report; the raw medians beside it.
+            delete_p99 = statistics.median(r["p99"] / r["idle_p99"] for r in plain)
+            delete_raw = statistics.median(r["p99"] for r in plain)
             for name, group in [("a run", ours), ("a parallel run", parallel)]:
-                p99 = statistics.median(r["p99"] for r in group)
-                row(f"{variant} (24): the workload's p99 during {name} ≤ during the plain DELETE",
-                    f"{p99:.1f} ms against {delete_p99:.1f} ms (medians)", p99 <= delete_p99)
+                p99 = statistics.median(r["p99"] / r["idle_p99"] for r in group)
+                raw = statistics.median(r["p99"] for r in group)
+                row(f"{variant} (24): the workload's p99 (× its idle p99) during {name} ≤ during the plain DELETE",
+                    f"{p99:.2f}× against {delete_p99:.2f}× ({raw:.1f} ms against {delete_raw:.1f} ms; medians)",
+                    p99 <= delete_p99)
     if "B" in results:
         spread = sorted((r for r in results["B"] if r["layout"] == "spread"), key=lambda r: r["size"])
         for r in spread:
