@@ -227,3 +227,22 @@ fn no_limit_no_look_and_no_wait() {
         "the server was not looked at"
     );
 }
+
+#[test]
+fn the_runners_of_one_run_share_its_rates_and_each_watch_the_server() {
+    let limits = PaceLimits {
+        max_replica_lag: Some(Duration::from_secs(1)),
+        max_wal_rate: Some(30.0),
+        yield_to_waiters: true,
+        max_rows_per_second: 1001,
+        max_pause: None,
+    };
+    let shared = limits.shared_by(2);
+    assert_eq!(shared.max_wal_rate, Some(15.0));
+    assert_eq!(shared.max_rows_per_second, 501);
+    assert_eq!(shared.max_replica_lag, limits.max_replica_lag);
+    assert!(shared.yield_to_waiters);
+    // No limit stays no limit; no runners counts as one.
+    assert_eq!(PaceLimits::default().shared_by(3), PaceLimits::default());
+    assert_eq!(limits.shared_by(0), limits);
+}

@@ -8,8 +8,9 @@
 //!   session waits for it.
 //! - A **helper** walks one slice of a parallel run's table for the run's runner ([`helper`]).
 //!
-//! Both take a [`RunRequest`] from a [`Handoff`], go through the same [`run::perform`], and hand
-//! the [`RunResult`] back through it.
+//! Pooled and manual runners take a [`RunRequest`] from a [`Handoff`], go through the same
+//! [`run::perform`], and hand the [`RunResult`] back through it; a helper takes its slice the same
+//! way and hands back what it did.
 
 mod helper;
 mod manual;
