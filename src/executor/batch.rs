@@ -156,28 +156,22 @@ pub(super) fn run_delete(
                 owner::set_local(scan, "off");
             }
         }
-        let visible;
-        let ctids = match batch {
-            Batch::Ctids(chunk) => Some(*chunk),
-            Batch::IndexEntries(entries) => {
-                visible = super::bitmap::visible_members(plan.table.oid, entries);
-                Some(visible.as_slice())
-            }
-            Batch::Range { .. } => None,
-        };
-        match batch {
-            Batch::Ctids(_) | Batch::IndexEntries(_) => Spi::connect_mut(|client| {
-                let deleted = client.update(
-                    sql.with("ctid = ANY($1)").as_str(),
-                    None,
-                    &[ctids.unwrap_or_default().to_vec().into()],
-                )?;
+        let by_ctid = |ctids: Vec<pg_sys::ItemPointerData>| {
+            Spi::connect_mut(|client| {
+                let deleted =
+                    client.update(sql.with("ctid = ANY($1)").as_str(), None, &[ctids.into()])?;
                 Ok::<_, pgrx::spi::Error>(Deleted {
                     rows: deleted.len() as i64,
                     redone: false,
                     resume: None,
                 })
-            }),
+            })
+        };
+        match batch {
+            Batch::Ctids(chunk) => by_ctid(chunk.to_vec()),
+            Batch::IndexEntries(entries) => {
+                by_ctid(super::bitmap::visible_members(plan.table.oid, entries))
+            }
             Batch::Range { from, to, limit } => {
                 // The bounds are tids this module made: numbers, not user text.
                 let rows = format!(

@@ -14,6 +14,7 @@
 //! When the planner's plan is not a bitmap heap scan at the top, or the bitmap holds more than
 //! [`COLLECT_LIMIT`](super::COLLECT_LIMIT) candidates, the caller collects through SQL instead.
 
+use super::batch::tid;
 use super::{owner_statement, Plan};
 use crate::errors::Error;
 use crate::owner;
@@ -219,10 +220,6 @@ unsafe fn read(
         pg_sys::tbm_end_private_iterate(iterator);
     }
     Some(tids)
-}
-
-fn tid(block: u32, offset: u16) -> pg_sys::ItemPointerData {
-    super::batch::tid(block, offset)
 }
 
 /// The visible row of each HOT chain whose root is in `roots`, in the current transaction: an index

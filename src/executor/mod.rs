@@ -152,25 +152,8 @@ pub fn execute(
     binding: &binding::Binding,
     control: &dyn RunControl,
 ) -> RunReport {
-    let started = Instant::now();
-    let mut tally = Tally {
-        run_id,
-        records_progress: true,
-        progress_written: started,
-        rule_name: &rule.name,
-        binding,
-        started,
-        control,
-        max_duration: rule.max_run_duration(),
-        stats: history::RunStats::default(),
-        gate: pacing::Gate::new(
-            pacing::PaceLimits::of(rule),
-            Box::new(crate::clock::SystemClock),
-            Box::new(pacing::LiveServer),
-        ),
-        helpers_paused: std::time::Duration::ZERO,
-        helpers_reasons: None,
-    };
+    let mut tally = Tally::live(run_id, rule, binding, control, rule.max_run_duration());
+    let started = tally.started;
     let outcome = run(rule, &mut tally).unwrap_or_else(|stopped| stopped);
     let mut stats = std::mem::take(&mut tally.stats);
     stats.elapsed_ms = started.elapsed().as_millis();

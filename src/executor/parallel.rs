@@ -333,26 +333,11 @@ pub fn walk_slice(request: &SliceRequest, control: &dyn super::RunControl) -> Sl
             return report;
         }
     };
-    let mut gate = super::pacing::Gate::new(
-        super::pacing::PaceLimits::of(rule),
-        Box::new(crate::clock::SystemClock),
-        Box::new(super::pacing::LiveServer),
-    );
-    gate.share_with(request.runners);
-    let mut tally = Tally {
-        run_id: request.run_id,
-        records_progress: false,
-        progress_written: started,
-        rule_name: &rule.name,
-        binding: &binding,
-        started,
-        control,
-        max_duration: request.time_left_ms.map(Duration::from_millis),
-        stats: crate::history::RunStats::default(),
-        gate,
-        helpers_paused: Duration::ZERO,
-        helpers_reasons: None,
-    };
+    let time_left = request.time_left_ms.map(Duration::from_millis);
+    let mut tally = Tally::live(request.run_id, rule, &binding, control, time_left);
+    // The leader records the run; this slice's progress goes into the leader's totals at the end.
+    tally.records_progress = false;
+    tally.gate.share_with(request.runners);
     tally.stats.scan_ms = started.elapsed().as_millis();
     let walked = walk_range(
         &plan,

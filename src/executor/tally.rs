@@ -33,6 +33,36 @@ pub(super) struct Tally<'a> {
 }
 
 impl<'a> Tally<'a> {
+    /// The totals of a run (or a helper's slice of one) starting now, paced by the rule's limits
+    /// against the live server and clock.
+    pub(super) fn live(
+        run_id: i64,
+        rule: &'a crate::rules::Rule,
+        binding: &'a binding::Binding,
+        control: &'a dyn super::RunControl,
+        max_duration: Option<Duration>,
+    ) -> Tally<'a> {
+        let started = Instant::now();
+        Tally {
+            run_id,
+            records_progress: true,
+            progress_written: started,
+            rule_name: &rule.name,
+            binding,
+            started,
+            control,
+            max_duration,
+            stats: history::RunStats::default(),
+            gate: pacing::Gate::new(
+                pacing::PaceLimits::of(rule),
+                Box::new(crate::clock::SystemClock),
+                Box::new(pacing::LiveServer),
+            ),
+            helpers_paused: Duration::ZERO,
+            helpers_reasons: None,
+        }
+    }
+
     /// One batch in its own transaction, progress recorded in it. Returns what it deleted and how
     /// long it took (ms, start to commit); `Err` ends the run (stop requested, or a failure).
     pub(super) fn batch(&mut self, plan: &Plan, batch: Batch) -> Result<(Deleted, f64), Outcome> {
