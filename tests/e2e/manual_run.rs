@@ -280,8 +280,11 @@ fn an_index_run_deletes_exactly_the_matching_rows_whatever_its_index_entries_poi
          UPDATE public.sessions SET expires_at = now() + interval '1 day' WHERE id % 250 = 0;
          -- Part of the condition the index cannot check.
          UPDATE public.sessions SET revoked = true WHERE id % 150 = 0;
-         INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size)
-           VALUES ('sessions', 'public.sessions', 'expires_at < now() AND NOT revoked', '@yearly', 300);",
+         -- Owned by an ordinary role with the README's grants: the index scan runs as it.
+         CREATE ROLE session_cleaner LOGIN;
+         GRANT SELECT, DELETE ON public.sessions TO session_cleaner;
+         INSERT INTO token_cleanup.rules (name, table_name, condition, schedule, batch_size, owner)
+           VALUES ('sessions', 'public.sessions', 'expires_at < now() AND NOT revoked', '@yearly', 300, 'session_cleaner');",
     )
     .unwrap();
     // Positive control: rows were updated in place (HOT).
